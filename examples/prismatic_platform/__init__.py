@@ -1,0 +1,1 @@
+"""An example Celery app shaped like the seed article's supervision tree."""

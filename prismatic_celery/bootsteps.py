@@ -1,0 +1,151 @@
+"""Worker bootsteps: validate at boot, select a domain's queues, run the supervision timer.
+
+``DomainStep`` (worker blueprint) runs while the worker is built: bad settings
+stop the worker there, naming the setting; ``--domain NAME`` narrows the
+queues consumed to that domain's. ``SupervisionStep`` (consumer blueprint)
+keeps the worker's registration alive from a background thread: store I/O
+never runs on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+from celery import Celery, bootsteps
+
+from .errors import ConfigurationError
+from .log import get_logger, log_event
+from .runtime import Runtime, get_runtime
+
+__all__ = ["DOMAIN_OPTION", "DomainStep", "SupervisionStep", "Ticker", "worker_key"]
+
+logger = get_logger("worker")
+
+DOMAIN_OPTION = click.Option(
+    ["--domain"],
+    multiple=True,
+    help="prismatic-celery: consume only the queues of this supervision domain (repeatable).",
+)
+
+
+def _selected_queues(runtime: Runtime, domains: tuple[str, ...]) -> list[str]:
+    queues: list[str] = []
+    for name in domains:
+        try:
+            queues.extend(runtime.supervisor.domain(name).queues)
+        except KeyError as exc:
+            raise ConfigurationError("--domain", str(exc.args[0])) from None
+    return queues
+
+
+class DomainStep(bootsteps.Step):
+    """Validates the configuration at boot and applies ``--domain``."""
+
+    name = "prismatic.domain"
+
+    def __init__(self, worker: Any, domain: tuple[str, ...] | list[str] | str | None = None, **kwargs: Any) -> None:
+        runtime = get_runtime(worker.app)  # raises ConfigurationError: the worker does not start
+        if runtime is None:
+            return
+        domains = (domain,) if isinstance(domain, str) else tuple(domain or ())
+        declared = worker.app.amqp.queues
+        for queue in runtime.supervisor.queues:
+            if queue in declared:
+                continue
+            if declared._consume_from is None:  # no -Q: supervised queues are consumed by default
+                declared.select_add(queue)
+            else:  # -Q chose the queues: declare ours without consuming them
+                declared.add(queue)
+        if domains:
+            worker.app.amqp.queues.select(_selected_queues(runtime, domains))
+        runtime.worker_domains = domains
+        super().__init__(worker, **kwargs)
+
+
+def worker_key(runtime: Runtime, hostname: str) -> str:
+    """``prismatic:<ns>:worker:<hostname>``: a worker's registration (JSON, expires)."""
+    return runtime.keys.key("worker", hostname)
+
+
+class Ticker:
+    """A daemon thread calling ``tick`` every ``interval_s`` until stopped."""
+
+    def __init__(self, name: str, interval_s: float, tick: Callable[[], None]) -> None:
+        self.interval_s = interval_s
+        self.tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start ticking (first tick at once)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current tick."""
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # a failing tick is logged; the next one runs anyway
+                log_event(logging.ERROR, "tick-failed", logger, thread=self._thread.name, error=repr(exc)[:300])
+            self._stop.wait(self.interval_s)
+
+
+class SupervisionStep(bootsteps.StartStopStep):
+    """Registers the worker in the store and keeps the registration fresh."""
+
+    name = "prismatic.supervision"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        self.runtime: Runtime | None = None
+        self.ticker: Ticker | None = None
+        self.started_at = time.time()
+        super().__init__(consumer, **kwargs)
+
+    def start(self, consumer: Any) -> None:
+        app: Celery = consumer.app
+        self.runtime = runtime = get_runtime(app)
+        if runtime is None:
+            return
+        hostname = consumer.hostname
+        ttl_s = max(10.0, 5 * runtime.settings.reconcile_interval_s)
+
+        def heartbeat() -> None:
+            runtime.store.set_json(worker_key(runtime, hostname), self._registration(consumer, runtime), ttl_s=ttl_s)
+
+        self.ticker = Ticker("prismatic-supervision", runtime.settings.reconcile_interval_s, heartbeat)
+        self.ticker.start()
+        runtime.hostname = hostname
+
+    def _registration(self, consumer: Any, runtime: Runtime) -> dict[str, Any]:
+        pool = consumer.pool
+        return {
+            "hostname": consumer.hostname,
+            "pid": os.getpid(),
+            "pool": type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
+            "concurrency": getattr(pool, "limit", None),
+            "domains": list(getattr(runtime, "worker_domains", ())),
+            "queues": sorted(q.name for q in consumer.app.amqp.queues.consume_from.values()),
+            "started_at": self.started_at,
+            "heartbeat_at": time.time(),
+        }
+
+    def stop(self, consumer: Any) -> None:
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker = None
+
+    def shutdown(self, consumer: Any) -> None:
+        self.stop(consumer)
+        runtime = self.runtime
+        if runtime is not None:
+            runtime.store.delete(worker_key(runtime, consumer.hostname))

@@ -1,0 +1,211 @@
+"""Settings read from the Celery configuration (``app.conf``), validated at start-up.
+
+Every setting is a lowercase ``prismatic_*`` key of the Celery config, so a
+``celeryconfig.py`` works as usual (``PRISMATIC_*`` upper-case keys are accepted
+too). Any other ``prismatic_*`` key is a typo and fails start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from .errors import ConfigurationError
+from .keys import Keys
+from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
+from .validate import as_bool, as_int, as_seconds, as_str, reject_unknown
+
+__all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "settings_table"]
+
+PREFIX = "prismatic_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented setting: its key, default, parser, unit and meaning."""
+
+    name: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    unit: str
+    doc: str
+
+    @property
+    def key(self) -> str:
+        """The Celery config key (``prismatic_<name>``)."""
+        return PREFIX + self.name
+
+
+def _optional_str(setting: str, value: Any) -> str | None:
+    return None if value is None else as_str(setting, value)
+
+
+def _store_url(setting: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    url = as_str(setting, value)
+    if not url.startswith(("redis://", "rediss://", "unix://", "memory://")):
+        raise ConfigurationError(setting, f"{url!r} is not supported; use redis://, rediss://, unix:// or memory://")
+    return url
+
+
+def _positive_int(setting: str, value: Any) -> int:
+    return as_int(setting, value, minimum=1)
+
+
+def _non_negative_int(setting: str, value: Any) -> int:
+    return as_int(setting, value, minimum=0)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("enabled", True, as_bool, "bool",
+            "Master switch; False leaves every task exactly as plain Celery runs it."),
+    Setting("namespace", None, _optional_str, "str",
+            "The `<app>` part of every Redis key. Default: the app's main name, else `celery`."),
+    Setting("store_url", None, _store_url, "URL",
+            "Supervision store. Default: the broker URL when it is Redis, else `memory://` "
+            "(per-process state, logged as a warning)."),
+    Setting("store_timeout_s", 0.5, as_seconds, "s", "Socket timeout of every store command."),
+    Setting("store_retry_s", 1.0, as_seconds, "s",
+            "After a store outage, how long decisions use in-process state before Redis is tried again."),
+    Setting("domains", None, lambda s, v: v, "mapping",
+            "The supervision tree: `{domain: {strategy, children, budget, concurrency}}` (see below)."),
+    Setting("domain_budget", DEFAULT_DOMAIN_BUDGET, RestartBudget.from_config, "{max_restarts, period_s}",
+            "Default restart budget of a domain (restarts in seconds)."),
+    Setting("supervisor_budget", DEFAULT_SUPERVISOR_BUDGET, RestartBudget.from_config, "{max_restarts, period_s}",
+            "Top-level budget: domain restarts allowed before escalating to operators."),
+    Setting("hotspot_restarts", 3, _positive_int, "restarts",
+            "A child with more restarts than this in the window is a hotspot."),
+    Setting("hotspot_window_s", 300.0, as_seconds, "s", "Sliding window of hotspot detection."),
+    Setting("pause_window_s", 30.0, as_seconds, "s",
+            "Longest pause of the children a `rest_for_one`/`one_for_all` restart pauses."),
+    Setting("reconcile_interval_s", 1.0, as_seconds, "s",
+            "Worker timer period: pauses read from Redis are applied within this time."),
+    Setting("cooldown_initial_s", 5.0, as_seconds, "s", "First cool-down of a domain that exceeded its budget."),
+    Setting("cooldown_max_s", 300.0, as_seconds, "s", "Longest cool-down (exponential growth with jitter stops here)."),
+    Setting("backoff_initial_ms", 1000, _positive_int, "ms", "Default re-run backoff: first delay."),
+    Setting("backoff_max_ms", 30000, _positive_int, "ms", "Default re-run backoff: largest delay."),
+    Setting("backoff_jitter_ms", 1000, _non_negative_int, "ms",
+            "Default re-run backoff: random jitter added (0 to this)."),
+    Setting("max_restarts_per_message", 5, _non_negative_int, "restarts",
+            "Re-runs of one message before the failure is final."),
+    Setting("stats_flush_s", 1.0, as_seconds, "s",
+            "How often each process flushes its task counters to Redis (never per task)."),
+    Setting("send_events", True, as_bool, "bool",
+            "Send `supervision-*` Celery events (needs `-E` / `worker_send_task_events`)."),
+    Setting("log_json", False, as_bool, "bool", "Write supervision log lines as JSON instead of `key=value`."),
+    Setting("event_stream_maxlen", 1000, _positive_int, "entries",
+            "Cap of the Redis stream of recent supervision events."),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one app (see the README's settings table)."""
+
+    enabled: bool
+    namespace: str
+    store_url: str
+    store_timeout_s: float
+    store_retry_s: float
+    supervisor: Supervisor
+    hotspot_restarts: int
+    hotspot_window_s: float
+    pause_window_s: float
+    reconcile_interval_s: float
+    cooldown_initial_s: float
+    cooldown_max_s: float
+    backoff_initial_ms: int
+    backoff_max_ms: int
+    backoff_jitter_ms: int
+    max_restarts_per_message: int
+    stats_flush_s: float
+    send_events: bool
+    log_json: bool
+    event_stream_maxlen: int
+
+    @property
+    def keys(self) -> Keys:
+        """The namespacing helper for this app."""
+        return Keys(self.namespace)
+
+
+def _raw_values(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """Every ``prismatic_*`` key of the config, lower-cased; unknown keys rejected."""
+    raw: dict[str, Any] = {}
+    for key in list(conf.keys()):
+        if not isinstance(key, str) or not key.lower().startswith(PREFIX):
+            continue
+        lowered = key.lower()
+        if lowered in raw:
+            raise ConfigurationError(key, f"set twice (as {lowered!r} and {key!r})")
+        raw[lowered] = conf[key]
+    reject_unknown("", raw, list(_BY_KEY))
+    return raw
+
+
+def _default_store_url(app: Celery) -> str:
+    broker = app.conf.broker_url or ""
+    if isinstance(broker, str) and broker.startswith(("redis://", "rediss://", "unix://")):
+        return broker
+    return "memory://"
+
+
+def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Settings:
+    """Read and validate every ``prismatic_*`` setting of ``app``.
+
+    ``supervisor`` is a tree declared with the Python API; it cannot be combined
+    with ``prismatic_domains``. Raises :class:`ConfigurationError` naming the
+    first bad setting.
+    """
+    raw = _raw_values(app.conf)
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = raw.get(setting.key, setting.default)
+        values[setting.name] = setting.default if value is None else setting.parse(setting.key, value)
+
+    if values["backoff_initial_ms"] > values["backoff_max_ms"]:
+        raise ConfigurationError("prismatic_backoff_initial_ms", "must not exceed prismatic_backoff_max_ms")
+    if values["cooldown_initial_s"] > values["cooldown_max_s"]:
+        raise ConfigurationError("prismatic_cooldown_initial_s", "must not exceed prismatic_cooldown_max_s")
+
+    domains = values.pop("domains")
+    domain_budget = values.pop("domain_budget")
+    supervisor_budget = values.pop("supervisor_budget")
+    if supervisor is not None and domains is not None:
+        raise ConfigurationError(
+            "prismatic_domains", "the tree is declared twice: pass either install(app, supervisor=...) or this setting"
+        )
+    if supervisor is None:
+        supervisor = Supervisor.from_config(
+            "prismatic_domains", domains or {}, budget=supervisor_budget, domain_budget=domain_budget
+        )
+
+    namespace = values.pop("namespace") or app.main or "celery"
+    try:
+        Keys(namespace)
+    except ValueError as exc:
+        raise ConfigurationError("prismatic_namespace", str(exc)) from exc
+    store_url = values.pop("store_url") or _default_store_url(app)
+    return Settings(namespace=namespace, store_url=store_url, supervisor=supervisor, **values)
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (the README's table is generated from this)."""
+    lines = ["| Setting | Default | Unit | Meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = s.default
+        if isinstance(default, RestartBudget):
+            default = {"max_restarts": default.max_restarts, "period_s": default.period_s}
+        shown = "derived" if default is None else f"`{default!r}`"
+        lines.append(f"| `{s.key}` | {shown} | {s.unit} | {s.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper
+    print(settings_table())

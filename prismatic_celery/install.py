@@ -1,0 +1,120 @@
+"""``install(app)``: enable supervision the Celery way, from the app's configuration."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from celery import Celery
+from celery.utils.imports import symbol_by_name
+
+from .bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
+from .log import get_logger, log_event, set_json
+from .observer import connect_signals
+from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
+from .store import Store
+from .task import SupervisedTask, supervise_task
+from .tree import Supervisor
+
+__all__ = ["install", "supervise_registered_tasks"]
+
+logger = get_logger()
+
+
+def install(
+    app: Celery,
+    *,
+    supervisor: Supervisor | None = None,
+    listeners: Iterable[Any] = (),
+    store: Store | None = None,
+) -> Installation:
+    """Enable prismatic-celery on ``app``.
+
+    Reads the ``prismatic_*`` settings from ``app.conf`` (validated as soon as
+    the app is configured, and again when a worker boots), makes
+    :class:`SupervisedTask` the app's task base, supervises tasks already
+    declared with another base, connects the observation signals, and adds the
+    worker bootsteps and the ``--domain`` worker option.
+
+    ``supervisor`` declares the tree in Python instead of ``prismatic_domains``;
+    ``listeners`` are :class:`SupervisionListener` instances; ``store``
+    replaces the store built from ``prismatic_store_url`` (tests, embedded use).
+    Calling it again replaces the previous installation.
+    """
+    previous = installation(app)
+    setup = Installation(supervisor=supervisor, listeners=list(listeners), store=store)
+    setattr(app, _ATTR_INSTALL, setup)
+    if previous is not None:
+        reset_runtime(app)
+        return setup
+
+    _use_supervised_base(app)
+    connect_signals()
+    app.steps["worker"].add(DomainStep)
+    app.steps["consumer"].add(SupervisionStep)
+    app.user_options["worker"].add(DOMAIN_OPTION)
+    app.on_after_configure.connect(_on_configured, weak=False)
+    app.on_after_finalize.connect(_on_finalized, weak=False)
+    if getattr(app, "configured", False):
+        _on_configured(app)
+    if getattr(app, "finalized", False):
+        supervise_registered_tasks(app)
+    return setup
+
+
+def _use_supervised_base(app: Celery) -> None:
+    """Make every task declared from now on derive from SupervisedTask."""
+    configured: Any = app.task_cls
+    base: Any = symbol_by_name(configured) if isinstance(configured, str) else configured
+    if not (isinstance(base, type) and issubclass(base, SupervisedTask)):
+        supervised: Any = type("SupervisedTask", (SupervisedTask, base), {"__module__": SupervisedTask.__module__})
+        app.task_cls = supervised
+    app.__dict__.pop("Task", None)  # drop the cached default Task class so the new base is used
+
+
+def supervise_registered_tasks(app: Celery) -> list[str]:
+    """Mix SupervisedTask into every registered task lacking it; the names changed."""
+    return [name for name, task in list(app.tasks.items()) if supervise_task(task)]
+
+
+def _on_finalized(sender: Celery, **_: Any) -> None:
+    changed = supervise_registered_tasks(sender)
+    if changed:
+        log_event(logging.DEBUG, "tasks-supervised", logger, tasks=",".join(changed))
+
+
+def _on_configured(sender: Celery, **_: Any) -> None:
+    """Validate now (errors are logged here and raised again at worker boot) and add the router."""
+    try:
+        runtime = get_runtime(sender)
+    except Exception as exc:
+        log_event(logging.ERROR, "configuration-invalid", logger, error=str(exc))
+        return
+    if runtime is None:
+        return
+    set_json(runtime.settings.log_json)
+    _add_router(sender, runtime)
+
+
+def _add_router(app: Celery, runtime: Runtime) -> None:
+    """Route tasks named by a child's ``tasks`` globs to the child's queue."""
+    if not any(c.tasks for d in runtime.supervisor.domain_list for c in d.child_list):
+        return
+
+    def route_supervised(name: str, *_: Any, **__: Any) -> dict[str, str] | None:
+        current = get_runtime(app)
+        queue = current.supervisor.route(name) if current is not None else None
+        return {"queue": queue} if queue else None
+
+    existing = app.conf.task_routes
+    if existing is None:
+        routes: tuple[Any, ...] = ()
+    elif isinstance(existing, (list, tuple)):
+        routes = tuple(existing)
+    else:
+        routes = (existing,)
+    app.conf.task_routes = (route_supervised, *routes)
+    amqp = app.amqp
+    amqp.__dict__.pop("router", None)
+    amqp.flush_routes()

@@ -1,0 +1,105 @@
+"""Supervision listeners: a typed base of no-op hooks and a dispatcher that isolates them.
+
+A listener that raises is logged and skipped; the next listener still runs and
+the supervised task is never affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .log import get_logger, log_event
+
+__all__ = ["EVENT_TYPES", "Dispatcher", "LogListener", "SupervisionEvent", "SupervisionListener"]
+
+logger = get_logger("listeners")
+
+EVENT_TYPES = ("crash", "restart", "pause", "resume", "remediation", "escalation", "circuit", "shed")
+
+
+@dataclass(frozen=True)
+class SupervisionEvent:
+    """One supervision fact; ``type`` is one of :data:`EVENT_TYPES`.
+
+    Sent as the Celery event ``supervision-<type>`` with ``fields`` as its body.
+    """
+
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    timestamp: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown supervision event type {self.type!r}; known: {', '.join(EVENT_TYPES)}")
+
+    @property
+    def celery_type(self) -> str:
+        """The Celery event type, e.g. ``supervision-restart``."""
+        return f"supervision-{self.type}"
+
+
+class SupervisionListener:
+    """Override only the hooks you need; each receives the event and returns nothing."""
+
+    def on_crash(self, event: SupervisionEvent) -> None:
+        """A supervised task failed (before any decision)."""
+
+    def on_restart(self, event: SupervisionEvent) -> None:
+        """A child's work is being run again."""
+
+    def on_pause(self, event: SupervisionEvent) -> None:
+        """Queues stopped being consumed (strategy or cool-down)."""
+
+    def on_resume(self, event: SupervisionEvent) -> None:
+        """Paused queues are consumed again."""
+
+    def on_remediation(self, event: SupervisionEvent) -> None:
+        """A remediation action was applied."""
+
+    def on_escalation(self, event: SupervisionEvent) -> None:
+        """Operators are needed: a budget is exhausted or a failure is unknown."""
+
+    def on_circuit(self, event: SupervisionEvent) -> None:
+        """A circuit breaker changed state."""
+
+    def on_shed(self, event: SupervisionEvent) -> None:
+        """Messages were shed under load."""
+
+
+_LEVELS = {"escalation": logging.CRITICAL, "crash": logging.WARNING, "shed": logging.WARNING}
+
+
+class LogListener(SupervisionListener):
+    """Writes every event as one structured log line (escalations at CRITICAL)."""
+
+    def _log(self, event: SupervisionEvent) -> None:
+        log_event(_LEVELS.get(event.type, logging.INFO), event.celery_type, get_logger("events"), **event.fields)
+
+    on_crash = on_restart = on_pause = on_resume = _log
+    on_remediation = on_escalation = on_circuit = on_shed = _log
+
+
+class Dispatcher:
+    """Calls every listener's hook in order; an exception is logged, never propagated."""
+
+    def __init__(self, listeners: Iterable[SupervisionListener] = ()) -> None:
+        self.listeners: list[SupervisionListener] = list(listeners)
+
+    def add(self, listener: SupervisionListener) -> None:
+        """Append a listener (called after the existing ones)."""
+        self.listeners.append(listener)
+
+    def emit(self, event: SupervisionEvent) -> None:
+        """Deliver ``event`` to every listener, isolating failures."""
+        for listener in self.listeners:
+            try:
+                getattr(listener, f"on_{event.type}")(event)
+            except Exception as exc:  # a broken listener must not break supervision
+                log_event(
+                    logging.ERROR, "listener-failed", logger,
+                    listener=type(listener).__name__, hook=f"on_{event.type}", error=repr(exc)[:300],
+                )

@@ -1,0 +1,218 @@
+"""Signal handlers: observation and bookkeeping only (they cannot change a task's fate).
+
+Counters are kept in-process and flushed to Redis by a background thread every
+``prismatic_stats_flush_s`` seconds, never per task. Under prefork the task
+signals fire in the pool child and the ``WorkerLostError``/time-limit failures
+in the main process; each process flushes its own counters, so every outcome is
+counted once whichever pool runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import Counter
+from typing import Any
+
+from celery import Celery, signals
+
+from .log import get_logger, log_event
+from .runtime import Runtime, get_runtime
+
+__all__ = ["OUTCOMES", "TaskStats", "connect_signals", "stats_for"]
+
+logger = get_logger("observer")
+
+OUTCOMES = ("started", "succeeded", "failed", "retried", "revoked", "rejected")
+UNSUPERVISED = "-"
+
+
+class TaskStats:
+    """Per-process outcome counters per (hostname, queue), flushed in the background."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._reset()
+        _all_stats.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state: at start, and in a forked child (the parent's counts are the parent's)."""
+        self._pending: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._wake = threading.Event()
+
+    def count(self, hostname: str | None, queue: str, outcome: str) -> None:
+        """Count one outcome in memory (no I/O); starts this process's flusher if needed."""
+        with self._lock:
+            self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += 1
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
+
+    def flush(self) -> None:
+        """Write pending counters to ``prismatic:<ns>:stats:<hostname>`` (HINCRBY, pipelined)."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+        by_host: dict[str, dict[str, int]] = {}
+        for (hostname, field), amount in pending.items():
+            by_host.setdefault(hostname, {})[field] = amount
+        for hostname, increments in by_host.items():
+            self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments)
+
+    def _loop(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            self._wake.wait(self.runtime.settings.stats_flush_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # never let the flusher die silently
+                log_event(logging.ERROR, "stats-flush-failed", logger, error=repr(exc)[:300])
+            time.sleep(0)
+
+
+_STATS_ATTR = "_prismatic_stats"
+_all_stats: weakref.WeakSet[TaskStats] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for stats in list(_all_stats):
+        stats._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def stats_for(runtime: Runtime) -> TaskStats:
+    """The counters of ``runtime`` (one per process and app)."""
+    stats = getattr(runtime, _STATS_ATTR, None)
+    if not isinstance(stats, TaskStats):
+        stats = TaskStats(runtime)
+        setattr(runtime, _STATS_ATTR, stats)
+    return stats
+
+
+def _runtime_of(sender: Any) -> Runtime | None:
+    app = getattr(sender, "app", None)
+    if not isinstance(app, Celery):
+        return None
+    try:
+        return get_runtime(app)
+    except Exception:  # bad configuration is reported at worker start, not per task
+        return None
+
+
+def _request_info(task: Any) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    request = getattr(task, "request", None)
+    hostname = getattr(request, "hostname", None)
+    delivery = getattr(request, "delivery_info", None)
+    return hostname, delivery if isinstance(delivery, dict) else None, getattr(task, "name", None)
+
+
+def _count_task(task: Any, outcome: str) -> None:
+    runtime = _runtime_of(task)
+    if runtime is None:
+        return
+    hostname, delivery, name = _request_info(task)
+    located = runtime.locate(delivery, name)
+    stats_for(runtime).count(hostname, located[1].queue if located else UNSUPERVISED, outcome)
+
+
+def _guarded(fn: Any) -> Any:
+    def handler(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # observation must never disturb the task
+            log_event(logging.ERROR, "observer-failed", logger, handler=fn.__name__, error=repr(exc)[:300])
+
+    handler.__name__ = fn.__name__
+    return handler
+
+
+@_guarded
+def on_task_prerun(sender: Any = None, **_: Any) -> None:
+    _count_task(sender, "started")
+
+
+@_guarded
+def on_task_success(sender: Any = None, **_: Any) -> None:
+    _count_task(sender, "succeeded")
+
+
+@_guarded
+def on_task_failure(sender: Any = None, **_: Any) -> None:
+    _count_task(sender, "failed")
+
+
+@_guarded
+def on_task_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+    runtime = _runtime_of(sender)
+    if runtime is None:
+        return
+    delivery = getattr(request, "delivery_info", None)
+    located = runtime.locate(delivery if isinstance(delivery, dict) else None, getattr(sender, "name", None))
+    stats_for(runtime).count(getattr(request, "hostname", None), located[1].queue if located else UNSUPERVISED,
+                             "retried")
+
+
+@_guarded
+def on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    runtime = _runtime_of(sender)
+    if runtime is None:
+        return
+    delivery = getattr(request, "delivery_info", None)
+    located = runtime.locate(delivery if isinstance(delivery, dict) else None, getattr(sender, "name", None))
+    stats_for(runtime).count(getattr(request, "hostname", None), located[1].queue if located else UNSUPERVISED,
+                             "revoked")
+
+
+@_guarded
+def on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
+    runtime = _runtime_of(sender)
+    if runtime is None:
+        return
+    delivery = getattr(message, "delivery_info", None)
+    located = runtime.locate(delivery if isinstance(delivery, dict) else None, None)
+    stats_for(runtime).count(getattr(sender, "hostname", None), located[1].queue if located else UNSUPERVISED,
+                             "rejected")
+
+
+@_guarded
+def on_process_shutdown(**_: Any) -> None:
+    for runtime in list(_flush_targets):
+        stats_for(runtime).flush()
+
+
+_flush_targets: list[Runtime] = []
+
+
+def track(runtime: Runtime) -> None:
+    """Flush ``runtime``'s counters when this process shuts down."""
+    if runtime not in _flush_targets:
+        _flush_targets.append(runtime)
+
+
+_connected = False
+
+
+def connect_signals() -> None:
+    """Connect the observation handlers once per process (idempotent)."""
+    global _connected
+    if _connected:
+        return
+    _connected = True
+    for signal, handler in (
+        (signals.task_prerun, on_task_prerun),
+        (signals.task_success, on_task_success),
+        (signals.task_failure, on_task_failure),
+        (signals.task_retry, on_task_retry),
+        (signals.task_revoked, on_task_revoked),
+        (signals.task_rejected, on_task_rejected),
+        (signals.worker_process_shutdown, on_process_shutdown),
+        (signals.worker_shutdown, on_process_shutdown),
+    ):
+        signal.connect(handler, weak=False, dispatch_uid=f"prismatic.{handler.__name__}")

@@ -1,0 +1,255 @@
+"""The Redis store: shared by every worker on every host, degraded never fatal.
+
+Every ``redis.RedisError`` is caught here. The failed operation is answered by
+an in-process :class:`MemoryStore` (decisions fall back to local state), a
+rate-limited warning is logged, and Redis is tried again after
+``retry_s`` seconds; the client reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from ..log import RateLimitedWarning, get_logger, log_event
+from .base import Scalar, Script, Store, StreamEntry, decode_json, encode_json
+from .memory import MemoryStore
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+logger = get_logger("store")
+
+
+_stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RedisStore(Store):
+    """A :class:`Store` on one Redis server (``redis://``, ``rediss://`` or ``unix://`` URL)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 0.5,
+        retry_s: float = 1.0,
+        client: redis.Redis | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self.retry_s = retry_s
+        self.client: redis.Redis = client or redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            decode_responses=True,
+            encoding_errors="replace",
+            health_check_interval=30,
+        )
+        self.fallback = MemoryStore()
+        self._clock = clock
+        self._retry_at = 0.0
+        self._warning = RateLimitedWarning()
+        self._refused = RateLimitedWarning()
+        self._scripts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.degraded = False
+        self.failures = 0
+        _stores.add(self)
+
+    def _after_fork(self) -> None:
+        """A forked child starts with fresh locks (a parent thread may have held them)."""
+        self._lock = threading.Lock()
+        self.fallback.lock = threading.RLock()
+
+    # the one guard every operation goes through -----------------------------------
+    def _guard(self, on_redis: Callable[[redis.Redis], T], on_memory: Callable[[MemoryStore], T]) -> T:
+        if self.degraded and self._clock() < self._retry_at:
+            return on_memory(self.fallback)
+        try:
+            result = on_redis(self.client)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._degrade(exc)
+            return on_memory(self.fallback)
+        except redis.RedisError as exc:
+            # The server answered but refused (e.g. WRONGTYPE on a foreign key): not an
+            # outage, so Redis stays in use; this one answer comes from local state.
+            self._refused.warn("store-command-refused", url=self._safe_url(), error=str(exc)[:200])
+            return on_memory(self.fallback)
+        if self.degraded:
+            self.degraded = False
+            log_event(logging.WARNING, "store-recovered", logger, url=self._safe_url())
+        return result
+
+    def _degrade(self, exc: Exception) -> None:
+        with self._lock:
+            self.failures += 1
+            self._retry_at = self._clock() + self.retry_s
+            first = not self.degraded
+            self.degraded = True
+        if first:
+            log_event(
+                logging.WARNING, "store-unavailable", logger, url=self._safe_url(),
+                error=f"{type(exc).__name__}: {exc}"[:300], fallback="in-process state",
+            )
+        else:
+            self._warning.warn("store-still-unavailable", url=self._safe_url(), error=type(exc).__name__)
+
+    def _safe_url(self) -> str:
+        scheme, sep, rest = self.url.partition("://")
+        if "@" in rest:
+            rest = "***@" + rest.rsplit("@", 1)[1]
+        return f"{scheme}{sep}{rest}"
+
+    # Store interface ------------------------------------------------------------------
+    def ping(self) -> bool:
+        return self._guard(lambda r: bool(r.ping()), lambda m: False)
+
+    def time(self) -> float:
+        def server_time(r: redis.Redis) -> float:
+            now = r.time()  # TIME answers (seconds, microseconds)
+            return float(now[0]) + float(now[1]) / 1e6
+
+        return self._guard(server_time, lambda m: time.time())
+
+    def get_json(self, key: str) -> Any:
+        return self._guard(lambda r: decode_json(key, r.get(key)), lambda m: m.get_json(key))
+
+    def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
+        encoded = encode_json(value)
+        px = None if ttl_s is None else max(1, int(ttl_s * 1000))
+        self._guard(lambda r: r.set(key, encoded, px=px), lambda m: m.set_json(key, value, ttl_s=ttl_s))
+
+    def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        return self._guard(lambda r: int(r.delete(*keys)), lambda m: m.delete(*keys))
+
+    def ttl(self, key: str) -> float | None:
+        def pttl(r: redis.Redis) -> float | None:
+            ms = int(r.pttl(key))
+            return None if ms < 0 else ms / 1000.0
+
+        return self._guard(pttl, lambda m: m.ttl(key))
+
+    def hincr(self, key: str, increments: Mapping[str, int]) -> None:
+        if not increments:
+            return
+
+        def incr(r: redis.Redis) -> None:
+            pipe = r.pipeline(transaction=False)
+            for field, amount in increments.items():
+                pipe.hincrby(key, field, amount)
+            pipe.execute()
+
+        self._guard(incr, lambda m: m.hincr(key, increments))
+
+    def hset(self, key: str, mapping: Mapping[str, Scalar]) -> None:
+        if mapping:
+            fields: dict[Any, Any] = dict(mapping)
+            self._guard(lambda r: r.hset(key, mapping=fields), lambda m: m.hset(key, mapping))
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        def read(r: redis.Redis) -> dict[str, str]:
+            value = r.hgetall(key)
+            return {str(k): str(v) for k, v in value.items()}
+
+        return self._guard(read, lambda m: m.hgetall(key))
+
+    def hdel(self, key: str, *fields: str) -> None:
+        if fields:
+            self._guard(lambda r: r.hdel(key, *fields), lambda m: m.hdel(key, *fields))
+
+    def window_add(self, key: str, member: str, now: float, window_s: float, *, cap: int) -> int:
+        def add(r: redis.Redis) -> int:
+            pipe = r.pipeline(transaction=True)
+            pipe.zadd(key, {member: now})
+            pipe.zremrangebyscore(key, "-inf", now - window_s)
+            pipe.zremrangebyrank(key, 0, -(cap + 1))
+            pipe.zcard(key)
+            pipe.pexpire(key, max(1, int(window_s * 1000)))
+            return int(pipe.execute()[3])
+
+        return self._guard(add, lambda m: m.window_add(key, member, now, window_s, cap=cap))
+
+    def window_count(self, key: str, now: float, window_s: float) -> int:
+        return self._guard(
+            lambda r: int(r.zcount(key, f"({now - window_s}", now)),
+            lambda m: m.window_count(key, now, window_s),
+        )
+
+    def window_members(self, key: str, now: float, window_s: float) -> list[tuple[str, float]]:
+        def read(r: redis.Redis) -> list[tuple[str, float]]:
+            rows: list[Any] = list(r.zrangebyscore(key, f"({now - window_s}", now, withscores=True))
+            return [(str(row[0]), float(row[1])) for row in rows]
+
+        return self._guard(read, lambda m: m.window_members(key, now, window_s))
+
+    def list_push(self, key: str, value: Any, *, cap: int) -> int:
+        encoded = encode_json(value)
+
+        def push(r: redis.Redis) -> int:
+            pipe = r.pipeline(transaction=True)
+            pipe.rpush(key, encoded)
+            pipe.ltrim(key, -cap, -1)
+            pipe.llen(key)
+            return int(pipe.execute()[2])
+
+        return self._guard(push, lambda m: m.list_push(key, value, cap=cap))
+
+    def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[Any]:
+        def read(r: redis.Redis) -> list[Any]:
+            decoded = [decode_json(key, raw) for raw in r.lrange(key, start, stop)]
+            return [d for d in decoded if d is not None]
+
+        return self._guard(read, lambda m: m.list_range(key, start, stop))
+
+    def list_len(self, key: str) -> int:
+        return self._guard(lambda r: int(r.llen(key)), lambda m: m.list_len(key))
+
+    def stream_add(self, key: str, fields: Mapping[str, str], *, maxlen: int) -> None:
+        self._guard(
+            lambda r: r.xadd(key, {k: v for k, v in fields.items()}, maxlen=maxlen, approximate=False),
+            lambda m: m.stream_add(key, fields, maxlen=maxlen),
+        )
+
+    def stream_range(self, key: str, count: int) -> list[StreamEntry]:
+        def read(r: redis.Redis) -> list[StreamEntry]:
+            rows = r.xrevrange(key, count=count) or []
+            return [(str(i), {str(k): str(v) for k, v in (f or {}).items()}) for i, f in reversed(rows)]
+
+        return self._guard(read, lambda m: m.stream_range(key, count))
+
+    def scan(self, pattern: str) -> list[str]:
+        return self._guard(
+            lambda r: sorted(str(k) for k in r.scan_iter(match=pattern, count=500)), lambda m: m.scan(pattern)
+        )
+
+    def run(self, script: Script, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
+        def call(r: redis.Redis) -> Any:
+            registered = self._scripts.get(script.name)
+            if registered is None:
+                registered = self._scripts[script.name] = r.register_script(script.lua)
+            return registered(keys=list(keys), args=list(args))
+
+        return self._guard(call, lambda m: m.run(script, keys, args))
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError):  # closing a dead connection is not worth a warning
+            self.client.close()

@@ -1,0 +1,68 @@
+"""The supervised Task base class: where a crash is turned into a supervision decision.
+
+Signal handlers cannot change a task's fate (DESIGN.md section 2), so the
+decision is taken in ``__call__``, around the task body, in the process that
+runs it. A task that just works pays one ``try`` and one attribute lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
+
+from .log import get_logger, log_event
+from .runtime import Runtime, get_runtime
+
+__all__ = ["CONTROL_FLOW", "SupervisedTask", "supervise_task"]
+
+logger = get_logger("task")
+
+# Exceptions Celery uses for control flow: never crashes, always passed through.
+CONTROL_FLOW: tuple[type[BaseException], ...] = (Retry, Ignore, Reject)
+
+
+def _runtime(task: Task[Any, Any]) -> Runtime | None:
+    try:
+        return get_runtime(task.app)
+    except Exception as exc:  # bad configuration fails the worker at start, never a task
+        log_event(logging.ERROR, "runtime-unavailable", logger, task=task.name, error=repr(exc)[:300])
+        return None
+
+
+class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stubs' view of subclasses
+    """Base class of supervised tasks; ``install`` makes it the app's default.
+
+    Task options: ``supervise=False`` opts one task out.
+    """
+
+    supervise: bool = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        runtime = _runtime(self) if self.supervise else None
+        if runtime is None or runtime.crash_handler is None:
+            return super().__call__(*args, **kwargs)
+        try:
+            return super().__call__(*args, **kwargs)
+        except CONTROL_FLOW:
+            raise
+        except Exception as exc:
+            runtime.crash_handler(self, exc)
+            raise
+
+
+def supervise_task(task: Task[Any, Any]) -> bool:
+    """Give an existing task instance the supervised behaviour; True when it changed.
+
+    Tasks declared with ``@app.task`` after ``install`` already are supervised.
+    A task whose ``base=`` class does not derive from :class:`SupervisedTask`
+    gets a subclass mixing it in (its own overrides keep precedence below
+    the supervision wrapper).
+    """
+    if isinstance(task, SupervisedTask) or task.name.startswith("celery."):
+        return False
+    cls: type = type(task)
+    task.__class__ = type(cls.__name__, (SupervisedTask, cls), {"__module__": cls.__module__})
+    return True

@@ -1,0 +1,274 @@
+"""Fixtures for the circuit breaker tests (self-contained: no reliance on conftest.py).
+
+``circuit_env`` runs one test body on the memory twin (injected clock), fakeredis (Lua via
+lupa) and the real Redis on 127.0.0.1:6379 (skipped when absent, failing when ``CI`` is set),
+each in a namespace unique to the test whose keys are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+
+from prismatic_celery.circuits import Circuits, CircuitSpec
+from prismatic_celery.keys import Keys
+from prismatic_celery.listeners import Dispatcher, SupervisionEvent, SupervisionListener
+from prismatic_celery.store import MemoryStore, RedisStore, Store
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_redis() -> str:
+    """The real Redis URL; skip the test when it does not answer (fail instead under CI)."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"no Redis at {REDIS_URL} ({exc}) and CI is set: these tests must run")
+        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+def delete_namespace(url: str, namespace: str) -> None:
+    """Delete every key of ``namespace`` on the real Redis."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=Keys(namespace).pattern(), count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 3.0, message: str = "condition") -> Any:
+    """Poll ``predicate`` every 5 ms until truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        time.sleep(0.005)
+
+
+class FakeClock:
+    """A settable clock: ``time()`` for the memory store, ``monotonic()`` for the registry cache."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder(SupervisionListener):
+    """Keeps every circuit event it receives."""
+
+    def __init__(self) -> None:
+        self.events: list[SupervisionEvent] = []
+
+    def on_circuit(self, event: SupervisionEvent) -> None:
+        self.events.append(event)
+
+    def transitions(self) -> list[tuple[str, str]]:
+        return [(e.fields["old_state"], e.fields["new_state"]) for e in self.events]
+
+
+class OpCounter:
+    """Counts store script runs by op (``read``, ``acquire``, ``failure``...), wrapping ``store.run``."""
+
+    def __init__(self, store: Store) -> None:
+        self.ops: list[str] = []
+        inner = store.run
+
+        def run(script: Any, keys: Any, args: Any) -> Any:
+            self.ops.append(str(args[0]))
+            return inner(script, keys, args)
+
+        store.run = run  # type: ignore[method-assign]
+
+    def clear(self) -> None:
+        self.ops.clear()
+
+
+@dataclass
+class CircuitEnv:
+    """One backend for a test: build stores and registries as separate "processes" would."""
+
+    kind: str
+    namespace: str
+    make_store: Callable[[], Store]
+    clock: FakeClock | None = None
+    registries: list[Circuits] = field(default_factory=list)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
+
+    def circuits(self, *, specs: dict[str, CircuitSpec] | None = None, listeners: tuple[SupervisionListener, ...] = (),
+                 store: Store | None = None, **kwargs: Any) -> Circuits:
+        """A registry as one process would have it (its own store connection)."""
+        if self.clock is not None:
+            kwargs.setdefault("monotonic", self.clock.monotonic)
+        registry = Circuits(store or self.make_store(), self.keys, Dispatcher(listeners), specs=specs, **kwargs)
+        self.registries.append(registry)
+        return registry
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass: instantly on the injected clock, by sleeping on a real server."""
+        if self.clock is not None:
+            self.clock.advance(seconds)
+        else:
+            time.sleep(seconds)
+
+    def close(self) -> None:
+        for registry in self.registries:
+            registry.stop()
+
+
+def _fakeredis_factory() -> Callable[[], Store]:
+    pytest.importorskip("lupa", reason="fakeredis runs Lua only with lupa installed (pip install lupa)")
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+
+    def make() -> Store:
+        return RedisStore("redis://fake", client=fakeredis.FakeRedis(server=server, decode_responses=True))
+
+    return make
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def circuit_env(request: pytest.FixtureRequest) -> Iterator[CircuitEnv]:
+    """The same test body on the memory twin, fakeredis and the real Redis."""
+    namespace = f"tc{uuid.uuid4().hex[:10]}"
+    if request.param == "memory":
+        clock = FakeClock()
+        shared = MemoryStore(clock=clock.time)
+        env = CircuitEnv("memory", namespace, lambda: shared, clock=clock)
+        yield env
+        env.close()
+    elif request.param == "fakeredis":
+        env = CircuitEnv("fakeredis", namespace, _fakeredis_factory())
+        yield env
+        env.close()
+    else:
+        url = require_redis()
+        env = CircuitEnv("redis", namespace, lambda: RedisStore(url))
+        try:
+            yield env
+        finally:
+            env.close()
+            delete_namespace(url, namespace)
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[tuple[str, str]]:
+    """``(url, namespace)`` on the real Redis; the namespace's keys are deleted afterwards."""
+    url = require_redis()
+    namespace = f"tc{uuid.uuid4().hex[:10]}"
+    yield url, namespace
+    delete_namespace(url, namespace)
+
+
+class DependencyDown(Exception):
+    """The fake dependency answered with an error."""
+
+
+# a dependency on 127.0.0.1 that is down for a while, and processes hammering it ---------------
+class FlakyServer:
+    """A line-protocol TCP server on 127.0.0.1: answers ``ERR`` until ``down_until``, then ``OK``.
+
+    Counts, at the server, every request that reached it while down and while up.
+    """
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+
+        self.down_until = float("inf")
+        self.down_hits = 0
+        self.up_hits = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                if not self.rfile.readline():
+                    return
+                with outer._lock:
+                    down = time.monotonic() < outer.down_until
+                    if down:
+                        outer.down_hits += 1
+                    else:
+                        outer.up_hits += 1
+                self.wfile.write(b"ERR\n" if down else b"OK\n")
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def go_down_for(self, seconds: float) -> None:
+        self.down_until = time.monotonic() + seconds
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ping(port: int) -> None:
+    """One request to the flaky server; DependencyDown unless it answers OK."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+        sock.sendall(b"PING\n")
+        answer = sock.recv(16)
+    if answer.strip() != b"OK":
+        raise DependencyDown(answer.decode(errors="replace"))
+
+
+def hammer(url: str, namespace: str, port: int, spec: dict[str, Any], ready: Any, go: Any, run_s: float,
+           results: Any) -> None:
+    """A worker process: call the dependency through the shared breaker "dep" in a loop for ``run_s``."""
+    from prismatic_celery.circuits import CircuitOpenError
+
+    circuits = Circuits(RedisStore(url), Keys(namespace), specs={"dep": CircuitSpec(**spec)})
+    counts = {"ok": 0, "failed": 0, "refused": 0}
+    try:
+        circuits.start(wait_s=5)
+        breaker = circuits.get("dep")
+        breaker.view()
+        ready.put(os.getpid())
+        go.wait(30)
+        end = time.monotonic() + run_s
+        while time.monotonic() < end:
+            try:
+                breaker.call(ping, port)
+                counts["ok"] += 1
+            except DependencyDown:
+                counts["failed"] += 1
+            except CircuitOpenError as exc:
+                counts["refused"] += 1
+                time.sleep(min(exc.retry_after_s, 0.01))
+            time.sleep(0.002)
+    finally:
+        results.put(counts)
+        circuits.stop()
