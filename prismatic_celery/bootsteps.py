@@ -19,6 +19,7 @@ from typing import Any
 import click
 from celery import Celery, bootsteps
 
+from .engine.reconcile import Reconciler
 from .errors import ConfigurationError
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
@@ -65,6 +66,7 @@ class DomainStep(bootsteps.Step):
         if domains:
             worker.app.amqp.queues.select(_selected_queues(runtime, domains))
         runtime.worker_domains = domains
+        worker.pool_restarts = True  # per-process shutdown events: recycling a pool process needs them
         super().__init__(worker, **kwargs)
 
 
@@ -74,11 +76,14 @@ def worker_key(runtime: Runtime, hostname: str) -> str:
 
 
 class Ticker:
-    """A daemon thread calling ``tick`` every ``interval_s`` until stopped."""
+    """A daemon thread calling ``tick`` every ``interval_s`` (or as soon as ``wake`` is set) until stopped."""
 
-    def __init__(self, name: str, interval_s: float, tick: Callable[[], None]) -> None:
+    def __init__(
+        self, name: str, interval_s: float, tick: Callable[[], None], *, wake: threading.Event | None = None
+    ) -> None:
         self.interval_s = interval_s
         self.tick = tick
+        self.wake = wake or threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -89,6 +94,7 @@ class Ticker:
     def stop(self) -> None:
         """Stop after the current tick."""
         self._stop.set()
+        self.wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -96,7 +102,8 @@ class Ticker:
                 self.tick()
             except Exception as exc:  # a failing tick is logged; the next one runs anyway
                 log_event(logging.ERROR, "tick-failed", logger, thread=self._thread.name, error=repr(exc)[:300])
-            self._stop.wait(self.interval_s)
+            self.wake.wait(self.interval_s)
+            self.wake.clear()
 
 
 class SupervisionStep(bootsteps.StartStopStep):
@@ -108,6 +115,7 @@ class SupervisionStep(bootsteps.StartStopStep):
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         self.runtime: Runtime | None = None
         self.ticker: Ticker | None = None
+        self.timer_entry: Any = None
         self.started_at = time.time()
         super().__init__(consumer, **kwargs)
 
@@ -117,14 +125,26 @@ class SupervisionStep(bootsteps.StartStopStep):
         if runtime is None:
             return
         hostname = consumer.hostname
-        ttl_s = max(10.0, 5 * runtime.settings.reconcile_interval_s)
-
-        def heartbeat() -> None:
-            runtime.store.set_json(worker_key(runtime, hostname), self._registration(consumer, runtime), ttl_s=ttl_s)
-
-        self.ticker = Ticker("prismatic-supervision", runtime.settings.reconcile_interval_s, heartbeat)
-        self.ticker.start()
         runtime.hostname = hostname
+        if runtime.reconciler is None:  # first start; a consumer restart keeps what was intended
+            runtime.consumed_queues = tuple(app.amqp.queues.consume_from)
+            runtime.reconciler = Reconciler(runtime, runtime.consumed_queues)
+        reconciler = runtime.reconciler
+        ttl_s = max(10.0, 5 * runtime.settings.reconcile_interval_s)
+        last_beat = [0.0]
+
+        def tick() -> None:
+            reconciler.poll()
+            if time.monotonic() - last_beat[0] >= runtime.settings.reconcile_interval_s:
+                last_beat[0] = time.monotonic()
+                runtime.store.set_json(worker_key(runtime, hostname), self._registration(consumer, runtime),
+                                       ttl_s=ttl_s)
+
+        self.ticker = Ticker("prismatic-supervision", runtime.settings.reconcile_interval_s, tick,
+                             wake=reconciler.wake)
+        self.ticker.start()
+        apply_every = min(0.1, runtime.settings.reconcile_interval_s / 2)
+        self.timer_entry = consumer.timer.call_repeatedly(apply_every, reconciler.apply, (consumer,), priority=10)
 
     def _registration(self, consumer: Any, runtime: Runtime) -> dict[str, Any]:
         pool = consumer.pool
@@ -143,6 +163,9 @@ class SupervisionStep(bootsteps.StartStopStep):
         if self.ticker is not None:
             self.ticker.stop()
             self.ticker = None
+        if self.timer_entry is not None:
+            self.timer_entry.cancel()
+            self.timer_entry = None
 
     def shutdown(self, consumer: Any) -> None:
         self.stop(consumer)

@@ -82,6 +82,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hotspot_window_s", 300.0, as_seconds, "s", "Sliding window of hotspot detection."),
     Setting("pause_window_s", 30.0, as_seconds, "s",
             "Longest pause of the children a `rest_for_one`/`one_for_all` restart pauses."),
+    Setting("recycle_pause_s", 2.0, as_seconds, "s",
+            "How long a `one_for_all` restart pauses the domain while its pool processes are recycled."),
     Setting("reconcile_interval_s", 1.0, as_seconds, "s",
             "Worker timer period: pauses read from Redis are applied within this time."),
     Setting("cooldown_initial_s", 5.0, as_seconds, "s", "First cool-down of a domain that exceeded its budget."),
@@ -117,6 +119,7 @@ class Settings:
     hotspot_restarts: int
     hotspot_window_s: float
     pause_window_s: float
+    recycle_pause_s: float
     reconcile_interval_s: float
     cooldown_initial_s: float
     cooldown_max_s: float
@@ -207,5 +210,23 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover - documentation helper
-    print(settings_table())
+def update_readme(path: str) -> bool:
+    """Rewrite the table between the README's ``settings:start``/``settings:end`` markers; True if changed."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    head, _, rest = text.partition("<!-- settings:start -->\n")
+    _, _, tail = rest.partition("\n<!-- settings:end -->")
+    updated = f"{head}<!-- settings:start -->\n{settings_table()}\n<!-- settings:end -->{tail}"
+    if updated != text:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(updated)
+    return updated != text
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation helper: python -m prismatic_celery.config README.md
+    import sys
+
+    if len(sys.argv) > 1:
+        print("updated" if update_readme(sys.argv[1]) else "unchanged")
+    else:
+        print(settings_table())

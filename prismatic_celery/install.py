@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery
 from celery.utils.imports import symbol_by_name
 
+from . import control  # noqa: F401  (registers the remote control commands)
 from .bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
 from .log import get_logger, log_event, set_json
 from .observer import connect_signals

@@ -12,9 +12,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .log import get_logger, log_event
+from celery import Celery
 
-__all__ = ["EVENT_TYPES", "Dispatcher", "LogListener", "SupervisionEvent", "SupervisionListener"]
+from .log import get_logger, log_event
+from .store import Store
+
+__all__ = [
+    "EVENT_TYPES",
+    "CeleryEventListener",
+    "Dispatcher",
+    "LogListener",
+    "StreamListener",
+    "SupervisionEvent",
+    "SupervisionListener",
+]
 
 logger = get_logger("listeners")
 
@@ -30,6 +41,8 @@ class SupervisionEvent:
 
     type: str
     fields: dict[str, Any] = field(default_factory=dict)
+    recorded: bool = False
+    """True when the event is already in the store's event stream."""
     timestamp: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -81,6 +94,42 @@ class LogListener(SupervisionListener):
 
     on_crash = on_restart = on_pause = on_resume = _log
     on_remediation = on_escalation = on_circuit = on_shed = _log
+
+
+class StreamListener(SupervisionListener):
+    """Appends events to the capped ``prismatic:<ns>:events`` stream (unless already recorded)."""
+
+    def __init__(self, store: Store, key: str, maxlen: int) -> None:
+        self.store = store
+        self.key = key
+        self.maxlen = maxlen
+
+    def _append(self, event: SupervisionEvent) -> None:
+        if event.recorded or event.type == "crash":
+            return  # the restart script wrote it; crashes are summarised by restart events
+        fields = {"type": event.type, "time": f"{event.timestamp:.6f}"}
+        fields.update({k: str(v) for k, v in event.fields.items()})
+        self.store.stream_add(self.key, fields, maxlen=self.maxlen)
+
+    on_crash = on_restart = on_pause = on_resume = _append
+    on_remediation = on_escalation = on_circuit = on_shed = _append
+
+
+class CeleryEventListener(SupervisionListener):
+    """Sends every event as the Celery event ``supervision-<type>`` (``celery events``, Flower)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def _send(self, event: SupervisionEvent) -> None:
+        hostname = str(event.fields.get("hostname") or "") or None
+        fields = {k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in event.fields.items()}
+        fields.pop("hostname", None)
+        with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send(event.celery_type, **fields)
+
+    on_crash = on_restart = on_pause = on_resume = _send
+    on_remediation = on_escalation = on_circuit = on_shed = _send
 
 
 class Dispatcher:

@@ -93,6 +93,7 @@ def stats_for(runtime: Runtime) -> TaskStats:
     if not isinstance(stats, TaskStats):
         stats = TaskStats(runtime)
         setattr(runtime, _STATS_ATTR, stats)
+        track(runtime)
     return stats
 
 

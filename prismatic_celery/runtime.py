@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
 from .config import Settings, load_settings
 from .keys import Keys
-from .listeners import Dispatcher, LogListener, SupervisionEvent, SupervisionListener
+from .listeners import (
+    CeleryEventListener,
+    Dispatcher,
+    LogListener,
+    StreamListener,
+    SupervisionEvent,
+    SupervisionListener,
+)
+from .log import get_logger, log_event
 from .store import Store, open_store
 from .tree import Child, Domain, Supervisor
 
+if TYPE_CHECKING:
+    from .engine.reconcile import Reconciler
+
 __all__ = ["Installation", "Runtime", "get_runtime", "installation"]
+
+logger = get_logger("runtime")
 
 _ATTR_INSTALL = "_prismatic_installation"
 _ATTR_RUNTIME = "_prismatic_runtime"
@@ -53,14 +67,20 @@ class Runtime:
         self.store: Store = store or open_store(
             settings.store_url, timeout_s=settings.store_timeout_s, retry_s=settings.store_retry_s
         )
-        self.dispatcher = Dispatcher([LogListener(), *listeners])
+        builtin: list[SupervisionListener] = [LogListener(), StreamListener(self.store, self.keys.key("events"),
+                                                                           settings.event_stream_maxlen)]
+        if settings.send_events:
+            builtin.append(CeleryEventListener(app))
+        self.dispatcher = Dispatcher([*builtin, *listeners])
         self.pid = os.getpid()
-        # Set by the supervision engine: called with (task, exc) inside the task's process;
-        # it may raise Celery's Retry to re-run the work, or return to let the crash stand.
-        self.crash_handler: Callable[[Any, BaseException], None] | None = None
         self._routing_keys: dict[str, str] | None = None
         self.hostname: str | None = None  # the worker's node name, once it has started
         self.worker_domains: tuple[str, ...] = ()  # --domain options of this worker
+        self.consumed_queues: tuple[str, ...] = ()  # every queue this worker consumes when nothing is paused
+        self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
+        from .engine.engine import Engine
+
+        self.engine = Engine(self)
 
     # locating the child of a request --------------------------------------------------
     def _queue_for_routing_key(self, routing_key: str) -> str | None:
@@ -92,8 +112,21 @@ class Runtime:
         return None
 
     def emit(self, type_: str, **fields: Any) -> None:
-        """Send a supervision event to every listener (failures isolated)."""
-        self.dispatcher.emit(SupervisionEvent(type_, fields))
+        """Send a supervision event to every listener (failures isolated).
+
+        ``recorded`` says the event is already in the store's event stream (the
+        restart script writes its own entries in the same round trip).
+        """
+        recorded = bool(fields.pop("recorded", False))
+        self.dispatcher.emit(SupervisionEvent(type_, fields, recorded=recorded))
+
+    def broadcast_reconcile(self, *, pause: list[str]) -> None:
+        """Tell every worker to re-read the pause records now (and stop consuming ``pause``)."""
+        try:
+            self.app.control.broadcast("supervision_reconcile", arguments={"pause": pause}, reply=False)
+        except Exception as exc:  # the timer reconciles within one period anyway
+            log_event(logging.WARNING, "broadcast-failed", logger, command="supervision_reconcile",
+                      error=repr(exc)[:200])
 
 
 def get_runtime(app: Celery) -> Runtime | None:

@@ -8,6 +8,7 @@ runs it. A task that just works pays one ``try`` and one attribute lookup.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
@@ -39,18 +40,34 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
     """
 
     supervise: bool = True
+    Request = "prismatic_celery.request:SupervisedRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         runtime = _runtime(self) if self.supervise else None
-        if runtime is None or runtime.crash_handler is None:
+        if runtime is None:
             return super().__call__(*args, **kwargs)
+        engine = runtime.engine
+        _guarded(engine.before_run, self)
         try:
-            return super().__call__(*args, **kwargs)
+            result = super().__call__(*args, **kwargs)
         except CONTROL_FLOW:
             raise
         except Exception as exc:
-            runtime.crash_handler(self, exc)
+            _guarded(engine.on_crash, self, exc)
             raise
+        _guarded(engine.after_success, self)
+        return result
+
+
+def _guarded(hook: Callable[..., None], *args: Any) -> None:
+    """Run an engine hook: Retry passes (it is the decision), anything else is logged and dropped."""
+    try:
+        hook(*args)
+    except Retry:
+        raise
+    except Exception as exc:  # the plugin must never be the reason a task fails
+        log_event(logging.ERROR, "supervision-hook-failed", logger, hook=getattr(hook, "__name__", "?"),
+                  error=repr(exc)[:300])
 
 
 def supervise_task(task: Task[Any, Any]) -> bool:

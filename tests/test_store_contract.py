@@ -20,6 +20,15 @@ def test_json_round_trip_keeps_values(store: Store) -> None:
     assert store.get_json("prismatic:t:thing:missing") is None
 
 
+def test_get_many_reads_several_values_at_once(store: Store) -> None:
+    """get_many answers in key order, None for missing keys."""
+    store.set_json("prismatic:t:pause:a", {"q": "a"})
+    store.set_json("prismatic:t:pause:c", [1, 2])
+    assert store.get_many(["prismatic:t:pause:a", "prismatic:t:pause:b", "prismatic:t:pause:c"]) == [
+        {"q": "a"}, None, [1, 2]]
+    assert store.get_many([]) == []
+
+
 def test_values_expire_after_their_ttl(store: Store) -> None:
     """A value set with a TTL reports it, then disappears once it passes."""
     store.set_json("prismatic:t:pause:q", {"until": 1}, ttl_s=0.3)

@@ -82,6 +82,10 @@ class Store(ABC):
         """The JSON value at ``key``; None when absent or corrupt."""
 
     @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        """The JSON values at ``keys`` in one round trip (None where absent or corrupt)."""
+
+    @abstractmethod
     def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_s`` seconds when given."""
 

@@ -64,6 +64,9 @@ class MemoryStore(Store):
         value = self.raw(key)
         return decode_json(key, value) if isinstance(value, str) else None
 
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        return [self.get_json(key) for key in keys]
+
     def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         self.set_raw(key, encode_json(value), ttl_s=ttl_s)
 

@@ -131,6 +131,14 @@ class RedisStore(Store):
     def get_json(self, key: str) -> Any:
         return self._guard(lambda r: decode_json(key, r.get(key)), lambda m: m.get_json(key))
 
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        if not keys:
+            return []
+        return self._guard(
+            lambda r: [decode_json(k, v) for k, v in zip(keys, r.mget(list(keys)), strict=True)],
+            lambda m: m.get_many(keys),
+        )
+
     def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         encoded = encode_json(value)
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))

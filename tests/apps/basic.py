@@ -1,37 +1,58 @@
-"""A small supervised app for integration tests; the worker reads its settings from the environment."""
+"""A small supervised app for integration tests; the worker reads its settings from the environment.
+
+``BASIC_CONF`` (JSON) overrides settings, so one module serves every scenario.
+Tasks count their own executions in the broker's Redis database, so tests can
+prove that nothing was lost or run twice.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
+import redis
 from celery import Celery
 
 import prismatic_celery
 
 DOMAINS = {
-    "core": {"strategy": "rest_for_one", "children": [{"queue": "storage", "tasks": ["basic.store*"]}, "cache"]},
-    "osint": {"strategy": "one_for_one", "children": [{"queue": "sources", "tasks": ["basic.fetch*"]}]},
+    "core": {"strategy": "rest_for_one",
+             "children": [{"queue": "storage", "tasks": ["basic.store*"]}, "cache", "telemetry"]},
+    "osint": {"strategy": "one_for_one",
+              "children": [{"queue": "sources", "tasks": ["basic.fetch*"]}, "monitor"]},
+    "evo": {"strategy": "one_for_all", "children": ["mendel", "fitness"]},
 }
+
+_clients: dict[str, redis.Redis] = {}
+
+
+def counter(url: str) -> redis.Redis:
+    """A plain client on the broker's database, for the tasks' own bookkeeping."""
+    key = f"{os.getpid()}:{url}"
+    if key not in _clients:
+        _clients[key] = redis.Redis.from_url(url, decode_responses=True)
+    return _clients[key]
 
 
 def make_app(broker_url: str, namespace: str, store_url: str | None = None, **conf: Any) -> Celery:
     """The app as both the test process and the worker build it."""
     app = Celery("basic", broker=broker_url, backend=broker_url, set_as_current=False)
-    app.conf.update(
-        prismatic_namespace=namespace,
-        prismatic_store_url=store_url or broker_url,
-        prismatic_domains=DOMAINS,
-        prismatic_stats_flush_s=0.2,
-        prismatic_reconcile_interval_s=0.2,
-        task_acks_late=True,
-        task_reject_on_worker_lost=False,
-        worker_prefetch_multiplier=1,
-        broker_connection_retry_on_startup=True,
-        result_expires=600,
-        **conf,
-    )
+    settings: dict[str, Any] = {
+        "prismatic_namespace": namespace,
+        "prismatic_store_url": store_url or broker_url,
+        "prismatic_domains": DOMAINS,
+        "prismatic_stats_flush_s": 0.2,
+        "prismatic_reconcile_interval_s": 0.2,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "result_expires": 600,
+    }
+    settings.update(conf)
+    app.conf.update(settings)
     prismatic_celery.install(app)
 
     @app.task(name="basic.add", shared=False)
@@ -55,15 +76,32 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
         time.sleep(seconds)
         return seconds
 
+    @app.task(name="basic.flaky", shared=False)
+    def flaky(key: str, fails: int) -> int:
+        """Fails the first ``fails`` executions for ``key``; returns the attempt that succeeded."""
+        attempt = int(counter(broker_url).incr(f"attempts:{key}"))
+        if attempt <= fails:
+            raise ConnectionError(f"dependency down for {key} (attempt {attempt})")
+        counter(broker_url).incr(f"runs:{key}")
+        return attempt
+
+    @app.task(name="basic.record", shared=False)
+    def record(key: str) -> str:
+        """Counts one successful execution of ``key``."""
+        counter(broker_url).incr(f"runs:{key}")
+        counter(broker_url).rpush("order", key)
+        return key
+
+    @app.task(name="basic.pid", shared=False)
+    def pid() -> int:
+        return os.getpid()
+
     return app
 
 
 def _from_env() -> Celery:
     broker = os.environ.get("BASIC_BROKER_URL", "memory://")
-    extra = {}
-    if os.environ.get("BASIC_EXTRA_SETTING"):
-        key, _, value = os.environ["BASIC_EXTRA_SETTING"].partition("=")
-        extra[key] = value
+    extra = json.loads(os.environ.get("BASIC_CONF", "{}"))
     return make_app(broker, os.environ.get("BASIC_NAMESPACE", "basic"), os.environ.get("BASIC_STORE_URL"), **extra)
 
 

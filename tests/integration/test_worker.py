@@ -7,9 +7,11 @@ a task fail, even with its store unreachable.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -23,18 +25,21 @@ ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ("celery", "storage", "cache", "sources")
 
 
-def _env(broker: str, namespace: str, store: str | None = None, extra: str | None = None) -> dict[str, str]:
-    env = {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT)}
+# Observation tests: a crash is final here (no re-run), so every outcome is counted once.
+OBSERVE = {"prismatic_max_restarts_per_message": 0}
+
+
+def _env(broker: str, namespace: str, store: str | None = None, conf: dict[str, Any] | None = None) -> dict[str, str]:
+    env = {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
+           "BASIC_CONF": json.dumps(OBSERVE if conf is None else conf)}
     if store:
         env["BASIC_STORE_URL"] = store
-    if extra:
-        env["BASIC_EXTRA_SETTING"] = extra
     return env
 
 
 @pytest.fixture
 def app(redis_url: str, namespace: str) -> Iterator[Celery]:
-    application = make_app(redis_url, namespace)
+    application = make_app(redis_url, namespace, **OBSERVE)
     yield application
     application.close()
 
@@ -111,7 +116,7 @@ def test_tasks_succeed_with_the_store_on_a_closed_port(app: Celery, redis_url: s
 def test_a_bad_setting_stops_the_worker_at_start_naming_it(redis_url: str, namespace: str) -> None:
     """A typo in a prismatic_* key stops `celery worker` before it consumes anything, naming the key."""
     worker = WorkerProcess("tests.apps.basic", hostname=f"bad-{namespace}@test", pool="solo",
-                           env=_env(redis_url, namespace, extra="prismatic_hotspot_restart=3"), cwd=ROOT)
+                           env=_env(redis_url, namespace, conf={"prismatic_hotspot_restart": 3}), cwd=ROOT)
     worker.start()
     assert worker.proc is not None
     code = worker.proc.wait(60)
@@ -127,7 +132,7 @@ def test_domain_option_consumes_only_that_domains_queues(app: Celery, redis_url:
                        env=_env(redis_url, namespace), cwd=ROOT) as worker:
         worker.wait_ready(app)
         replies = app.control.inspect(destination=[hostname], timeout=2).active_queues() or {}
-        assert sorted(q["name"] for q in replies[hostname]) == ["sources"]
+        assert sorted(q["name"] for q in replies[hostname]) == ["monitor", "sources"]
         core = app.tasks["basic.store_item"].delay("waits")
         failing = app.tasks["basic.fetch_fail"].delay("runs")
         with pytest.raises(ValueError):

@@ -1,0 +1,339 @@
+"""Overhead of prismatic-celery on no-op tasks: plugin fully enabled vs plain Celery.
+
+Run: ``python -m benchmarks.overhead [--pairs 5] [--tasks 2000] [--concurrency 2] [--quick]``
+
+Setup. Two private ``redis-server`` processes on free ports of 127.0.0.1, started and
+stopped here: one is the broker (db 0) and holds the run marks (db 1), the other is
+only the plugin's supervision store. The app is :mod:`benchmarks.apps`: the same code in
+both variants, ``plain`` (``install`` never called) and ``plugin`` (installed, default
+configuration, its queue supervised by a one-child ``one_for_one`` domain). Workers are
+real ``celery worker`` subprocesses, prefork pool, ``-Q bench``, Celery's default
+loglevel (WARNING) so per-task log lines do not dilute the comparison.
+
+Runs alternate plain, plugin, plain, plugin ... (``--pairs`` pairs after one discarded,
+shorter warm-up pair). Each run:
+
+1. publishes all N ``bench.noop`` tasks to the queue while no worker is running (the
+   publisher is never timed, and never competes with the worker for the CPUs);
+2. starts a fresh worker for the variant (``BENCH_VARIANT``) and waits until the queue is
+   drained and the last tasks have reported;
+3. measures on the worker side: the first ``marks`` tasks (by publication order) push
+   their start time to a list, the last ``marks`` push their end time, every other task
+   does nothing at all. Throughput = N / (last end - first start): worker start-up and
+   shutdown are outside the interval, the publisher is outside it, and the measurement
+   costs 2 * ``marks`` Redis writes per run, identical in both variants (no result
+   backend, no per-task counter);
+4. for the plugin, waits until the plugin's own counters (``prismatic:bench:stats:<host>``,
+   flushed every ``prismatic_stats_flush_s``) show every task succeeded, stops the worker
+   (warm shutdown), and reads ``INFO commandstats`` of the store server before publishing
+   and after the worker exited. The difference, minus the commands of this script's own
+   reads (one INFO and the counter polls, counted exactly), is everything the plugin
+   sent for the run: producer side, worker boot, registration heartbeats, counter flushes
+   and shutdown. Divided by the successful tasks it gives ``redis_cmds_per_task`` (an
+   upper bound of the per-task cost, as the per-run fixed costs are included).
+
+Output: one line per run, a summary, then one JSON line::
+
+    {"overhead_ratio": <median of plugin/plain per pair>, "redis_cmds_per_task": <sum of
+     plugin store commands / sum of successful tasks>, "pairs": n, "tasks": n,
+     "plain_tasks_per_s": median, "plugin_tasks_per_s": median}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+
+from benchmarks.apps import ENDS_KEY, NOOP, QUEUE, STARTS_KEY, make_app
+from prismatic_celery.testing import WorkerProcess, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+
+
+# private redis-servers ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def redis_server(name: str) -> Iterator[int]:
+    """A throw-away ``redis-server`` on a free port of 127.0.0.1 (no persistence); yields the port."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix=f"prismatic-bench-{name}-")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(host=HOST, port=port, socket_connect_timeout=0.5)
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise SystemExit(f"redis-server ({name}) exited with {proc.returncode}")
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, timeout_s=10, message=f"redis-server ({name}) on port {port}")
+        client.close()
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# store command accounting ----------------------------------------------------------------
+class StoreMeter:
+    """Counts the commands a Redis server processed, minus the ones this meter sent itself.
+
+    One persistent connection: its handshake happens before the first snapshot, and each
+    later call is exactly one command, recorded in ``own``.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.own: Counter[str] = Counter()
+        self.client.ping()
+
+    def snapshot(self) -> Counter[str]:
+        stats = self.client.info("commandstats")
+        self.own["info"] += 1  # counted by the server once it has answered: in the next snapshot
+        return Counter({name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()})
+
+    def hget(self, key: str, field_name: str) -> str | None:
+        self.own["hget"] += 1
+        value = self.client.hget(key, field_name)
+        return None if value is None else str(value)
+
+    def delta(self, before: Counter[str], after: Counter[str], own_before: Counter[str]) -> Counter[str]:
+        """Commands processed between two snapshots that this meter did not send."""
+        mine = self.own.copy()
+        mine.subtract(own_before)
+        mine["info"] -= 1  # the INFO of ``after`` is not in ``after`` yet
+        diff = after.copy()
+        diff.subtract(before)
+        diff.subtract(mine)
+        return Counter({k: v for k, v in diff.items() if v})
+
+    def calibrate(self) -> None:
+        """Two snapshots with nothing in between must differ by nothing but this meter."""
+        own = self.own.copy()
+        first = self.snapshot()
+        leftover = self.delta(first, self.snapshot(), own)
+        if leftover:
+            raise SystemExit(f"store meter miscounts its own commands: {dict(leftover)}")
+
+
+# one run -----------------------------------------------------------------------------------
+@dataclass
+class Run:
+    variant: str
+    index: int
+    tasks: int
+    seconds: float
+    store_cmds: Counter[str] = field(default_factory=Counter)
+    succeeded: int | None = None
+
+    @property
+    def per_s(self) -> float:
+        return self.tasks / self.seconds
+
+    @property
+    def cmds(self) -> int:
+        return sum(self.store_cmds.values())
+
+    def line(self) -> str:
+        text = (f"{self.variant:<6} run {self.index:>2}: {self.tasks} tasks in {self.seconds:7.3f} s"
+                f" = {self.per_s:8.1f}/s")
+        if self.variant == "plugin":
+            top = ", ".join(f"{k} {v}" for k, v in self.store_cmds.most_common(6))
+            text += f"  store cmds {self.cmds} = {self.cmds / self.tasks:.4f}/task ({top})"
+            if self.succeeded != self.tasks:
+                text += f"  [plugin counted {self.succeeded} succeeded]"
+        return text
+
+
+@dataclass
+class Bench:
+    apps: dict[str, Celery]
+    env: dict[str, str]
+    broker: redis.Redis
+    marks: redis.Redis
+    meter: StoreMeter
+    concurrency: int
+    runs: int = 0
+
+    def publish(self, app: Celery, n: int, marks: int) -> None:
+        task = app.tasks[NOOP]
+        with app.producer_or_acquire() as producer:
+            for i in range(n):
+                task.apply_async((i, n, marks), producer=producer)
+        queued = int(self.broker.llen(QUEUE))
+        if queued != n:
+            raise SystemExit(f"expected {n} messages in queue {QUEUE!r}, found {queued}")
+
+    def run(self, variant: str, n: int) -> Run:
+        self.runs += 1
+        marks = min(max(8, 4 * self.concurrency), n // 4)
+        hostname = f"{variant}-{self.runs}@bench"
+        self.marks.delete(STARTS_KEY, ENDS_KEY)
+        own_before = self.meter.own.copy()
+        before = self.meter.snapshot()
+        self.publish(self.apps[variant], n, marks)
+        worker = WorkerProcess(
+            "benchmarks.apps", hostname=hostname, pool="prefork", concurrency=self.concurrency, queues=[QUEUE],
+            extra_args=["--loglevel", "WARNING"], env={**self.env, "BENCH_VARIANT": variant}, cwd=ROOT,
+        )
+        succeeded: int | None = None
+        with worker:
+
+            def finished() -> bool:
+                if worker.proc is not None and worker.proc.poll() is not None:
+                    raise SystemExit(f"worker {hostname} exited with {worker.proc.returncode}:\n{worker.log}")
+                return int(self.marks.llen(ENDS_KEY)) >= marks
+
+            wait_for(finished, timeout_s=60 + n / 50, interval_s=0.05, message=f"{n} tasks on {hostname}")
+            if variant == "plugin":
+                key = f"prismatic:{self.apps[variant].main}:stats:{hostname}"
+
+                def counted() -> bool:
+                    nonlocal succeeded
+                    succeeded = int(self.meter.hget(key, f"{QUEUE}:succeeded") or 0)
+                    return succeeded >= n
+
+                try:
+                    wait_for(counted, timeout_s=10, interval_s=0.25, message="the plugin's success counters")
+                except AssertionError as exc:
+                    print(f"  note: {exc}", flush=True)
+            code = worker.stop()
+        if code != 0:
+            raise SystemExit(f"worker {hostname} exited with {code}:\n{worker.log}")
+        after = self.meter.snapshot()
+        left = int(self.broker.llen(QUEUE))
+        if left:
+            raise SystemExit(f"{left} messages left in queue {QUEUE!r} after {hostname}")
+        starts = [float(v) for v in self.marks.lrange(STARTS_KEY, 0, -1)]
+        ends = [float(v) for v in self.marks.lrange(ENDS_KEY, 0, -1)]
+        if len(starts) != marks or len(ends) != marks:
+            raise SystemExit(f"{hostname}: expected {marks} start and end marks, got {len(starts)} and {len(ends)}")
+        Path(worker._log.name).unlink(missing_ok=True)  # a run that went well leaves no log behind
+        store_cmds = self.meter.delta(before, after, own_before)
+        if variant == "plain" and store_cmds:
+            raise SystemExit(f"plain Celery sent commands to the plugin store: {dict(store_cmds)}")
+        return Run(variant, self.runs, n, max(ends) - min(starts), store_cmds, succeeded)
+
+
+# driver --------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=5, help="measured plain/plugin pairs (default 5)")
+    parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per run (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork pool processes (default 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="tasks per run of the discarded warm-up pair "
+                        "(default min(tasks, 500); 0: none)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short run for the tests: 2 pairs of 400 tasks, no warm-up")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.tasks, args.warmup = 2, 400, 0
+    if args.warmup is None:
+        args.warmup = min(args.tasks, 500)
+    if args.pairs < 1 or args.tasks < 40 or args.concurrency < 1 or args.warmup < 0:
+        parser.error("--pairs and --concurrency must be >= 1, --tasks >= 40, --warmup >= 0")
+    if 0 < args.warmup < 40:
+        parser.error("--warmup must be 0 or >= 40")
+    return args
+
+
+def summarize(runs: list[Run], pairs: int, tasks: int) -> dict[str, Any]:
+    plain = [r for r in runs if r.variant == "plain"]
+    plugin = [r for r in runs if r.variant == "plugin"]
+    ratios = [b.per_s / a.per_s for a, b in zip(plain, plugin, strict=True)]
+    total_tasks = sum(r.tasks for r in plugin)
+    total_cmds = sum(r.cmds for r in plugin)
+    by_command: Counter[str] = Counter()
+    for r in plugin:
+        by_command.update(r.store_cmds)
+    print(f"ratios plugin/plain per pair: {', '.join(f'{x:.3f}' for x in ratios)}")
+    print(f"median plain {statistics.median(a.per_s for a in plain):.1f}/s, "
+          f"median plugin {statistics.median(b.per_s for b in plugin):.1f}/s, "
+          f"median ratio {statistics.median(ratios):.3f}")
+    print(f"plugin store commands: {total_cmds} for {total_tasks} tasks = {total_cmds / total_tasks:.4f}/task "
+          f"({', '.join(f'{k} {v}' for k, v in by_command.most_common())})")
+    return {
+        "overhead_ratio": round(statistics.median(ratios), 4),
+        "redis_cmds_per_task": round(total_cmds / total_tasks, 5),
+        "pairs": pairs,
+        "tasks": tasks,
+        "plain_tasks_per_s": round(statistics.median(a.per_s for a in plain), 1),
+        "plugin_tasks_per_s": round(statistics.median(b.per_s for b in plugin), 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    began = time.monotonic()
+    with ExitStack() as stack:
+        broker_port = stack.enter_context(redis_server("broker"))
+        store_port = stack.enter_context(redis_server("store"))
+        broker_url, marks_url = f"redis://{HOST}:{broker_port}/0", f"redis://{HOST}:{broker_port}/1"
+        store_url = f"redis://{HOST}:{store_port}/0"
+        apps = {v: make_app(v, broker_url, store_url=store_url, marks_url=marks_url) for v in ("plain", "plugin")}
+        for app in apps.values():
+            stack.callback(app.close)
+        meter = StoreMeter(store_url)
+        meter.calibrate()
+        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {"BENCH_BROKER_URL": broker_url, "BENCH_STORE_URL": store_url, "BENCH_MARKS_URL": marks_url,
+               "PYTHONPATH": pythonpath}
+        bench = Bench(apps, env, redis.Redis.from_url(broker_url), redis.Redis.from_url(marks_url), meter,
+                      args.concurrency)
+        print(f"prefork -c {args.concurrency}, {args.tasks} no-op tasks per run, {args.pairs} pairs "
+              f"(plain, plugin alternated); broker :{broker_port}, plugin store :{store_port}; "
+              f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
+        if args.warmup:
+            for variant in ("plain", "plugin"):
+                print(f"warm-up: {bench.run(variant, args.warmup).line()}", flush=True)
+        runs: list[Run] = []
+        for _ in range(args.pairs):
+            for variant in ("plain", "plugin"):
+                runs.append(bench.run(variant, args.tasks))
+                print(runs[-1].line(), flush=True)
+        result = summarize(runs, args.pairs, args.tasks)
+        print(f"total time {time.monotonic() - began:.1f} s")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Worker-side convergence: consume exactly the supervised queues that are not paused.
+
+The store's pause records are the source of truth. A background thread reads
+them (one MGET per period, or at once when a broadcast says something
+changed); the worker's event loop applies the difference with
+``cancel_task_queue`` / ``add_task_queue`` (resumes in declaration order) and
+recycles the pool processes of a domain whose recycle generation moved. A
+worker started later, or one that missed a broadcast, converges within one
+period.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..log import get_logger, log_event
+from .pauses import Pause, read_pauses
+from .recycle import recycle_pool_processes
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["Reconciler", "Snapshot"]
+
+logger = get_logger("reconcile")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the store said at one read."""
+
+    pauses: dict[str, Pause] = field(default_factory=dict)
+    recycle: dict[str, int] = field(default_factory=dict)
+
+
+class Reconciler:
+    """Keeps one worker's consumption in line with the pause records."""
+
+    def __init__(self, runtime: Runtime, intended: Sequence[str]) -> None:
+        self.runtime = runtime
+        self.intended = tuple(q for q in runtime.supervisor.queues if q in set(intended))
+        self.domains = tuple(d for d in runtime.supervisor.domain_list if set(d.queues) & set(self.intended))
+        self.snapshot: Snapshot | None = None
+        self._applied: Snapshot | None = None
+        self._seen_recycle: dict[str, int] | None = None
+        self.wake = threading.Event()
+        self.served_pids: dict[str, set[int]] = {d.name: set() for d in self.domains}
+        self.pausers: frozenset[str] = frozenset()
+
+    # background thread -------------------------------------------------------------------------
+    def poll(self) -> Snapshot:
+        """Read pauses and recycle generations (one round trip) and publish the snapshot."""
+        keys = self.runtime.keys
+        recycle_keys = [keys.key("recycle", d.name) for d in self.domains]
+        raw = self.runtime.store.get_many(recycle_keys) if recycle_keys else []
+        pauses = read_pauses(self.runtime.store, keys, self.intended)
+        recycle = {d.name: int(v) if isinstance(v, int) else 0 for d, v in zip(self.domains, raw, strict=False)}
+        snapshot = Snapshot(pauses=pauses, recycle=recycle)
+        self.pausers = frozenset(p.by for p in pauses.values() if p.reason == "rest_for_one")
+        self.snapshot = snapshot
+        return snapshot
+
+    # event loop -------------------------------------------------------------------------------
+    def apply(self, consumer: Any) -> None:
+        """Apply the newest snapshot to ``consumer`` (cheap; only touches what changed)."""
+        snapshot = self.snapshot
+        if snapshot is None or snapshot is self._applied:
+            return
+        self._applied = snapshot
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if task_consumer is None:
+            return
+        for queue in self.intended:
+            consuming = task_consumer.consuming_from(queue)
+            pause = snapshot.pauses.get(queue)
+            if pause is not None and consuming:
+                consumer.cancel_task_queue(queue)
+                log_event(logging.WARNING, "queue-paused", logger, queue=queue, reason=pause.reason, by=pause.by,
+                          until=round(pause.until, 3))
+            elif pause is None and not consuming:
+                consumer.add_task_queue(queue)
+                log_event(logging.WARNING, "queue-resumed", logger, queue=queue)
+        self._recycle(consumer, snapshot)
+
+    def pause_now(self, consumer: Any, queues: Sequence[str]) -> None:
+        """A broadcast named queues to pause: stop consuming them before the next read."""
+        task_consumer = getattr(consumer, "task_consumer", None)
+        for queue in queues:
+            if queue in self.intended and task_consumer is not None and task_consumer.consuming_from(queue):
+                consumer.cancel_task_queue(queue)
+                log_event(logging.WARNING, "queue-paused", logger, queue=queue, reason="broadcast")
+        self.wake.set()
+
+    def _recycle(self, consumer: Any, snapshot: Snapshot) -> None:
+        if self._seen_recycle is None:
+            self._seen_recycle = dict(snapshot.recycle)
+            return
+        for domain, generation in snapshot.recycle.items():
+            if generation > self._seen_recycle.get(domain, 0):
+                self._seen_recycle[domain] = generation
+                pids = self.served_pids.get(domain, set())
+                asked = recycle_pool_processes(consumer.pool, pids if self._shared() else None)
+                pids.clear()
+                log_event(logging.WARNING, "pool-recycled", logger, domain=domain, generation=generation,
+                          pids=",".join(map(str, asked)) or "none")
+
+    def _shared(self) -> bool:
+        """True when this worker serves more than one domain (recycle only the domain's processes)."""
+        return len(self.domains) > 1 or any(
+            q not in self.runtime.supervisor.queues for q in self.runtime.consumed_queues
+        )

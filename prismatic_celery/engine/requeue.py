@@ -1,0 +1,34 @@
+"""Putting a message back on its queue for later, without losing it.
+
+Celery's ``Task.retry`` always spends one retry. A restart must (it counts),
+a deferral must not (an open circuit or a paused queue is not the task's
+fault), so both go through :func:`requeue`, which republishes the message
+with the same id and the retry count the caller chooses, then raises
+``Retry`` so the current delivery is acknowledged and recorded as RETRY.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from celery import Task
+from celery.exceptions import Retry
+
+__all__ = ["can_requeue", "requeue"]
+
+
+def can_requeue(task: Task[Any, Any]) -> bool:
+    """False for direct calls and eager execution (there is no message to put back)."""
+    request = task.request
+    return not (request.called_directly or request.is_eager)
+
+
+def requeue(task: Task[Any, Any], *, countdown_s: float, retries: int, exc: BaseException | None = None) -> NoReturn:
+    """Republish the current message to run after ``countdown_s`` with ``retries``; raises Retry."""
+    request = task.request
+    signature = task.signature_from_request(
+        request, tuple(request.args or ()), dict(request.kwargs or {}), countdown=max(0.0, countdown_s),
+        retries=retries,
+    )
+    signature.apply_async()
+    raise Retry(exc=exc if isinstance(exc, Exception) else None, when=int(countdown_s * 1000) / 1000)  # type: ignore[arg-type]  # stubs want numbers.Real

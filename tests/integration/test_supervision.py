@@ -1,0 +1,176 @@
+"""The OTP semantics on real workers and a real Redis (issue: supervision engine).
+
+Given two workers sharing one tree, when a supervised task crashes, then the
+domain's strategy is enacted on every worker, budgets pause and escalate, and
+no message is lost or run twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from prismatic_celery.engine.pauses import Pause, set_pause
+from prismatic_celery.keys import Keys
+from prismatic_celery.testing import WorkerProcess, wait_for
+from tests.apps.basic import make_app
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
+    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
+            "BASIC_CONF": json.dumps(conf)}
+
+
+def _consuming(app: Celery, hostnames: list[str]) -> dict[str, set[str]]:
+    replies = app.control.inspect(destination=hostnames, timeout=1).active_queues() or {}
+    return {h: {q["name"] for q in queues} for h, queues in replies.items()}
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield c
+    c.close()
+
+
+REST = {"prismatic_backoff_initial_ms": 2000, "prismatic_backoff_max_ms": 2000, "prismatic_backoff_jitter_ms": 0,
+        "prismatic_pause_window_s": 30}
+
+
+def test_rest_for_one_pauses_later_children_on_every_worker_and_resumes_in_order(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    """A storage crash pauses cache and telemetry on both workers until storage succeeds; nothing lost or doubled."""
+    app = make_app(redis_url, namespace, **REST)
+    hosts = [f"a-{namespace}@test", f"b-{namespace}@test"]
+    env = _env(redis_url, namespace, REST)
+    with WorkerProcess("tests.apps.basic", hostname=hosts[0], pool="prefork", concurrency=2, env=env, cwd=ROOT) as w1, \
+            WorkerProcess("tests.apps.basic", hostname=hosts[1], pool="solo", env=env, cwd=ROOT) as w2:
+        w1.wait_ready(app)
+        w2.wait_ready(app)
+        assert all({"storage", "cache", "telemetry"} <= q for q in _consuming(app, hosts).values())
+
+        crashing = app.tasks["basic.flaky"].apply_async(("s1", 1), queue="storage")
+        wait_for(lambda: all(not ({"cache", "telemetry"} & q) and "storage" in q
+                             for q in _consuming(app, hosts).values()) and len(_consuming(app, hosts)) == 2,
+                 timeout_s=10, message="cache and telemetry paused on both workers")
+
+        waiting = [app.tasks["basic.record"].apply_async((f"c{i}",), queue="cache") for i in range(10)]
+        waiting += [app.tasks["basic.record"].apply_async((f"t{i}",), queue="telemetry") for i in range(5)]
+        wait_for(lambda: client.llen("cache") == 10 and client.llen("telemetry") == 5, timeout_s=5,
+                 message="paused messages wait in the broker")
+        assert not any(client.get(f"runs:c{i}") for i in range(10))
+
+        assert crashing.get(timeout=20) == 2, "the storage task succeeds on its restart"
+        wait_for(lambda: all({"cache", "telemetry"} <= q for q in _consuming(app, hosts).values()),
+                 timeout_s=10, message="both workers resume cache and telemetry")
+        assert [r.get(timeout=30) for r in waiting] == [f"c{i}" for i in range(10)] + [f"t{i}" for i in range(5)]
+        for key in [f"c{i}" for i in range(10)] + [f"t{i}" for i in range(5)] + ["s1"]:
+            assert client.get(f"runs:{key}") == "1", key
+        assert client.get("attempts:s1") == "2"
+        for worker in (w1, w2):
+            log = worker.log
+            assert "queue-paused" in log
+            assert log.index("queue-resumed queue=cache") < log.index("queue-resumed queue=telemetry"), worker
+        restarts = client.hgetall(f"prismatic:{namespace}:restart-totals")
+        assert restarts == {"storage": "1"}
+
+
+def test_a_worker_started_during_a_pause_does_not_consume_the_paused_queue(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    """The pause record in Redis is the truth: a late worker converges to it within one period."""
+    app = make_app(redis_url, namespace)
+    keys = Keys(namespace)
+    now = time.time()
+    set_pause(app_store(app), keys, Pause("cache", "core", "manual", "test", now, now + 4))
+    host = f"late-{namespace}@test"
+    with WorkerProcess("tests.apps.basic", hostname=host, pool="solo", env=_env(redis_url, namespace, {}),
+                       cwd=ROOT) as worker:
+        worker.wait_ready(app)
+        wait_for(lambda: "cache" not in _consuming(app, [host]).get(host, {"cache"}), timeout_s=5,
+                 message="the late worker leaves cache alone")
+        held = app.tasks["basic.record"].apply_async(("late",), queue="cache")
+        wait_for(lambda: client.llen("cache") == 1, timeout_s=5, message="message waits in the broker")
+        assert client.get("runs:late") is None
+        assert held.get(timeout=20) == "late", "it runs once the pause expires"
+        assert client.get("runs:late") == "1"
+
+
+def app_store(app: Celery) -> Any:
+    from prismatic_celery import get_runtime
+
+    runtime = get_runtime(app)
+    assert runtime is not None
+    return runtime.store
+
+
+ALL = {"prismatic_backoff_initial_ms": 200, "prismatic_backoff_max_ms": 200, "prismatic_backoff_jitter_ms": 0,
+       "prismatic_recycle_pause_s": 1.5}
+
+
+def test_one_for_all_recycles_the_domains_pool_processes_and_resumes(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    """A crash in evo pauses both its children, replaces the pool processes that served it, then resumes."""
+    app = make_app(redis_url, namespace, **ALL)
+    host = f"evo-{namespace}@test"
+    with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
+                       extra_args=["--domain", "evo"], env=_env(redis_url, namespace, ALL), cwd=ROOT) as worker:
+        worker.wait_ready(app)
+        before = set(worker.pool_pids())
+        assert len(before) == 2
+        served = {app.tasks["basic.pid"].apply_async(queue=q).get(timeout=10) for q in ("mendel", "fitness") * 4}
+        assert served <= before
+        result = app.tasks["basic.flaky"].apply_async(("evo1", 1), queue="mendel")
+        assert result.get(timeout=30) == 2
+        wait_for(lambda: "pool-recycled domain=evo" in worker.log, timeout_s=10, message="pool recycled")
+        wait_for(lambda: len(set(worker.pool_pids()) - before) == 2 and len(worker.pool_pids()) == 2,
+                 timeout_s=15, message="two new pool processes")
+        after = {app.tasks["basic.pid"].apply_async(queue=q).get(timeout=10) for q in ("mendel", "fitness") * 4}
+        assert not (after & before), "every task now runs in a fresh process"
+        assert {"mendel", "fitness"} <= _consuming(app, [host])[host]
+        assert client.get("runs:evo1") == "1"
+
+
+BUDGET = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0,
+          "prismatic_domain_budget": {"max_restarts": 2, "period_s": 60},
+          "prismatic_supervisor_budget": {"max_restarts": 1, "period_s": 300},
+          "prismatic_cooldown_initial_s": 2, "prismatic_cooldown_max_s": 4,
+          "prismatic_max_restarts_per_message": 20}
+
+
+def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
+    redis_url: str, namespace: str, client: redis.Redis
+) -> None:
+    """osint exceeds its budget: it alone pauses while core keeps completing; the next overrun escalates."""
+    app = make_app(redis_url, namespace, **BUDGET)
+    host = f"budget-{namespace}@test"
+    with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
+                       env=_env(redis_url, namespace, BUDGET), cwd=ROOT) as worker:
+        worker.wait_ready(app)
+        failing = app.tasks["basic.flaky"].apply_async(("osint1", 1000), queue="sources")
+        wait_for(lambda: "sources" not in _consuming(app, [host]).get(host, {"sources"}), timeout_s=10,
+                 message="osint paused after its budget")
+        done = [app.tasks["basic.record"].apply_async((f"core{i}",), queue="cache") for i in range(20)]
+        assert [r.get(timeout=20) for r in done] == [f"core{i}" for i in range(20)], "core keeps completing"
+        assert "sources" not in _consuming(app, [host])[host]
+        events = f"prismatic:{namespace}:events"
+        wait_for(lambda: any(f.get("type") == "escalation" for _, f in client.xrange(events)), timeout_s=30,
+                 message="escalation after the second overrun")
+        wait_for(lambda: "supervision-escalation" in worker.log and "CRITICAL" in worker.log, timeout_s=5,
+                 message="CRITICAL escalation log line")
+        escalation = json.loads(client.get(f"prismatic:{namespace}:escalation:osint") or "{}")
+        assert escalation["reason"] == "supervisor_budget_exceeded"
+        assert client.hgetall(f"prismatic:{namespace}:restart-totals").get("cache") is None
+        failing.revoke()

@@ -1,0 +1,39 @@
+"""The overhead benchmark runs end to end and ends with its JSON summary (speed is measured, not asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_per_s", "plugin_tasks_per_s"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_overhead_benchmark_quick_run_ends_with_its_json_summary() -> None:
+    """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI is set: integration tests must run)")
+        pytest.skip("redis-server is not installed")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.overhead", "--quick"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    last = proc.stdout.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert set(summary) == KEYS, last
+    assert summary["overhead_ratio"] > 0
+    assert summary["redis_cmds_per_task"] >= 0
+    assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
+    assert summary["pairs"] >= 1 and summary["tasks"] > 0
+    assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
