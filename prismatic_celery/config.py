@@ -16,7 +16,7 @@ from celery import Celery
 from .errors import ConfigurationError
 from .keys import Keys
 from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
-from .validate import as_bool, as_int, as_seconds, as_str, reject_unknown
+from .validate import as_bool, as_int, as_seconds, as_str, as_str_list, reject_unknown
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "settings_table"]
 
@@ -50,6 +50,34 @@ def _store_url(setting: str, value: Any) -> str | None:
     if not url.startswith(("redis://", "rediss://", "unix://", "memory://")):
         raise ConfigurationError(setting, f"{url!r} is not supported; use redis://, rediss://, unix:// or memory://")
     return url
+
+
+def _circuits(setting: str, value: Any) -> Any:
+    from .circuits.config import parse_circuits
+
+    return parse_circuits(setting, value)
+
+
+def _rules(setting: str, value: Any) -> Any:
+    from .remediation.rules import parse_rules
+
+    return parse_rules(setting, value)
+
+
+def _class_overrides(setting: str, value: Any) -> Any:
+    from .lessons.classify import parse_overrides
+
+    return parse_overrides(value, setting=setting)
+
+
+def _optional_str_list(setting: str, value: Any) -> tuple[str, ...] | None:
+    return None if value is None else as_str_list(setting, value)
+
+
+def _rate(setting: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigurationError(setting, f"expected a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def _positive_int(setting: str, value: Any) -> int:
@@ -101,6 +129,33 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_json", False, as_bool, "bool", "Write supervision log lines as JSON instead of `key=value`."),
     Setting("event_stream_maxlen", 1000, _positive_int, "entries",
             "Cap of the Redis stream of recent supervision events."),
+    # circuit breakers
+    Setting("circuits", None, _circuits, "mapping",
+            "Shared circuit breakers: `{name: {fail_max, reset_timeout_s, exclude, success_threshold, "
+            "call_timeout_s, strict}}`."),
+    Setting("circuit_cache_s", 1.0, lambda s, v: as_seconds(s, v, allow_zero=True), "s",
+            "Longest staleness of a process's cached circuit state when no pub/sub message arrives."),
+    Setting("circuit_pause_child", False, as_bool, "bool",
+            "Also pause a child's queue (on every worker) while a circuit its task depends on is open."),
+    # remediation
+    Setting("remediation_rules", None, _rules, "list",
+            "Ordered remediation rules `[{match: {...}, action: ..., name}]`, tried before the defaults."),
+    Setting("default_rules", True, as_bool, "bool", "Append the built-in remediation rules after yours."),
+    Setting("dlq_max", 10000, _positive_int, "messages", "Cap of each domain's dead-letter list (oldest dropped)."),
+    Setting("quarantine_deliveries", 3, _positive_int, "deliveries",
+            "A message whose execution killed its pool process this many times goes to the dead-letter queue."),
+    # lessons learned
+    Setting("lessons", True, as_bool, "bool", "Record lessons and apply the remediations that worked."),
+    Setting("lessons_max", 1000, _positive_int, "lessons", "Lessons kept (least recently seen evicted)."),
+    Setting("lesson_min_observations", 3, _positive_int, "outcomes",
+            "Outcomes a remediation needs before a lesson applies it automatically."),
+    Setting("lesson_min_success_rate", 0.8, _rate, "0..1",
+            "Success rate a remediation needs before a lesson applies it automatically."),
+    Setting("in_app_modules", None, _optional_str_list, "list",
+            "Module prefixes whose frames fingerprint a crash. Default: every frame outside the standard "
+            "library, site-packages and Celery."),
+    Setting("failure_class_overrides", None, _class_overrides, "mapping",
+            "`{exception class or dotted name: failure class}` checked before the built-in classification."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -131,6 +186,19 @@ class Settings:
     send_events: bool
     log_json: bool
     event_stream_maxlen: int
+    circuits: Any
+    circuit_cache_s: float
+    circuit_pause_child: bool
+    remediation_rules: Any
+    default_rules: bool
+    dlq_max: int
+    quarantine_deliveries: int
+    lessons: bool
+    lessons_max: int
+    lesson_min_observations: int
+    lesson_min_success_rate: float
+    in_app_modules: tuple[str, ...] | None
+    failure_class_overrides: Any
 
     @property
     def keys(self) -> Keys:

@@ -27,6 +27,7 @@ from .tree import Child, Domain, Supervisor
 
 if TYPE_CHECKING:
     from .engine.reconcile import Reconciler
+    from .task import TaskGuard
 
 __all__ = ["Installation", "Runtime", "get_runtime", "installation"]
 
@@ -78,9 +79,16 @@ class Runtime:
         self.worker_domains: tuple[str, ...] = ()  # --domain options of this worker
         self.consumed_queues: tuple[str, ...] = ()  # every queue this worker consumes when nothing is paused
         self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
+        from .circuits import Circuits
         from .engine.engine import Engine
+        from .remediation import RemediationRegistry
 
+        self.circuits = Circuits(self.store, self.keys, self.dispatcher, specs=settings.circuits,
+                                 cache_ttl_s=settings.circuit_cache_s)
+        self.registry = RemediationRegistry(settings.remediation_rules or (),
+                                            defaults=None if settings.default_rules else ())
         self.engine = Engine(self)
+        self.guards: list[TaskGuard] = []  # bulkheads and load shedding add theirs
 
     # locating the child of a request --------------------------------------------------
     def _queue_for_routing_key(self, routing_key: str) -> str | None:

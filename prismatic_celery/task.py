@@ -17,7 +17,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
 
-__all__ = ["CONTROL_FLOW", "SupervisedTask", "supervise_task"]
+__all__ = ["CONTROL_FLOW", "SupervisedTask", "TaskGuard", "supervise_task"]
 
 logger = get_logger("task")
 
@@ -31,6 +31,21 @@ def _runtime(task: Task[Any, Any]) -> Runtime | None:
     except Exception as exc:  # bad configuration fails the worker at start, never a task
         log_event(logging.ERROR, "runtime-unavailable", logger, task=task.name, error=repr(exc)[:300])
         return None
+
+
+class TaskGuard:
+    """A hook around every supervised task, in the process that runs it (no-op by default).
+
+    ``before_run`` may defer or divert the message by raising Celery's ``Retry``
+    or ``Ignore`` (after putting the message somewhere safe); any other exception
+    is logged and ignored. ``after_run`` always runs once ``before_run`` passed.
+    """
+
+    def before_run(self, task: Task[Any, Any]) -> None:
+        """Called before the task body."""
+
+    def after_run(self, task: Task[Any, Any], failed: bool) -> None:
+        """Called after the task body (``failed`` when it raised)."""
 
 
 class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stubs' view of subclasses
@@ -48,22 +63,30 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
             return super().__call__(*args, **kwargs)
         engine = runtime.engine
         _guarded(engine.before_run, self)
+        guards = runtime.guards
+        for guard in guards:
+            _guarded(guard.before_run, self)
+        failed = True
         try:
-            result = super().__call__(*args, **kwargs)
+            result = engine.call(self, super().__call__, args, kwargs)
+            failed = False
         except CONTROL_FLOW:
             raise
         except Exception as exc:
             _guarded(engine.on_crash, self, exc)
             raise
+        finally:
+            for guard in reversed(guards):
+                _guarded(guard.after_run, self, failed)
         _guarded(engine.after_success, self)
         return result
 
 
 def _guarded(hook: Callable[..., None], *args: Any) -> None:
-    """Run an engine hook: Retry passes (it is the decision), anything else is logged and dropped."""
+    """Run an engine hook: Retry/Ignore pass (they are the decision), anything else is logged and dropped."""
     try:
         hook(*args)
-    except Retry:
+    except (Retry, Ignore):
         raise
     except Exception as exc:  # the plugin must never be the reason a task fails
         log_event(logging.ERROR, "supervision-hook-failed", logger, hook=getattr(hook, "__name__", "?"),

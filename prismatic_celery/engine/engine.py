@@ -9,9 +9,11 @@ anything else into the task.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
@@ -69,6 +71,20 @@ class Engine:
         log_event(logging.INFO, "supervision-deferred", logger, task=task.name, id=task.request.id,
                   queue=located[1].queue, reason=pause.reason, countdown_s=round(remaining, 3))
         requeue(task, countdown_s=remaining, retries=task.request.retries or 0)
+
+    def call(self, task: Task[Any, Any], body: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Run the task body under the circuit breakers the task declares (``circuits=[...]`` option).
+
+        A closed circuit costs no store round trip; an open one raises
+        ``CircuitOpenError`` without running the body (handled by :meth:`on_crash`).
+        """
+        names = getattr(task, "circuits", None)
+        if not names:
+            return body(*args, **kwargs)
+        call: Callable[[], Any] = functools.partial(body, *args, **kwargs)
+        for name in reversed(tuple(names)):
+            call = functools.partial(self.runtime.circuits.get(name).call, call)
+        return call()
 
     def on_crash(self, task: Task[Any, Any], exc: BaseException) -> None:
         """Decide what a crash of a supervised task means; may raise Retry to re-run it."""
