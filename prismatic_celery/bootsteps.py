@@ -66,8 +66,24 @@ class DomainStep(bootsteps.Step):
         if domains:
             worker.app.amqp.queues.select(_selected_queues(runtime, domains))
         runtime.worker_domains = domains
+        _check_task_circuits(worker.app, runtime)
         worker.pool_restarts = True  # per-process shutdown events: recycling a pool process needs them
         super().__init__(worker, **kwargs)
+
+
+def _check_task_circuits(app: Celery, runtime: Runtime) -> None:
+    """Every circuit a task depends on (``circuits=[...]`` option) must be declared."""
+    for name, task in list(app.tasks.items()):
+        wanted = getattr(task, "circuits", None)
+        if not wanted:
+            continue
+        if isinstance(wanted, str) or not isinstance(wanted, (list, tuple)):
+            raise ConfigurationError(f"{name}.circuits", f"expected a list of circuit names, got {wanted!r}")
+        for circuit in wanted:
+            if circuit not in runtime.circuits:
+                known = ", ".join(runtime.circuits.names) or "none declared"
+                raise ConfigurationError(f"{name}.circuits", f"unknown circuit {circuit!r}; prismatic_circuits "
+                                                             f"declares: {known}")
 
 
 def worker_key(runtime: Runtime, hostname: str) -> str:

@@ -105,8 +105,8 @@ class StreamListener(SupervisionListener):
         self.maxlen = maxlen
 
     def _append(self, event: SupervisionEvent) -> None:
-        if event.recorded or event.type == "crash":
-            return  # the restart script wrote it; crashes are summarised by restart events
+        if event.recorded:
+            return  # the restart script already wrote it, in the same round trip as its decision
         fields = {"type": event.type, "time": f"{event.timestamp:.6f}"}
         fields.update({k: str(v) for k, v in event.fields.items()})
         self.store.stream_add(self.key, fields, maxlen=self.maxlen)

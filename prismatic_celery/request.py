@@ -1,11 +1,19 @@
-"""The supervised Request: bookkeeping that must happen in the worker's main process.
+"""The supervised Request: supervision that must happen in the worker's main process.
 
-Under prefork the parent learns here which pool process accepted a task, so a
-``one_for_all`` restart can recycle exactly the processes that served the
-domain. The hook is guarded: bookkeeping never changes what Celery does with
-the message. (Celery generates a per-task subclass whose ``on_success`` does
-not call its base, so success-time work happens in the task's process instead:
-see :meth:`prismatic_celery.engine.Engine.after_success`.)
+* Which pool process accepted a task (so a ``one_for_all`` restart recycles
+  exactly the processes that served the domain).
+* A pool process that died running a task (``WorkerLostError``: segfault,
+  ``os._exit``, OOM kill) is a crash: its deaths are counted per message id
+  across worker restarts; a message that killed its process
+  ``prismatic_quarantine_deliveries`` times goes to the dead-letter queue and
+  is acknowledged, so a crash loop cannot hold the queue. Below that, the
+  message runs again: Celery requeues it (``acks_late`` with
+  ``reject_on_worker_lost``) or the plugin republishes it (otherwise plain
+  Celery would drop it).
+
+Every hook is guarded: bookkeeping failures never change what Celery does.
+(Celery generates a per-task subclass whose ``on_success`` does not call its
+base, so success-time work happens in the task's process instead.)
 """
 
 from __future__ import annotations
@@ -13,18 +21,30 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery.worker.request import Request
+from celery.worker.state import task_ready
+from kombu.utils.encoding import safe_repr, safe_str
 
+from .errors import PrismaticError
+from .lessons.redact import redact
 from .log import get_logger, log_event
-from .runtime import get_runtime
+from .remediation.backoff import delay_s
+from .remediation.dlq import dead_letter_entry
+from .runtime import Runtime, get_runtime
+from .tree import Child, Domain
 
-__all__ = ["SupervisedRequest"]
+__all__ = ["Quarantined", "SupervisedRequest"]
 
 logger = get_logger("request")
 
 
+class Quarantined(PrismaticError):
+    """The message killed its pool process too many times and was moved to the dead-letter queue."""
+
+
 class SupervisedRequest(Request):
-    """Celery's Request plus a note of which pool process serves which domain."""
+    """Celery's Request plus pool-process bookkeeping and crash-loop quarantine."""
 
     def on_accepted(self, pid: Any, time_accepted: Any) -> Any:
         result = super().on_accepted(pid, time_accepted)
@@ -34,11 +54,89 @@ class SupervisedRequest(Request):
             log_event(logging.ERROR, "request-hook-failed", logger, hook="on_accepted", error=repr(exc)[:300])
         return result
 
-    def _note_pid(self, pid: Any) -> None:
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        try:
+            if self._supervise_worker_lost(exc_info):
+                return None
+        except Exception as exc:  # fall back to Celery's own handling
+            log_event(logging.ERROR, "request-hook-failed", logger, hook="on_failure", error=repr(exc)[:300])
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    # -----------------------------------------------------------------------------------------
+    def _located(self) -> tuple[Runtime, Domain, Child] | None:
         runtime = get_runtime(self.task.app)
-        if runtime is None or runtime.reconciler is None or not pid:
-            return
+        if runtime is None:
+            return None
         delivery = self.delivery_info if isinstance(self.delivery_info, dict) else None
         located = runtime.locate(delivery, self.task.name)
-        if located is not None:
-            runtime.reconciler.served_pids.setdefault(located[0].name, set()).add(int(pid))
+        return None if located is None else (runtime, located[0], located[1])
+
+    def _request(self) -> Any:
+        """The task's Context for this request (Celery keeps it private)."""
+        return getattr(self, "_context")  # noqa: B009  (private attribute the stubs do not declare)
+
+    def _note_pid(self, pid: Any) -> None:
+        found = self._located()
+        if found is not None and pid and found[0].reconciler is not None:
+            found[0].reconciler.served_pids.setdefault(found[1].name, set()).add(int(pid))
+
+    def _supervise_worker_lost(self, exc_info: Any) -> bool:
+        exc = exc_info.exception
+        inner = getattr(exc, "exc", None)  # billiard's ExceptionWithTraceback wraps the real one
+        if isinstance(inner, BaseException):
+            exc = inner
+        stored_success = getattr(self, "_success_was_stored", None)
+        if not isinstance(exc, WorkerLostError) or (callable(stored_success) and stored_success()):
+            return False
+        found = self._located()
+        if found is None:
+            return False
+        runtime, domain, child = found
+        deaths = runtime.engine.worker_lost(domain, child, self.id, self.task_name, self.hostname)
+        if deaths >= runtime.settings.quarantine_deliveries:
+            self._quarantine(runtime, domain, child, exc, exc_info, deaths)
+            return True
+        if self.task.acks_late and self.task.reject_on_worker_lost:
+            return False  # Celery requeues the message: that is the restart
+        return self._rerun(runtime, exc, exc_info, deaths)
+
+    def _quarantine(self, runtime: Runtime, domain: Domain, child: Child, exc: BaseException, exc_info: Any,
+                    deaths: int) -> None:
+        reason = f"quarantined: killed its pool process {deaths} times"
+        runtime.dlq.push(dead_letter_entry(
+            task=self.task_name, task_id=self.id, args=self.args, kwargs=self.kwargs, queue=child.queue,
+            domain=domain.name, reason=reason, exception="WorkerLostError", message=redact(safe_str(exc)),
+            traceback=redact(safe_str(exc_info.traceback or "")), attempts=deaths,
+        ))
+        runtime.store.delete(runtime.keys.key("deaths", self.id))
+        fields = {"domain": domain.name, "child": child.queue, "task": self.task_name, "task_id": self.id,
+                  "hostname": self.hostname, "deaths": deaths}
+        runtime.emit("remediation", action="dead_letter", reason="crash_loop", **fields)
+        runtime.emit("escalation", reason="crash_loop", **fields)
+        task_ready(self)
+        failure = Quarantined(reason)
+        if self.store_errors:
+            self.task.backend.mark_as_failure(self.id, failure, request=self._request())
+        if self.task.acks_late:
+            self.acknowledge()
+        self.send_event("task-failed", exception=safe_repr(failure), traceback=safe_str(exc_info.traceback))
+
+    def _rerun(self, runtime: Runtime, exc: BaseException, exc_info: Any, deaths: int) -> bool:
+        """Republish a message whose process died (plain Celery would record a failure and drop it)."""
+        request = self._request()
+        countdown = delay_s(runtime.engine.backoff, deaths)
+        try:
+            self.task.signature_from_request(request, countdown=countdown,
+                                             retries=int(request.retries or 0) + 1).apply_async()
+        except Exception as send_exc:  # let Celery record the failure rather than lose track of it
+            log_event(logging.ERROR, "rerun-failed", logger, task=self.task_name, id=self.id,
+                      error=repr(send_exc)[:300])
+            return False
+        task_ready(self)
+        if self.store_errors:
+            self.task.backend.mark_as_retry(self.id, WorkerLostError(safe_str(exc)), exc_info.traceback,
+                                            request=request)
+        if self.task.acks_late:
+            self.acknowledge()
+        self.send_event("task-retried", exception=safe_repr(exc), traceback=safe_str(exc_info.traceback))
+        return True

@@ -81,14 +81,19 @@ class Runtime:
         self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
         from .circuits import Circuits
         from .engine.engine import Engine
+        from .lessons.learning import Learning
         from .remediation import RemediationRegistry
+        from .remediation.dlq import DeadLetterQueue
 
         self.circuits = Circuits(self.store, self.keys, self.dispatcher, specs=settings.circuits,
                                  cache_ttl_s=settings.circuit_cache_s)
         self.registry = RemediationRegistry(settings.remediation_rules or (),
                                             defaults=None if settings.default_rules else ())
         self.engine = Engine(self)
+        self.dlq = DeadLetterQueue(self.store, self.keys, settings.dlq_max)
+        self.learning: Learning | None = Learning(self) if settings.lessons else None
         self.guards: list[TaskGuard] = []  # bulkheads and load shedding add theirs
+        self.guards.extend(__import__("prismatic_celery.bulkhead", fromlist=["_"]).admission_guards(self))
 
     # locating the child of a request --------------------------------------------------
     def _queue_for_routing_key(self, routing_key: str) -> str | None:

@@ -92,23 +92,27 @@ def test_a_transient_child_is_not_restarted_for_a_normal_exception() -> None:
     app, runtime, recorder = _app()
     assert _crash(app, runtime, "transient", KeyError("normal")) is None
     assert recorder.types() == ["crash"]
-    assert _crash(app, runtime, "transient", ValueError("abnormal")) is not None
+    assert _crash(app, runtime, "transient", ConnectionError("abnormal")) is not None
 
 
 def test_a_temporary_child_is_recorded_but_never_restarted() -> None:
     """temporary: the crash counts, the message is not re-run."""
     app, runtime, recorder = _app()
-    assert _crash(app, runtime, "temporary", ValueError("x")) is None
-    assert runtime.store.hgetall(runtime.keys.key("restart-totals")) == {"temporary": "1"}
+    assert _crash(app, runtime, "temporary", ConnectionError("x")) is None
+    assert runtime.store.hgetall(runtime.keys.key("restart-totals")) == {}
     assert recorder.types() == ["crash"]
+    entries = [f for _, f in runtime.store.stream_range(runtime.keys.key("events"), 10)]
+    assert [(e["type"], e["child"], e["outcome"]) for e in entries] == [("crash", "temporary", "retry_with_backoff")]
 
 
 def test_a_message_out_of_restarts_fails_and_escalates() -> None:
     """After max_restarts_per_message re-runs, the failure is final and escalated."""
     app, runtime, recorder = _app(prismatic_max_restarts_per_message=2)
-    assert _crash(app, runtime, "storage", ValueError("x"), retries=2) is None
+    assert _crash(app, runtime, "storage", ConnectionError("x"), retries=2) is None
     assert recorder.types() == ["crash", "escalation"]
     assert recorder.events[-1].fields["reason"] == "message_restarts_exhausted"
+    [letter] = runtime.dlq.list("core")
+    assert letter["reason"] == "restarts_exhausted" and letter["args"] == ["boom"] and letter["attempts"] == 3
 
 
 def test_unsupervised_queues_are_left_alone() -> None:
@@ -155,7 +159,7 @@ def test_a_crash_decision_costs_one_store_round_trip(redis_server: RedisServer, 
                                                      queue: str) -> None:
     """Counted on the wire to the store's own server: one decision (count, budgets, strategy, events) is one
     round trip, the EVALSHA of the restart script."""
-    app, runtime, _ = _app(store_url=redis_server.url)
+    app, runtime, _ = _app(store_url=redis_server.url, prismatic_lessons=False)
     _crash(app, runtime, queue, ConnectionError("refused"), task_id="warm-up")  # loads the script once
     sent: list[bytes] = []
     original = redis.connection.Connection.send_packed_command

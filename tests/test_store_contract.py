@@ -40,6 +40,14 @@ def test_values_expire_after_their_ttl(store: Store) -> None:
     wait_for(lambda: store.get_json("prismatic:t:pause:q") is None, timeout_s=3, message="expiry")
 
 
+def test_counters_count_and_expire(store: Store) -> None:
+    """incr counts from one and refreshes the counter's expiry."""
+    assert [store.incr("prismatic:t:deaths:m1", ttl_s=60) for _ in range(3)] == [1, 2, 3]
+    ttl = store.ttl("prismatic:t:deaths:m1")
+    assert ttl is not None and 59 < ttl <= 60
+    assert store.incr("prismatic:t:deaths:m2", ttl_s=60) == 1
+
+
 def test_delete_counts_existing_keys(store: Store) -> None:
     """delete returns how many of the keys existed."""
     store.set_json("prismatic:t:k:1", 1)

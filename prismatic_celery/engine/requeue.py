@@ -23,12 +23,22 @@ def can_requeue(task: Task[Any, Any]) -> bool:
     return not (request.called_directly or request.is_eager)
 
 
-def requeue(task: Task[Any, Any], *, countdown_s: float, retries: int, exc: BaseException | None = None) -> NoReturn:
-    """Republish the current message to run after ``countdown_s`` with ``retries``; raises Retry."""
+def requeue(
+    task: Task[Any, Any], *, countdown_s: float, retries: int, exc: BaseException | None = None,
+    headers: dict[str, Any] | None = None,
+) -> NoReturn:
+    """Republish the current message to run after ``countdown_s`` with ``retries``; raises Retry.
+
+    ``headers`` are merged into the message's headers (they come back as
+    attributes of ``task.request`` when it runs again).
+    """
     request = task.request
+    options: dict[str, Any] = {}
+    if headers:
+        options["headers"] = {**(request.headers or {}), **headers}
     signature = task.signature_from_request(
         request, tuple(request.args or ()), dict(request.kwargs or {}), countdown=max(0.0, countdown_s),
-        retries=retries,
+        retries=retries, **options,
     )
     signature.apply_async()
     raise Retry(exc=exc if isinstance(exc, Exception) else None, when=int(countdown_s * 1000) / 1000)  # type: ignore[arg-type]  # stubs want numbers.Real

@@ -94,6 +94,10 @@ class Store(ABC):
         """Delete keys; the number that existed."""
 
     @abstractmethod
+    def incr(self, key: str, *, ttl_s: float) -> int:
+        """Add one to a counter that expires ``ttl_s`` after its last increment; the new value."""
+
+    @abstractmethod
     def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires; None when absent or persistent."""
 

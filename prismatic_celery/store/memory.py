@@ -78,6 +78,12 @@ class MemoryStore(Store):
                 self._expires.pop(key, None)
             return len(found)
 
+    def incr(self, key: str, *, ttl_s: float) -> int:
+        with self.lock:
+            value = int(self.raw(key) or 0) + 1
+            self.set_raw(key, str(value), ttl_s=ttl_s)
+            return value
+
     def ttl(self, key: str) -> float | None:
         with self.lock:
             if self.raw(key) is None or key not in self._expires:

@@ -149,6 +149,15 @@ class RedisStore(Store):
             return 0
         return self._guard(lambda r: int(r.delete(*keys)), lambda m: m.delete(*keys))
 
+    def incr(self, key: str, *, ttl_s: float) -> int:
+        def bump(r: redis.Redis) -> int:
+            pipe = r.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.pexpire(key, max(1, int(ttl_s * 1000)))
+            return int(pipe.execute()[0])
+
+        return self._guard(bump, lambda m: m.incr(key, ttl_s=ttl_s))
+
     def ttl(self, key: str) -> float | None:
         def pttl(r: redis.Redis) -> float | None:
             ms = int(r.pttl(key))

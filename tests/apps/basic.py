@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -43,6 +44,7 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
         "prismatic_namespace": namespace,
         "prismatic_store_url": store_url or broker_url,
         "prismatic_domains": DOMAINS,
+        "prismatic_circuits": {"dep": {"fail_max": 3, "reset_timeout_s": 2, "strict": True}},
         "prismatic_stats_flush_s": 0.2,
         "prismatic_reconcile_interval_s": 0.2,
         "task_acks_late": True,
@@ -90,6 +92,38 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
         """Counts one successful execution of ``key``."""
         counter(broker_url).incr(f"runs:{key}")
         counter(broker_url).rpush("order", key)
+        return key
+
+    @app.task(name="basic.fetch_eta", shared=False, bind=True)
+    def fetch_eta(self: Any, key: str) -> None:
+        """Always fails like a dead dependency; records each execution's start time and ETA."""
+        counter(broker_url).rpush(f"eta:{key}", json.dumps(
+            {"retries": self.request.retries, "eta": self.request.eta, "started": time.time()}))
+        raise ConnectionError(f"dependency down for {key}")
+
+    @app.task(name="basic.poison", shared=False)
+    def poison(key: str) -> None:
+        """Kills the pool process running it (a crash loop if redelivered forever)."""
+        counter(broker_url).incr(f"runs:{key}")
+        os._exit(1)
+
+    @app.task(name="basic.fragile", shared=False)
+    def fragile(key: str) -> str:
+        """Fails with an unknown exception until the flag ``fixed:<key>`` is set."""
+        if not counter(broker_url).get(f"fixed:{key}"):
+            raise LookupError(f"inconsistent record {key}")
+        counter(broker_url).incr(f"runs:{key}")
+        return key
+
+    @app.task(name="basic.call_dep", shared=False, circuits=["dep"])
+    def call_dep(port: int, key: str) -> str:
+        """Calls the test's dependency on 127.0.0.1:<port>; an error answer is a dependency failure."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(f"{key}\n".encode())
+            answer = conn.makefile().readline().strip()
+        if answer != "OK":
+            raise ConnectionError(f"dependency answered {answer!r}")
+        counter(broker_url).incr(f"runs:{key}")
         return key
 
     @app.task(name="basic.pid", shared=False)

@@ -1,0 +1,96 @@
+"""A crash as the engine sees it: captured once, redacted, fingerprinted and classified."""
+
+from __future__ import annotations
+
+import time
+import traceback as tb_module
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+
+from ..lessons.classify import classify
+from ..lessons.fingerprint import Fingerprint, exception_type_name, fingerprint_exception
+from ..lessons.redact import redact
+from ..tree import Child, Domain
+
+if TYPE_CHECKING:
+    from ..remediation.rules import Decision
+    from ..runtime import Runtime
+
+__all__ = ["HEADER", "Crash"]
+
+# Message header carrying a crashed task's remediation history to its re-runs; it comes back
+# as ``task.request.prismatic`` so the outcome (later success or final failure) can be recorded.
+HEADER = "prismatic"
+TRACEBACK_LIMIT = 8000
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Everything recorded about one failed execution of a supervised task."""
+
+    task_name: str
+    task_id: str
+    attempt: int
+    domain: Domain
+    child: Child
+    exc: BaseException
+    exc_type: str
+    message: str
+    traceback: str
+    fp: Fingerprint
+    failure_class: str
+    first_crash: float
+    remediations: tuple[str, ...] = ()
+    known: bool = field(default=False, compare=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """The crash's fingerprint hash."""
+        return self.fp.hash
+
+    @classmethod
+    def capture(cls, runtime: Runtime, task: Task[Any, Any], exc: BaseException, domain: Domain,
+                child: Child) -> Crash:
+        """Capture a crash of the running request (secrets redacted before anything leaves here)."""
+        request = task.request
+        history = getattr(request, HEADER, None)
+        history = history if isinstance(history, dict) else {}
+        settings = runtime.settings
+        first = history.get("first_crash")
+        remediations = history.get("remediations")
+        text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(
+            task_name=str(task.name),
+            task_id=str(request.id),
+            attempt=int(request.retries or 0),
+            domain=domain,
+            child=child,
+            exc=exc,
+            exc_type=exception_type_name(exc),
+            message=redact(str(exc) if _str_safe(exc) else repr(exc)),
+            traceback=redact(text, limit=TRACEBACK_LIMIT),
+            fp=fingerprint_exception(exc, in_app_prefixes=settings.in_app_modules),
+            failure_class=classify(exc, overrides=settings.failure_class_overrides),
+            first_crash=float(first) if isinstance(first, (int, float)) else time.time(),
+            remediations=tuple(str(r) for r in remediations)[-20:] if isinstance(remediations, list) else (),
+        )
+
+    def tracking(self, decision: Decision) -> dict[str, Any]:
+        """The header a re-run carries: fingerprint, the action applied, first crash time, history."""
+        return {
+            "fp": self.fingerprint,
+            "action": decision.action.name,
+            "rule": decision.rule_name or "",
+            "first_crash": self.first_crash,
+            "remediations": [*self.remediations, decision.action.name][-20:],
+        }
+
+
+def _str_safe(exc: BaseException) -> bool:
+    try:
+        str(exc)
+    except Exception:  # an exception whose __str__ raises is described by its repr
+        return False
+    return True

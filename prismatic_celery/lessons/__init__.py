@@ -1,0 +1,55 @@
+"""LessonsLearned: capture -> classify -> correlate -> record -> apply, with honest metrics.
+
+* :mod:`.redact`: secrets out and length bounded before anything is stored;
+* :mod:`.fingerprint`: the same bug on different data gets the same fingerprint;
+* :mod:`.classify`: ``state_corruption`` / ``external_dependency`` / ``resource_exhaustion`` /
+  ``logic_error``, with user overrides;
+* :mod:`.store`: one lesson per fingerprint in the store (JSON, bounded, atomic updates);
+* :mod:`.metrics`: knowledge metrics counted from real outcomes.
+"""
+
+from __future__ import annotations
+
+from .classify import (
+    EXTERNAL_DEPENDENCY,
+    FAILURE_CLASSES,
+    LOGIC_ERROR,
+    RESOURCE_EXHAUSTION,
+    STATE_CORRUPTION,
+    classify,
+    parse_overrides,
+)
+from .fingerprint import (
+    Fingerprint,
+    exception_type_name,
+    fingerprint,
+    fingerprint_exception,
+    in_app_frames,
+    normalize_message,
+)
+from .metrics import KnowledgeMetrics, MetricsRecorder
+from .redact import redact, sanitize
+from .store import Lesson, LessonStore, RemediationStats
+
+__all__ = [
+    "EXTERNAL_DEPENDENCY",
+    "FAILURE_CLASSES",
+    "LOGIC_ERROR",
+    "RESOURCE_EXHAUSTION",
+    "STATE_CORRUPTION",
+    "Fingerprint",
+    "KnowledgeMetrics",
+    "Lesson",
+    "LessonStore",
+    "MetricsRecorder",
+    "RemediationStats",
+    "classify",
+    "exception_type_name",
+    "fingerprint",
+    "fingerprint_exception",
+    "in_app_frames",
+    "normalize_message",
+    "parse_overrides",
+    "redact",
+    "sanitize",
+]

@@ -1,0 +1,290 @@
+"""Knowledge metrics from real outcomes, never estimates.
+
+The engine reports what happened through a :class:`MetricsRecorder`; :meth:`MetricsRecorder.snapshot`
+turns the counters into :class:`KnowledgeMetrics`. Keys:
+
+* ``prismatic:<ns>:knowledge``: a hash of counters (``redis-cli HGETALL prismatic:<ns>:knowledge``):
+  ``crashes``, ``known_pattern_crashes``, ``remediations_applied``, ``action:<name>``,
+  ``auto_remediated``, ``recoveries``, ``recovery_ms_total``, ``escalations``,
+  ``failed_for_good``, ``false_positives``;
+* ``prismatic:<ns>:recovery:<task_id>``: a small JSON record per task that crashed and has not
+  yet succeeded or failed for good (first crash time, crashes, remediations), expiring
+  ``recovery_ttl_s`` (one day) after its last update.
+
+Definitions:
+
+* **known-pattern crash**: a crash whose fingerprint already had a lesson (``crash(known=True)``);
+* **auto-remediated**: a known-pattern crash that received a remediation and whose task then
+  succeeded (counted when it succeeds); the percentage is of known-pattern crashes;
+* **mean time to recovery**: from a task's first crash to its eventual success;
+* **escalation rate**: escalations / crashes;
+* **false positive**: a remediation applied to a task that then failed for good; the rate is
+  false positives / remediations applied.
+
+A rate whose denominator is zero is None ("nothing observed yet"), not 0.
+
+Each call is one atomic script (``scripts/knowledge.lua``, Python twin :func:`knowledge_script`)
+or one HINCRBY, so counters and the per-task record never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..keys import Keys
+from ..log import RateLimitedWarning, get_logger
+from ..store import MemoryStore, Script, Store
+from ..store.base import Scalar
+from ..validate import as_seconds
+from .redact import sanitize
+from .store import SCRIPT as LESSON_SCRIPT
+from .store import time_arg
+
+__all__ = ["COUNTERS", "SCRIPT", "KnowledgeMetrics", "MetricsRecorder", "knowledge_script"]
+
+logger = get_logger("lessons")
+
+#: The counter fields of ``prismatic:<ns>:knowledge`` (besides ``action:<name>``).
+COUNTERS = (
+    "crashes", "known_pattern_crashes", "remediations_applied", "auto_remediated", "recoveries",
+    "recovery_ms_total", "escalations", "failed_for_good", "false_positives",
+)
+_RECORD_INTS = ("auto", "crashes", "known", "last_known", "remediations")
+_ID_LIMIT = 200
+
+
+# the Python twin of scripts/knowledge.lua -----------------------------------------------------------
+def _load(store: MemoryStore, key: str) -> tuple[dict[str, Any] | None, int]:
+    raw = store.raw(key)
+    if raw is None:
+        return None, 0
+    if not isinstance(raw, str):
+        return None, 1
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None, 1
+    if not isinstance(record, dict):
+        return None, 1
+    first = record.get("first_crash")
+    if isinstance(first, bool) or not isinstance(first, (int, float)) or math.isnan(first):
+        return None, 1
+    for name in _RECORD_INTS:
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+            return None, 1
+    return record, 0
+
+
+def _save(store: MemoryStore, key: str, record: dict[str, Any], ttl_ms: int) -> None:
+    data: dict[str, float] = {name: int(record[name]) for name in _RECORD_INTS}
+    data["first_crash"] = round(float(record["first_crash"]), 3)
+    store.set_raw(key, json.dumps(data, sort_keys=True, separators=(",", ":")), ttl_s=ttl_ms / 1000)
+
+
+def _now(store: MemoryStore, arg: Scalar) -> float:
+    return round(store.time(), 3) if str(arg) == "" else float(arg)
+
+
+def knowledge_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
+    """The in-memory twin of ``knowledge.lua``, op for op (runs under the store's lock)."""
+    op = str(args[0])
+    counters, record_key = keys[0], keys[1]
+    if op == "crash":
+        known = str(args[1]) == "1"
+        store.hincr(counters, {"crashes": 1, **({"known_pattern_crashes": 1} if known else {})})
+        record, corrupt = _load(store, record_key)
+        if record is None:
+            record = {"auto": 0, "crashes": 0, "first_crash": _now(store, args[2]), "known": 0, "last_known": 0,
+                      "remediations": 0}
+        record["crashes"] += 1
+        record["known"] += 1 if known else 0
+        record["last_known"] = 1 if known else 0
+        _save(store, record_key, record, int(args[3]))
+        return [int(record["crashes"]), corrupt]
+    if op == "remediated":
+        store.hincr(counters, {"remediations_applied": 1, f"action:{args[1]}": 1})
+        record, corrupt = _load(store, record_key)
+        if record is None:
+            return [0, corrupt]
+        record["remediations"] += 1
+        auto = 1 if record["last_known"] == 1 else 0
+        record["auto"] += auto
+        _save(store, record_key, record, int(args[2]))
+        return [auto, corrupt]
+    if op == "succeeded":
+        record, corrupt = _load(store, record_key)
+        if record is None:
+            return [-1, corrupt]
+        ms = max(0, math.floor((_now(store, args[1]) - float(record["first_crash"])) * 1000 + 0.5))
+        store.hincr(counters, {"recoveries": 1, "recovery_ms_total": ms,
+                               **({"auto_remediated": int(record["auto"])} if record["auto"] else {})})
+        store.delete(record_key)
+        return [ms, corrupt]
+    if op == "failed":
+        store.hincr(counters, {"failed_for_good": 1})
+        record, corrupt = _load(store, record_key)
+        if record is None:
+            return [0, corrupt]
+        if record["remediations"]:
+            store.hincr(counters, {"false_positives": int(record["remediations"])})
+        store.delete(record_key)
+        return [int(record["remediations"]), corrupt]
+    raise ValueError(f"knowledge script: unknown op {op!r}")
+
+
+SCRIPT = Script.from_file(Path(__file__).with_name("scripts") / "knowledge.lua", knowledge_script)
+
+
+@dataclass(frozen=True)
+class KnowledgeMetrics:
+    """A snapshot of what the cluster learned and how well it applied it (all from counters)."""
+
+    total_lessons: int = 0
+    crashes: int = 0
+    known_pattern_crashes: int = 0
+    auto_remediated: int = 0
+    remediations_applied: int = 0
+    recoveries: int = 0
+    recovery_ms_total: int = 0
+    escalations: int = 0
+    failed_for_good: int = 0
+    false_positives: int = 0
+    remediations_by_action: dict[str, int] = field(default_factory=dict, hash=False)
+
+    @property
+    def auto_remediated_pct(self) -> float | None:
+        """Auto-remediated known-pattern crashes, in percent of known-pattern crashes."""
+        return 100.0 * self.auto_remediated / self.known_pattern_crashes if self.known_pattern_crashes else None
+
+    @property
+    def mean_time_to_recovery_s(self) -> float | None:
+        """Mean seconds from a task's first crash to its eventual success."""
+        return self.recovery_ms_total / self.recoveries / 1000.0 if self.recoveries else None
+
+    @property
+    def escalation_rate(self) -> float | None:
+        """Escalations per crash (0..1)."""
+        return self.escalations / self.crashes if self.crashes else None
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        """Remediations followed by a failure for good, per remediation applied (0..1)."""
+        return self.false_positives / self.remediations_applied if self.remediations_applied else None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict with the counts and the derived rates (None: nothing observed yet)."""
+        return {
+            "total_lessons": self.total_lessons,
+            "crashes": self.crashes,
+            "known_pattern_crashes": self.known_pattern_crashes,
+            "auto_remediated": self.auto_remediated,
+            "auto_remediated_pct": self.auto_remediated_pct,
+            "remediations_applied": self.remediations_applied,
+            "remediations_by_action": dict(sorted(self.remediations_by_action.items())),
+            "recoveries": self.recoveries,
+            "mean_time_to_recovery_s": self.mean_time_to_recovery_s,
+            "escalations": self.escalations,
+            "escalation_rate": self.escalation_rate,
+            "failed_for_good": self.failed_for_good,
+            "false_positives": self.false_positives,
+            "false_positive_rate": self.false_positive_rate,
+        }
+
+
+class MetricsRecorder:
+    """The calls the engine makes as a supervised task's story unfolds.
+
+    Contract with the engine, per task id (a Celery task id, the same across its retries):
+
+    * :meth:`crash` on every supervised crash, ``known`` when its fingerprint had a lesson;
+    * :meth:`remediated` when a remediation is applied to it, :meth:`escalated` on escalation;
+    * :meth:`succeeded` when it finally succeeds **only if it crashed before** (the engine
+      knows from ``request.retries > 0`` or its own bookkeeping): the success path of a task
+      that never crashed must not pay even the one round trip this call costs;
+    * :meth:`failed_for_good` when it is given up (dead-lettered, retries exhausted...).
+
+    Every method is one round trip and never raises for a store outage. ``when`` is seconds
+    since the epoch; None means the store's clock (Redis ``TIME``).
+    """
+
+    def __init__(self, store: Store, keys: Keys, *, recovery_ttl_s: float = 86_400.0) -> None:
+        self.store = store
+        self.keys = keys
+        self.recovery_ttl_s = as_seconds("recovery_ttl_s", recovery_ttl_s)
+        self.counters_key = keys.key("knowledge")
+        self._ttl_ms = max(1, int(self.recovery_ttl_s * 1000))
+        self._warning = RateLimitedWarning()
+
+    def recovery_key(self, task_id: str) -> str:
+        """``prismatic:<ns>:recovery:<task_id>``."""
+        return self.keys.key("recovery", self._task_id(task_id))
+
+    def crash(self, task_id: str, known: bool, when: float | None = None) -> int:
+        """Count a crash; the first one of a task starts its recovery clock. Returns the task's crash count."""
+        return self._run("crash", task_id, ["1" if known else "0", time_arg(when), self._ttl_ms])
+
+    def remediated(self, task_id: str, action: str) -> bool:
+        """Count a remediation applied to the task; True when it follows a known-pattern crash."""
+        name = sanitize(action, limit=_ID_LIMIT) or "unknown"
+        return self._run("remediated", task_id, [name, self._ttl_ms]) == 1
+
+    def escalated(self, task_id: str) -> None:
+        """Count an escalation to operators (one HINCRBY)."""
+        self._task_id(task_id)
+        self.store.hincr(self.counters_key, {"escalations": 1})
+
+    def succeeded(self, task_id: str, when: float | None = None) -> float | None:
+        """The task succeeded: if it had crashed, count a recovery and return its duration in seconds.
+
+        None when the task had no recovery record (it never crashed, or the record expired).
+        """
+        ms = self._run("succeeded", task_id, [time_arg(when)])
+        return None if ms < 0 else ms / 1000.0
+
+    def failed_for_good(self, task_id: str) -> int:
+        """The task is given up: every remediation applied to it counts as a false positive. Returns how many."""
+        return self._run("failed", task_id, [])
+
+    def snapshot(self) -> KnowledgeMetrics:
+        """The metrics now, from the counters and the lessons index."""
+        raw = self.store.hgetall(self.counters_key)
+        values: dict[str, int] = {}
+        by_action: dict[str, int] = {}
+        for name, text in raw.items():
+            try:
+                number = int(text)
+            except ValueError:
+                self._warning.warn("knowledge-corrupt-counter", key=self.counters_key, field=name, value=text[:50])
+                continue
+            if name.startswith("action:"):
+                by_action[name[len("action:"):]] = number
+            elif name in COUNTERS:
+                values[name] = number
+        lessons = self.store.run(LESSON_SCRIPT, [self.keys.key("lessons")], ["count"])
+        return KnowledgeMetrics(
+            total_lessons=int(lessons) if isinstance(lessons, int) else 0, remediations_by_action=by_action, **values
+        )
+
+    # helpers ------------------------------------------------------------------------------------
+    @staticmethod
+    def _task_id(task_id: str) -> str:
+        clean = sanitize(task_id, limit=_ID_LIMIT)
+        if not clean:
+            raise ValueError("task_id must not be empty")
+        return clean
+
+    def _run(self, op: str, task_id: str, args: list[Scalar]) -> int:
+        key = self.recovery_key(task_id)
+        reply = self.store.run(SCRIPT, [self.counters_key, key], [op, *args])
+        if not isinstance(reply, list) or len(reply) != 2 or not all(isinstance(v, int) for v in reply):
+            self._warning.warn("knowledge-unexpected-reply", key=key, op=op, reply=repr(reply)[:200])
+            return -1 if op == "succeeded" else 0
+        if reply[1] == 1:
+            self._warning.warn("knowledge-corrupt-record", key=key, op=op, action="ignored")
+        return int(reply[0])

@@ -1,0 +1,146 @@
+"""The dead-letter queue: messages the supervisor gave up on, kept whole for a person to replay.
+
+One capped Redis list per domain, ``prismatic:<ns>:dlq:<domain>``, of JSON
+entries: the original message (task name, id, args, kwargs, queue, priority,
+headers needed to re-publish) and the failure context (exception, redacted
+message and traceback, fingerprint, failure class, attempts, remediations
+tried, reason). Replay takes the entry out atomically (Lua) and publishes it
+once; if publishing fails the entry is put back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from ..keys import Keys
+from ..log import get_logger, log_event
+from ..store import MemoryStore, Script, Store
+from ..store.base import Scalar, decode_json
+
+__all__ = ["DeadLetterQueue", "dead_letter_entry"]
+
+logger = get_logger("dlq")
+TRACEBACK_LIMIT = 8000
+
+
+def _take_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> str | None:
+    items = store.raw(keys[0])
+    if not isinstance(items, list):
+        return None
+    for index, raw in enumerate(items):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("id") == str(args[0]):
+            del items[index]
+            return str(raw)
+    return None
+
+
+TAKE = Script.from_file(Path(__file__).parent / "scripts" / "dlq_take.lua", _take_twin)
+
+
+def _json_safe(value: Any) -> tuple[Any, bool]:
+    """``(value, True)`` when it round-trips through JSON, else ``(repr, False)``."""
+    try:
+        return json.loads(json.dumps(value)), True
+    except (TypeError, ValueError):
+        return repr(value)[:2000], False
+
+
+def dead_letter_entry(
+    *, task: str, task_id: str, args: Any, kwargs: Any, queue: str, domain: str, reason: str,
+    exception: str = "", message: str = "", traceback: str = "", fingerprint: str = "", failure_class: str = "",
+    attempts: int = 0, remediations: Sequence[str] = (), priority: int | None = None,
+) -> dict[str, Any]:
+    """A dead letter as stored. ``message`` and ``traceback`` must already be redacted."""
+    safe_args, args_ok = _json_safe(list(args or ()))
+    safe_kwargs, kwargs_ok = _json_safe(dict(kwargs or {}))
+    return {
+        "id": task_id, "task": task, "args": safe_args, "kwargs": safe_kwargs, "queue": queue, "domain": domain,
+        "priority": priority, "replayable": args_ok and kwargs_ok, "reason": reason, "exception": exception,
+        "message": message, "traceback": traceback[-TRACEBACK_LIMIT:], "fingerprint": fingerprint,
+        "failure_class": failure_class, "attempts": attempts, "remediations": list(remediations), "at": time.time(),
+    }
+
+
+@dataclass
+class DeadLetterQueue:
+    """The dead letters of every domain of one app."""
+
+    store: Store
+    keys: Keys
+    max_entries: int = 10_000
+
+    def key(self, domain: str) -> str:
+        """``prismatic:<ns>:dlq:<domain>``."""
+        return self.keys.key("dlq", domain)
+
+    def push(self, entry: dict[str, Any]) -> int:
+        """Append a dead letter (oldest dropped beyond the cap); the list's new length."""
+        length = self.store.list_push(self.key(str(entry["domain"])), entry, cap=self.max_entries)
+        log_event(logging.WARNING, "dead-lettered", logger, domain=entry["domain"], task=entry["task"],
+                  id=entry["id"], reason=entry["reason"], exception=entry.get("exception", ""))
+        return length
+
+    def list(self, domain: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` dead letters of ``domain``, oldest first (corrupt entries skipped)."""
+        entries = self.store.list_range(self.key(domain), -limit, -1)
+        return [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+    def get(self, domain: str, task_id: str) -> dict[str, Any] | None:
+        """One dead letter by task id."""
+        return next((e for e in self.store.list_range(self.key(domain)) if isinstance(e, dict)
+                     and e.get("id") == task_id), None)
+
+    def count(self, domain: str) -> int:
+        """How many dead letters ``domain`` holds."""
+        return self.store.list_len(self.key(domain))
+
+    def purge(self, domain: str) -> int:
+        """Delete every dead letter of ``domain``; how many there were."""
+        count = self.count(domain)
+        self.store.delete(self.key(domain))
+        return count
+
+    def take(self, domain: str, task_id: str) -> dict[str, Any] | None:
+        """Remove and return one dead letter, atomically (two replays cannot both get it)."""
+        raw = self.store.run(TAKE, [self.key(domain)], [task_id])
+        if not raw:
+            return None
+        entry = decode_json(self.key(domain), raw)
+        return entry if isinstance(entry, dict) else None
+
+    def replay(self, app: Celery, domain: str, task_id: str) -> str | None:
+        """Publish one dead letter again, exactly once; the new task id (None when absent).
+
+        The replayed message keeps its task id (a result waiter still sees it) and
+        starts with a fresh restart budget. An entry whose arguments could not be
+        stored as JSON is refused (ValueError) and left in place.
+        """
+        entry = self.take(domain, task_id)
+        if entry is None:
+            return None
+        if not entry.get("replayable", False) or not isinstance(entry.get("task"), str):
+            self.store.list_push(self.key(domain), entry, cap=self.max_entries)
+            raise ValueError(f"dead letter {task_id} cannot be replayed: its arguments were not stored as JSON")
+        try:
+            options: dict[str, Any] = {"task_id": entry["id"], "queue": entry.get("queue") or None}
+            if isinstance(entry.get("priority"), int):
+                options["priority"] = entry["priority"]
+            app.send_task(entry["task"], args=list(entry.get("args") or []), kwargs=dict(entry.get("kwargs") or {}),
+                          headers={"prismatic_replayed": True}, **options)
+        except Exception:
+            self.store.list_push(self.key(domain), entry, cap=self.max_entries)
+            raise
+        log_event(logging.WARNING, "dead-letter-replayed", logger, domain=domain, task=entry["task"], id=task_id)
+        return str(entry["id"])
