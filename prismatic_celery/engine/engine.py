@@ -144,11 +144,12 @@ class Engine:
         attempt = crash.attempt
         reruns = action.name in RERUN_ACTIONS and child.restart is not RestartType.TEMPORARY
         learning = self.runtime.learning
-        if learning is not None:
-            learning.crashed(crash, decision)
         fields = {"domain": domain.name, "action": action.name, "rule": decision.rule_name or "",
                   "failure_class": crash.failure_class, **context}
         exhausted = reruns and attempt >= self.runtime.settings.max_restarts_per_message
+        if learning is not None:
+            learning.crashed(crash, remediation=action.name if reruns and not exhausted else None,
+                             escalated=exhausted or isinstance(action, Escalate))
         # a re-run's crash is in the restart script's stream entry; any other crash gets its own
         self.runtime.emit("crash", outcome="restarts_exhausted" if exhausted else action.name,
                           recorded=reruns and not exhausted, **fields)

@@ -71,17 +71,17 @@ class Learning:
         except Exception:  # an action that needs parameters cannot come from a bare name
             return None
 
-    def crashed(self, crash: Crash, decision: Decision) -> None:
-        """Record the crash in its lesson and the metrics, and the remediation about to be applied."""
+    def crashed(self, crash: Crash, *, remediation: str | None, escalated: bool) -> None:
+        """Record the crash in its lesson and the metrics: the remediation applied (a re-run), if any,
+        and whether it escalated to operators."""
         lesson = self.lessons.record_crash(crash.fp, task=crash.task_name, domain=crash.domain.name,
                                            failure_class=crash.failure_class, exc_type=crash.exc_type,
                                            message=crash.message)
-        known = lesson.count > 1
-        self.metrics.crash(crash.task_id, known)
-        if decision.action.name == "escalate":
+        self.metrics.crash(crash.task_id, lesson.count > 1)
+        if remediation is not None:
+            self.metrics.remediated(crash.task_id, remediation)
+        if escalated:
             self.metrics.escalated(crash.task_id)
-        else:
-            self.metrics.remediated(crash.task_id, decision.action.name)
 
     def succeeded(self, tracking: dict[str, Any], task_id: str) -> None:
         """A task that had crashed succeeded: its last remediation worked."""

@@ -1,0 +1,88 @@
+"""LessonsLearned on a real worker: the same mix of faults twice; metrics equal the test's own counts.
+
+Given a supervised app, when a mix of faults runs twice, then on the second
+pass the known patterns are remediated from their lessons, and every
+knowledge metric equals what this test counted itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from prismatic_celery import get_runtime
+from prismatic_celery.testing import WorkerProcess, wait_for
+from tests.apps.basic import make_app
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+CONF = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 200, "prismatic_backoff_jitter_ms": 0,
+        "prismatic_max_restarts_per_message": 2, "prismatic_domain_budget": {"max_restarts": 1000, "period_s": 60}}
+FLAKY, FRAGILE, DOOMED = 4, 2, 1
+
+
+def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
+    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
+            "BASIC_CONF": json.dumps(conf)}
+
+
+def _run_pass(app: Any, tag: str) -> None:
+    """One pass: flaky tasks (fail once, then succeed), fragile ones (unknown error), a doomed one.
+
+    Keys differ only in digits, so the same bug on different data shares one fingerprint."""
+    flaky = [app.tasks["basic.flaky"].apply_async((f"{tag}k{i}", 1), queue="storage") for i in range(FLAKY)]
+    fragile = [app.tasks["basic.fragile"].apply_async((f"{tag}f{i}",), queue="cache") for i in range(FRAGILE)]
+    doomed = [app.tasks["basic.fetch_eta"].apply_async((f"{tag}d{i}",)) for i in range(DOOMED)]
+    assert [r.get(timeout=30) for r in flaky] == [2] * FLAKY
+    for result in fragile:
+        with pytest.raises(LookupError):
+            result.get(timeout=30)
+    for result in doomed:
+        with pytest.raises(ConnectionError):
+            result.get(timeout=30)
+
+
+def test_the_second_pass_applies_lessons_and_metrics_equal_our_counts(redis_url: str, namespace: str) -> None:
+    """Counts made here: crashes, known patterns, remediations, recoveries, escalations, false positives."""
+    app = make_app(redis_url, namespace, **CONF)
+    runtime = get_runtime(app)
+    assert runtime is not None and runtime.learning is not None
+    host = f"lessons-{namespace}@test"
+    with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
+                       env=_env(redis_url, namespace, CONF), cwd=ROOT) as worker:
+        worker.wait_ready(app)
+        _run_pass(app, "1")
+        assert "lesson-applied" not in worker.log, "nothing is known before the first pass"
+        _run_pass(app, "2")
+        wait_for(lambda: "lesson-applied" in worker.log, timeout_s=5, message="lessons applied on pass two")
+
+    per_pass_crashes = FLAKY * 1 + FRAGILE * 1 + DOOMED * (CONF["prismatic_max_restarts_per_message"] + 1)
+    crashes = 2 * per_pass_crashes
+    fingerprints = 3  # flaky, fragile, doomed: the same bug on different data groups together
+    remediations = 2 * (FLAKY + DOOMED * CONF["prismatic_max_restarts_per_message"])
+    escalations = 2 * (FRAGILE + DOOMED)
+    metrics = runtime.learning.metrics.snapshot()
+    assert metrics.crashes == crashes
+    assert metrics.known_pattern_crashes == crashes - fingerprints
+    assert metrics.remediations_applied == remediations
+    assert metrics.remediations_by_action == {"retry_with_backoff": remediations}
+    assert metrics.recoveries == 2 * FLAKY
+    assert metrics.auto_remediated == 2 * FLAKY - 1, "every flaky crash after the very first was known"
+    assert metrics.escalations == escalations
+    assert metrics.failed_for_good == 2 * (FRAGILE + DOOMED)
+    assert metrics.false_positives == 2 * DOOMED * CONF["prismatic_max_restarts_per_message"]
+    assert metrics.total_lessons == fingerprints
+    assert metrics.mean_time_to_recovery_s is not None and 0.05 <= metrics.mean_time_to_recovery_s < 10
+    lessons = runtime.learning.lessons.all()
+    flaky_lesson = next(lesson for lesson in lessons if lesson.exc_type == "ConnectionError"
+                        and "attempt" in lesson.message)
+    assert flaky_lesson.failure_class == "external_dependency"
+    assert flaky_lesson.remediations["retry_with_backoff"].succeeded == 2 * FLAKY
+    raw = redis.Redis.from_url(redis_url, decode_responses=True).get(
+        f"prismatic:{namespace}:lesson:{flaky_lesson.fingerprint}")
+    assert raw is not None and json.loads(raw)["count"] == 2 * FLAKY
