@@ -113,6 +113,9 @@ class SupervisedRequest(Request):
                   "hostname": self.hostname, "deaths": deaths}
         runtime.emit("remediation", action="dead_letter", reason="crash_loop", **fields)
         runtime.emit("escalation", reason="crash_loop", **fields)
+        if runtime.learning is not None:
+            runtime.learning.metrics.escalated(self.id)
+            runtime.learning.metrics.failed_for_good(self.id)
         task_ready(self)
         failure = Quarantined(reason)
         if self.store_errors:

@@ -3,6 +3,12 @@
 Broker and store come from ``PRISMATIC_REDIS_URL`` (default
 ``redis://127.0.0.1:6379/0``); ``PRISMATIC_EMBEDDED=1`` uses Celery's in-memory
 broker and an in-process store instead (the demo's fallback).
+
+Every child queue has a task ``platform.<queue>(item, fault=None)``; ``fault``
+makes it misbehave the way the demo needs: ``dependency`` calls the fake
+external service (through the ``external_api`` circuit), ``poison`` kills its
+pool process, ``corrupt`` trips an invariant on its first run, ``memory``
+runs out of memory on its first run.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import Any
 from celery import Celery
 
 import prismatic_celery
+
+from .dependency import call
 
 TREE: dict[str, dict[str, Any]] = {
     "core": {"strategy": "rest_for_one",
@@ -45,7 +53,20 @@ app.conf.update(
     prismatic_namespace="prismatic-demo",
     prismatic_store_url="memory://" if EMBEDDED else REDIS_URL,
     prismatic_domains=DOMAINS,
+    prismatic_circuits={"external_api": {"fail_max": 3, "reset_timeout_s": 2, "strict": True}},
+    prismatic_remediation_rules=[
+        # An invariant broken in the storage layer: re-run the child (its restart pauses the
+        # children declared after it until it succeeds).
+        {"name": "storage-invariant", "match": {"failure_class": "state_corruption", "domain": "core"},
+         "action": "restart_child"},
+    ],
+    prismatic_backoff_initial_ms=300,
+    prismatic_backoff_max_ms=2000,
+    prismatic_backoff_jitter_ms=100,
+    prismatic_pause_window_s=15,
+    prismatic_reconcile_interval_s=0.5,
     task_acks_late=True,
+    task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
 )
@@ -53,11 +74,23 @@ prismatic_celery.install(app)
 
 
 def _make_task(queue: str) -> None:
-    def work(item: int) -> dict[str, Any]:
-        return {"child": queue, "item": item}
+    def work(self: Any, item: int, fault: str | None = None) -> dict[str, Any]:
+        first_run = not self.request.retries
+        if fault == "dependency":
+            call(item)
+        elif fault == "poison":
+            os._exit(1)
+        elif fault == "corrupt" and first_run:
+            raise AssertionError(f"inconsistent state: ledger total mismatch for item {item}")
+        elif fault == "memory" and first_run:
+            raise MemoryError(f"cannot allocate 2 GiB for item {item}")
+        return {"child": queue, "item": item, "pid": os.getpid(), "retries": self.request.retries}
 
     work.__name__ = queue
-    app.task(name=f"platform.{queue}")(work)
+    if queue in ("adapter_registry", "source_manager"):
+        app.task(name=f"platform.{queue}", bind=True, circuits=["external_api"])(work)
+    else:
+        app.task(name=f"platform.{queue}", bind=True)(work)
 
 
 for _spec in TREE.values():

@@ -285,6 +285,8 @@ class Engine:
         self.runtime.emit("crash", domain=domain.name, outcome="worker_lost", deaths=deaths, **context)
         outcome = self._record(f"{task_id}:lost:{deaths}", domain, child, context)
         self._announce(domain, child, outcome, context)
+        if self.runtime.learning is not None:
+            self.runtime.learning.metrics.crash(task_id, deaths > 1)
         return deaths
 
     def after_success(self, task: Task[Any, Any]) -> None:
