@@ -17,6 +17,7 @@ from prismatic_celery import (
     get_runtime,
     install,
 )
+from prismatic_celery.circuits import CircuitOpenError
 from prismatic_celery.engine.pauses import Pause, read_pauses, set_pause
 from prismatic_celery.runtime import Runtime
 from tests.conftest import RedisServer
@@ -174,3 +175,26 @@ def test_a_crash_decision_costs_one_store_round_trip(redis_server: RedisServer, 
     retry = _crash(app, runtime, queue, ConnectionError("refused"), task_id="counted")
     assert retry is not None
     assert len(sent) == 1 and b"EVALSHA" in sent[0].upper()
+
+
+def test_an_open_circuit_defers_without_a_crash_and_can_pause_the_child() -> None:
+    """CircuitOpenError: the message is re-queued for the half-open time, no restart is counted, and with
+    prismatic_circuit_pause_child the child's queue is paused meanwhile."""
+    app, runtime, recorder = _app(prismatic_circuits={"api": {"fail_max": 1, "reset_timeout_s": 5}},
+                                  prismatic_circuit_pause_child=True)
+    runtime.circuits.open_for("api", 5000)
+    with pytest.raises(CircuitOpenError) as opened:
+        runtime.circuits.get("api").call(lambda: None)
+    task = app.tasks["dec.work"]
+    task.push_request(id="c-1", delivery_info={"routing_key": "cache"}, retries=2, called_directly=False,
+                      args=("ok",), kwargs={})
+    try:
+        with pytest.raises(Retry) as deferred:
+            runtime.engine.on_crash(task, opened.value)
+    finally:
+        task.pop_request()
+    assert 4.0 < float(deferred.value.when) <= 5.0
+    assert recorder.types() == [], "not a crash"
+    assert runtime.store.hgetall(runtime.keys.key("restart-totals")) == {}
+    pause = read_pauses(runtime.store, runtime.keys, ["cache"])["cache"]
+    assert pause.reason == "circuit" and pause.by == "api"

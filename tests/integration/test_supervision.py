@@ -7,7 +7,9 @@ no message is lost or run twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,6 +158,19 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
     """osint exceeds its budget: it alone pauses while core keeps completing; the next overrun escalates."""
     app = make_app(redis_url, namespace, **BUDGET)
     host = f"budget-{namespace}@test"
+    celery_events: list[dict[str, Any]] = []
+    listening = threading.Event()
+
+    def capture() -> None:
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"supervision-escalation": celery_events.append,
+                                                           "supervision-pause": celery_events.append})
+            listening.set()
+            with contextlib.suppress(Exception):  # the capture ends by timeout
+                receiver.capture(limit=None, timeout=40, wakeup=False)
+
+    threading.Thread(target=capture, daemon=True).start()
+    listening.wait(5)
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
                        env=_env(redis_url, namespace, BUDGET), cwd=ROOT) as worker:
         worker.wait_ready(app)
@@ -172,5 +187,9 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
                  message="CRITICAL escalation log line")
         escalation = json.loads(client.get(f"prismatic:{namespace}:escalation:osint") or "{}")
         assert escalation["reason"] == "supervisor_budget_exceeded"
+        wait_for(lambda: any(e["type"] == "supervision-escalation" for e in celery_events), timeout_s=10,
+                 message="the supervision-escalation Celery event")
+        sent = next(e for e in celery_events if e["type"] == "supervision-escalation")
+        assert sent["domain"] == "osint" and sent["reason"] == "supervisor_budget_exceeded"
         assert client.hgetall(f"prismatic:{namespace}:restart-totals").get("cache") is None
         failing.revoke()
