@@ -8,20 +8,19 @@ task completes exactly once.
 
 from __future__ import annotations
 
-import json
 import math
 import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
+from tests.integration.conftest import basic_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -75,17 +74,13 @@ CONF = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 400, "p
         "prismatic_max_restarts_per_message": 50}
 
 
-def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "BASIC_CONF": json.dumps(conf)}
-
 
 def test_a_dead_dependency_sees_at_most_fail_max_plus_one_trial_per_reset(
     redis_url: str, namespace: str, dependency: Dependency
 ) -> None:
     """20 tasks against a dependency down for 10 s: bounded calls, then all 20 complete once."""
     app = make_app(redis_url, namespace, **CONF)
-    env = _env(redis_url, namespace, CONF)
+    env = basic_env(redis_url, namespace, CONF)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     hosts = [f"c1-{namespace}@host-a", f"c2-{namespace}@host-b"]
     with WorkerProcess("tests.apps.basic", hostname=hosts[0], pool="prefork", concurrency=2, env=env,

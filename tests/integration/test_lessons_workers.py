@@ -17,6 +17,7 @@ import redis
 from prismatic_celery import get_runtime
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
+from tests.integration.conftest import basic_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -25,10 +26,6 @@ CONF = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 200, "p
         "prismatic_max_restarts_per_message": 2, "prismatic_domain_budget": {"max_restarts": 1000, "period_s": 60}}
 FLAKY, FRAGILE, DOOMED = 4, 2, 1
 
-
-def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "BASIC_CONF": json.dumps(conf)}
 
 
 def _run_pass(app: Any, tag: str) -> None:
@@ -54,7 +51,7 @@ def test_the_second_pass_applies_lessons_and_metrics_equal_our_counts(redis_url:
     assert runtime is not None and runtime.learning is not None
     host = f"lessons-{namespace}@test"
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
-                       env=_env(redis_url, namespace, CONF), cwd=ROOT) as worker:
+                       env=basic_env(redis_url, namespace, CONF), cwd=ROOT) as worker:
         worker.wait_ready(app)
         _run_pass(app, "1")
         assert "lesson-applied" not in worker.log, "nothing is known before the first pass"

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -21,21 +19,12 @@ from prismatic_celery.remediation import RetryWithBackoff
 from prismatic_celery.remediation.backoff import delay_bounds
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
+from tests.integration.conftest import basic_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "BASIC_CONF": json.dumps(conf)}
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 SCHEDULE = {"action": "retry_with_backoff", "initial_ms": 300, "max_ms": 1200, "jitter_ms": 150}
@@ -53,7 +42,7 @@ def test_retry_delays_follow_the_configured_schedule(redis_url: str, namespace: 
     app = make_app(redis_url, namespace, **BACKOFF_CONF)
     host = f"eta-{namespace}@test"
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
-                       env=_env(redis_url, namespace, BACKOFF_CONF), cwd=ROOT) as worker:
+                       env=basic_env(redis_url, namespace, BACKOFF_CONF), cwd=ROOT) as worker:
         worker.wait_ready(app)
         result = app.tasks["basic.fetch_eta"].delay("k1")
         with pytest.raises(ConnectionError):
@@ -84,7 +73,7 @@ def test_a_poison_message_is_quarantined_after_exactly_n_deliveries(
     app = make_app(redis_url, namespace, **POISON_CONF)
     host = f"poison-{namespace}@test"
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
-                       env=_env(redis_url, namespace, POISON_CONF), cwd=ROOT) as worker:
+                       env=basic_env(redis_url, namespace, POISON_CONF), cwd=ROOT) as worker:
         worker.wait_ready(app)
         poison = app.tasks["basic.poison"].apply_async(("p1",), queue="monitor")
         normal = [app.tasks["basic.record"].apply_async((f"n{i}",), queue="monitor") for i in range(200)]
@@ -104,7 +93,7 @@ def test_a_dead_letter_is_replayed_exactly_once(redis_url: str, namespace: str, 
     """An unknown failure escalates to the dead-letter queue; once fixed, replay runs it once."""
     app = make_app(redis_url, namespace)
     host = f"replay-{namespace}@test"
-    with WorkerProcess("tests.apps.basic", hostname=host, pool="solo", env=_env(redis_url, namespace, {}),
+    with WorkerProcess("tests.apps.basic", hostname=host, pool="solo", env=basic_env(redis_url, namespace, {}),
                        cwd=ROOT) as worker:
         worker.wait_ready(app)
         failed = app.tasks["basic.fragile"].apply_async(("f1",), queue="cache")

@@ -11,7 +11,6 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,17 @@ from prismatic_celery.engine.pauses import Pause, set_pause
 from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
+from tests.integration.conftest import basic_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
-
-def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "BASIC_CONF": json.dumps(conf)}
 
 
 def _consuming(app: Celery, hostnames: list[str]) -> dict[str, set[str]]:
     replies = app.control.inspect(destination=hostnames, timeout=1).active_queues() or {}
     return {h: {q["name"] for q in queues} for h, queues in replies.items()}
 
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 REST = {"prismatic_backoff_initial_ms": 2000, "prismatic_backoff_max_ms": 2000, "prismatic_backoff_jitter_ms": 0,
@@ -55,7 +45,7 @@ def test_rest_for_one_pauses_later_children_on_every_worker_and_resumes_in_order
     """A storage crash pauses cache and telemetry on both workers until storage succeeds; nothing lost or doubled."""
     app = make_app(redis_url, namespace, **REST)
     hosts = [f"a-{namespace}@test", f"b-{namespace}@test"]
-    env = _env(redis_url, namespace, REST)
+    env = basic_env(redis_url, namespace, REST)
     with WorkerProcess("tests.apps.basic", hostname=hosts[0], pool="prefork", concurrency=2, env=env, cwd=ROOT) as w1, \
             WorkerProcess("tests.apps.basic", hostname=hosts[1], pool="solo", env=env, cwd=ROOT) as w2:
         w1.wait_ready(app)
@@ -97,7 +87,7 @@ def test_a_worker_started_during_a_pause_does_not_consume_the_paused_queue(
     now = time.time()
     set_pause(app_store(app), keys, Pause("cache", "core", "manual", "test", now, now + 4))
     host = f"late-{namespace}@test"
-    with WorkerProcess("tests.apps.basic", hostname=host, pool="solo", env=_env(redis_url, namespace, {}),
+    with WorkerProcess("tests.apps.basic", hostname=host, pool="solo", env=basic_env(redis_url, namespace, {}),
                        cwd=ROOT) as worker:
         worker.wait_ready(app)
         wait_for(lambda: "cache" not in _consuming(app, [host]).get(host, {"cache"}), timeout_s=5,
@@ -128,7 +118,7 @@ def test_one_for_all_recycles_the_domains_pool_processes_and_resumes(
     app = make_app(redis_url, namespace, **ALL)
     host = f"evo-{namespace}@test"
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
-                       extra_args=["--domain", "evo"], env=_env(redis_url, namespace, ALL), cwd=ROOT) as worker:
+                       extra_args=["--domain", "evo"], env=basic_env(redis_url, namespace, ALL), cwd=ROOT) as worker:
         worker.wait_ready(app)
         before = set(worker.pool_pids())
         assert len(before) == 2
@@ -172,7 +162,7 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
     threading.Thread(target=capture, daemon=True).start()
     listening.wait(5)
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
-                       env=_env(redis_url, namespace, BUDGET), cwd=ROOT) as worker:
+                       env=basic_env(redis_url, namespace, BUDGET), cwd=ROOT) as worker:
         worker.wait_ready(app)
         failing = app.tasks["basic.flaky"].apply_async(("osint1", 1000), queue="sources")
         wait_for(lambda: "sources" not in _consuming(app, [host]).get(host, {"sources"}), timeout_s=10,

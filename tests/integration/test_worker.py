@@ -7,7 +7,6 @@ a task fail, even with its store unreachable.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from celery import Celery
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.conftest import free_port
+from tests.integration.conftest import basic_env
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ("celery", "storage", "cache", "sources")
@@ -30,11 +30,7 @@ OBSERVE = {"prismatic_max_restarts_per_message": 0}
 
 
 def _env(broker: str, namespace: str, store: str | None = None, conf: dict[str, Any] | None = None) -> dict[str, str]:
-    env = {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-           "BASIC_CONF": json.dumps(OBSERVE if conf is None else conf)}
-    if store:
-        env["BASIC_STORE_URL"] = store
-    return env
+    return basic_env(broker, namespace, OBSERVE if conf is None else conf, store)
 
 
 @pytest.fixture
