@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -48,15 +49,32 @@ def real_redis() -> str:
 _dbs = itertools.cycle(range(1, 16))
 
 
+def _lease_db(real_redis: str) -> tuple[int, str]:
+    """Lease one of databases 1-15 (a key in db 0 with a TTL), so concurrent test runs never share one."""
+    lock = redis.Redis.from_url(f"{real_redis}/0")
+    token = f"{os.getpid()}:{uuid.uuid4().hex}"
+    for _ in range(15 * 40):
+        db = next(_dbs)
+        if lock.set(f"prismatic-tests:db-lease:{db}", token, nx=True, ex=600):
+            lock.close()
+            return db, token
+        time.sleep(0.05 if _ % 15 else 0.5)
+    raise RuntimeError("no free test database on the real Redis (15 leased)")
+
+
 @pytest.fixture
 def redis_url(real_redis: str) -> Iterator[str]:
-    """A flushed database of the real Redis, unique to this test while it runs."""
-    db = next(_dbs)
+    """A flushed database of the real Redis, leased to this test while it runs."""
+    db, token = _lease_db(real_redis)
     client = redis.Redis.from_url(f"{real_redis}/{db}")
     client.flushdb()
     yield f"{real_redis}/{db}"
     client.flushdb()
     client.close()
+    lock = redis.Redis.from_url(f"{real_redis}/0")
+    if lock.get(f"prismatic-tests:db-lease:{db}") == token.encode():
+        lock.delete(f"prismatic-tests:db-lease:{db}")
+    lock.close()
 
 
 @pytest.fixture
