@@ -19,8 +19,9 @@ import os
 import time
 from typing import Any
 
-import redis
 from celery import Celery
+
+from benchmarks.harness import marks_client
 
 QUEUE = "bench"
 NOOP = "bench.noop"
@@ -28,18 +29,6 @@ VARIANTS = ("plain", "plugin")
 DOMAINS = {"bench": {"strategy": "one_for_one", "children": [QUEUE]}}
 STARTS_KEY = "bench:starts"
 ENDS_KEY = "bench:ends"
-
-_marks_client: dict[int, redis.Redis] = {}
-
-
-def marks_client(url: str) -> redis.Redis:
-    """One client per process (pool children are forked: never share the parent's socket)."""
-    pid = os.getpid()
-    client = _marks_client.get(pid)
-    if client is None:
-        client = _marks_client[pid] = redis.Redis.from_url(url)
-    return client
-
 
 def make_app(variant: str, broker_url: str, *, store_url: str | None = None, marks_url: str | None = None) -> Celery:
     """The app as both the benchmark driver and its workers build it."""

@@ -44,17 +44,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,53 +58,8 @@ import redis
 from celery import Celery
 
 from benchmarks.apps import ENDS_KEY, NOOP, QUEUE, STARTS_KEY, make_app
+from benchmarks.harness import HOST, ROOT, pythonpath, redis_server
 from prismatic_celery.testing import WorkerProcess, wait_for
-
-ROOT = Path(__file__).resolve().parents[1]
-HOST = "127.0.0.1"
-
-
-# private redis-servers ---------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def redis_server(name: str) -> Iterator[int]:
-    """A throw-away ``redis-server`` on a free port of 127.0.0.1 (no persistence); yields the port."""
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix=f"prismatic-bench-{name}-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        client = redis.Redis(host=HOST, port=port, socket_connect_timeout=0.5)
-
-        def answers() -> bool:
-            if proc.poll() is not None:
-                raise SystemExit(f"redis-server ({name}) exited with {proc.returncode}")
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(answers, timeout_s=10, message=f"redis-server ({name}) on port {port}")
-        client.close()
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # store command accounting ----------------------------------------------------------------
@@ -313,9 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.callback(app.close)
         meter = StoreMeter(store_url)
         meter.calibrate()
-        pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         env = {"BENCH_BROKER_URL": broker_url, "BENCH_STORE_URL": store_url, "BENCH_MARKS_URL": marks_url,
-               "PYTHONPATH": pythonpath}
+               "PYTHONPATH": pythonpath()}
         bench = Bench(apps, env, redis.Redis.from_url(broker_url), redis.Redis.from_url(marks_url), meter,
                       args.concurrency)
         print(f"prefork -c {args.concurrency}, {args.tasks} no-op tasks per run, {args.pairs} pairs "

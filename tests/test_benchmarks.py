@@ -37,3 +37,35 @@ def test_overhead_benchmark_quick_run_ends_with_its_json_summary() -> None:
     assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
     assert summary["pairs"] >= 1 and summary["tasks"] > 0
     assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
+
+
+OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls", "plugin_calls", "plain_drain_s",
+               "plugin_drain_s", "plain_lost", "plain_duplicates"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(150)
+def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin() -> None:
+    """`python -m benchmarks.outage --quick`: sane figures, and the plugin loses no task and runs none twice."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (CI is set: integration tests must run)")
+        pytest.skip("redis-server is not installed")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.outage", "--quick"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=140,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    last = proc.stdout.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert set(summary) == OUTAGE_KEYS, last
+    assert summary["lost"] == 0 and summary["duplicates"] == 0, proc.stdout
+    assert summary["plain_lost"] >= 0 and summary["plain_duplicates"] >= 0
+    assert summary["plain_calls"] >= 40, "every plain task called the dead service at least once"
+    assert 1 <= summary["plugin_calls"] < summary["plain_calls"], proc.stdout
+    assert summary["calls_ratio"] == pytest.approx(summary["plain_calls"] / summary["plugin_calls"], rel=0.01)
+    assert summary["plain_drain_s"] > 0 and summary["plugin_drain_s"] >= 0 and summary["drain_ratio"] >= 0
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines if line.startswith(("plain :", "plugin:"))] == [
+        "plain", "plugin"], proc.stdout
