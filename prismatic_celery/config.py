@@ -156,6 +156,36 @@ SETTINGS: tuple[Setting, ...] = (
             "library, site-packages and Celery."),
     Setting("failure_class_overrides", None, _class_overrides, "mapping",
             "`{exception class or dotted name: failure class}` checked before the built-in classification."),
+    # bulkheads and load shedding
+    Setting("bulkhead_defer_s", 1.0, as_seconds, "s",
+            "A task over its domain's concurrency cap is put back on its queue to run after this long (plus up "
+            "to 50% jitter), its retry count unchanged."),
+    Setting("bulkhead_lease_s", 30.0, as_seconds, "s",
+            "Expiry of a cluster-wide slot lease (`cluster_concurrency`), renewed every third of it while the task "
+            "runs: a dead worker's slots free themselves."),
+    Setting("shed_enabled", True, as_bool, "bool",
+            "Sample the supervised queues' backlogs and shed low-importance messages above the threshold."),
+    Setting("shed_threshold", 1000, _positive_int, "messages",
+            "A supervised queue starts shedding when its backlog is above this."),
+    Setting("shed_resume_below", None,
+            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_resume_below(s, v),
+            "messages",
+            "Shedding stops when the backlog falls below this (hysteresis). Default: 80% of the threshold."),
+    Setting("shed_cutoff", 5,
+            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_cutoff(s, v),
+            "0..10", "While a queue sheds, messages whose importance (0 lowest, 9 highest; see Load shedding) is "
+            "below this are shed. Messages without importance never are."),
+    Setting("shed_mode", "park",
+            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_mode(s, v),
+            "park|drop", "`park`: move shed messages to a capped Redis list for `shed replay`; `drop`: discard them."),
+    Setting("shed_interval_s", 1.0, as_seconds, "s",
+            "Backlog sampler period (each worker, in a background thread); also the longest staleness of a "
+            "process's view of the shedding state."),
+    Setting("shed_park_max", 100000, _positive_int, "messages",
+            "Cap of each queue's parked list (beyond it the oldest are dropped and counted as `overflowed`)."),
+    Setting("shed_queues", None,
+            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_queue_overrides(s, v),
+            "mapping", "Per-queue overrides `{queue: {threshold, resume_below, cutoff, mode}}`."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -199,6 +229,16 @@ class Settings:
     lesson_min_success_rate: float
     in_app_modules: tuple[str, ...] | None
     failure_class_overrides: Any
+    bulkhead_defer_s: float
+    bulkhead_lease_s: float
+    shed_enabled: bool
+    shed_threshold: int
+    shed_resume_below: int | None
+    shed_cutoff: int
+    shed_mode: str
+    shed_interval_s: float
+    shed_park_max: int
+    shed_queues: Any
 
     @property
     def keys(self) -> Keys:

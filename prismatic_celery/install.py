@@ -54,6 +54,7 @@ def install(
     connect_signals()
     app.steps["worker"].add(DomainStep)
     app.steps["consumer"].add(SupervisionStep)
+    app.steps["consumer"].add("prismatic_celery.shedding.step:SheddingStep")
     app.user_options["worker"].add(DOMAIN_OPTION)
     app.on_after_configure.connect(_on_configured, weak=False)
     app.on_after_finalize.connect(_on_finalized, weak=False)

@@ -79,6 +79,7 @@ class Runtime:
         self.worker_domains: tuple[str, ...] = ()  # --domain options of this worker
         self.consumed_queues: tuple[str, ...] = ()  # every queue this worker consumes when nothing is paused
         self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
+        from .bulkhead import admission_guards
         from .circuits import Circuits
         from .engine.engine import Engine
         from .lessons.learning import Learning
@@ -93,7 +94,7 @@ class Runtime:
         self.dlq = DeadLetterQueue(self.store, self.keys, settings.dlq_max)
         self.learning: Learning | None = Learning(self) if settings.lessons else None
         self.guards: list[TaskGuard] = []  # bulkheads and load shedding add theirs
-        self.guards.extend(__import__("prismatic_celery.bulkhead", fromlist=["_"]).admission_guards(self))
+        self.guards.extend(admission_guards(self))
 
     # locating the child of a request --------------------------------------------------
     def _queue_for_routing_key(self, routing_key: str) -> str | None:

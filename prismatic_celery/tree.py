@@ -169,7 +169,7 @@ class Child:
         )
 
 
-_DOMAIN_KEYS = ("strategy", "children", "budget", "concurrency")
+_DOMAIN_KEYS = ("strategy", "children", "budget", "concurrency", "cluster_concurrency")
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,8 @@ class Domain:
     """A bounded context and a bulkhead: its own children, strategy, budget and slot cap.
 
     ``budget`` None means the supervisor's default domain budget;
-    ``concurrency`` None means no cap (a domain may use every pool slot).
+    ``concurrency`` None means no cap (a domain may use every pool slot);
+    ``cluster_concurrency`` caps the domain's running tasks across every worker.
     """
 
     name: str
@@ -185,6 +186,7 @@ class Domain:
     strategy: Strategy = Strategy.ONE_FOR_ONE
     budget: RestartBudget | None = None
     concurrency: int | None = None
+    cluster_concurrency: int | None = None
 
     def __post_init__(self) -> None:
         where = f"Domain({self.name!r})"
@@ -199,6 +201,8 @@ class Domain:
         object.__setattr__(self, "strategy", _strategy(f"{where}.strategy", self.strategy))
         if self.concurrency is not None:
             as_int(f"{where}.concurrency", self.concurrency, minimum=1)
+        if self.cluster_concurrency is not None:
+            as_int(f"{where}.cluster_concurrency", self.cluster_concurrency, minimum=1)
 
     @property
     def child_list(self) -> tuple[Child, ...]:
@@ -233,12 +237,15 @@ class Domain:
         _reject_duplicate_queues(f"{setting}.children", [(name, c) for c in children])
         budget = data.get("budget")
         concurrency = data.get("concurrency")
+        cluster = data.get("cluster_concurrency")
         return cls(
             name=name,
             children=children,
             strategy=_strategy(f"{setting}.strategy", data.get("strategy", Strategy.ONE_FOR_ONE)),
             budget=None if budget is None else RestartBudget.from_config(f"{setting}.budget", budget),
             concurrency=None if concurrency is None else as_int(f"{setting}.concurrency", concurrency, minimum=1),
+            cluster_concurrency=None if cluster is None else as_int(f"{setting}.cluster_concurrency", cluster,
+                                                                    minimum=1),
         )
 
 
@@ -327,6 +334,7 @@ class Supervisor:
                         "period_s": self.budget_for(d).period_s,
                     },
                     "concurrency": d.concurrency,
+                    "cluster_concurrency": d.cluster_concurrency,
                     "children": [
                         {"queue": c.queue, "restart": c.restart.value, "tasks": list(c.tasks)}
                         for c in d.child_list

@@ -1,0 +1,52 @@
+"""Load shedding: above a queue's backlog threshold, low-importance messages are parked or dropped.
+
+* :mod:`.sampler` and :mod:`.step`: each worker samples its supervised queues'
+  backlogs once per period in a background thread and publishes the shedding
+  state (with hysteresis) in the store.
+* :mod:`.guard`: before a supervised task runs, a message below the importance
+  cut-off on a shedding queue is parked (default) or dropped, with a
+  ``supervision-shed`` WARNING line and event.
+* :mod:`.park`: the parked lists, replay (exactly once) and purge.
+* :mod:`.priority`: the importance rule.
+"""
+
+from __future__ import annotations
+
+from .config import MODES, QueuePolicy, queue_policies
+from .guard import ShedGuard
+from .park import ParkOutcome, ReplayReport, park, parked_key, peek, purge, replay, republish, totals_key
+from .priority import HEADER, REPLAYED_HEADER, TASK_OPTION, message_importance
+from .sampler import BrokerBacklog, Sampler, redis_subqueues
+from .state import ShedState, ShedView, publish_sample, read_states, state_key
+from .status import ShedStatus
+from .step import SheddingStep
+
+__all__ = [
+    "HEADER",
+    "MODES",
+    "REPLAYED_HEADER",
+    "TASK_OPTION",
+    "BrokerBacklog",
+    "ParkOutcome",
+    "QueuePolicy",
+    "ReplayReport",
+    "Sampler",
+    "ShedGuard",
+    "ShedState",
+    "ShedStatus",
+    "ShedView",
+    "SheddingStep",
+    "message_importance",
+    "park",
+    "parked_key",
+    "peek",
+    "publish_sample",
+    "purge",
+    "queue_policies",
+    "read_states",
+    "redis_subqueues",
+    "replay",
+    "republish",
+    "state_key",
+    "totals_key",
+]

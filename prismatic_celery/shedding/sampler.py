@@ -1,0 +1,142 @@
+"""The backlog sampler: once per period, never per message, in a background thread of each worker.
+
+Redis transport: one pipeline of ``LLEN`` over every priority sub-queue of
+every sampled queue (``name`` and ``name\\x06\\x16<step>`` for kombu's priority
+steps 3, 6 and 9; separator and steps are read from the channel, so transport
+options that change them are honoured). RabbitMQ and other transports: a
+passive ``queue_declare`` per queue (``message_count``, ready messages only).
+Then one Lua script publishes the sample and moves the shedding state.
+The cost per period is fixed by the number of queues: it does not depend on
+how many tasks run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from ..log import RateLimitedWarning, get_logger, log_event
+from .config import QueuePolicy
+from .state import Transition, publish_sample
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["BrokerBacklog", "Sampler", "redis_subqueues"]
+
+logger = get_logger("shedding")
+
+
+def redis_subqueues(queue: str, *, sep: str, steps: Sequence[int]) -> list[str]:
+    """The Redis lists kombu keeps for ``queue``: one per priority step (step 0 is the bare name)."""
+    return [f"{queue}{sep}{step}" if step else queue for step in steps]
+
+
+class BrokerBacklog:
+    """Reads queue backlogs through its own broker connection (not the consumer's: another thread)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._connection: Any = None
+        self._channel: Any = None
+        self.commands = 0
+        """Broker commands issued so far (LLEN or queue.declare), for measurements."""
+
+    def sample(self, queues: Sequence[str]) -> dict[str, int]:
+        """The backlog of each queue (messages waiting, all priorities)."""
+        if not queues:
+            return {}
+        try:
+            if self._connection is None:
+                self._connection = self.app.connection_for_read()
+                self._connection.ensure_connection(max_retries=1)
+            if self._connection.transport.driver_type == "redis":
+                return self._redis(queues)
+            return self._passive(queues)
+        except Exception:
+            self.close()
+            raise
+
+    def _redis(self, queues: Sequence[str]) -> dict[str, int]:
+        channel = self._connection.default_channel
+        names = {q: redis_subqueues(q, sep=channel.sep, steps=channel.priority_steps) for q in queues}
+        with channel.client.pipeline(transaction=False) as pipe:
+            for subqueues in names.values():
+                for name in subqueues:
+                    pipe.llen(name)
+            sizes = pipe.execute()
+        self.commands += len(sizes)
+        backlogs: dict[str, int] = {}
+        index = 0
+        for queue, subqueues in names.items():
+            backlogs[queue] = sum(int(s) for s in sizes[index:index + len(subqueues)] if isinstance(s, int))
+            index += len(subqueues)
+        return backlogs
+
+    def _passive(self, queues: Sequence[str]) -> dict[str, int]:
+        backlogs: dict[str, int] = {}
+        for queue in queues:
+            if self._channel is None:
+                self._channel = self._connection.channel()
+            self.commands += 1
+            try:
+                backlogs[queue] = int(self._channel.queue_declare(queue=queue, passive=True).message_count)
+            except self._connection.channel_errors:  # not declared yet: nothing waits in it
+                backlogs[queue] = 0
+                self._channel = None  # the broker closed the channel (AMQP 404)
+        return backlogs
+
+    def close(self) -> None:
+        """Release the connection (the next sample reconnects)."""
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception as exc:  # closing a broken connection is not worth more than a debug line
+                log_event(logging.DEBUG, "shed-sampler-close-failed", logger, error=repr(exc)[:200])
+
+
+class Sampler:
+    """One worker's sampler: read backlogs, publish them, log the transitions."""
+
+    def __init__(
+        self, runtime: Runtime, queues: Sequence[str], policies: Mapping[str, QueuePolicy], *, name: str,
+        probe: BrokerBacklog | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.queues = tuple(q for q in queues if q in policies)
+        self.policies = dict(policies)
+        self.name = name
+        self.probe = probe or BrokerBacklog(runtime.app)
+        self.ttl_s = max(5.0, 5 * runtime.settings.shed_interval_s)
+        self.samples = 0
+        self._failed = RateLimitedWarning()
+
+    def tick(self) -> None:
+        """The sampler thread's periodic call."""
+        self.sample()
+
+    def sample(self) -> list[Transition]:
+        """Sample every queue once, publish the sample and log the state changes."""
+        try:
+            backlogs = self.probe.sample(self.queues)
+        except Exception as exc:
+            self._failed.warn("shed-sample-failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return []
+        transitions = publish_sample(self.runtime.store, self.runtime.keys, backlogs, self.policies,
+                                     ttl_s=self.ttl_s, sampler=self.name)
+        self.samples += 1
+        for moved in transitions:
+            if moved.started or moved.stopped:
+                policy = self.policies[moved.queue]
+                log_event(logging.WARNING, "shedding-started" if moved.started else "shedding-stopped", logger,
+                          queue=moved.queue, backlog=moved.backlog, threshold=policy.threshold,
+                          resume_below=policy.resume_below, cutoff=policy.cutoff, mode=policy.mode, by=self.name)
+        return transitions
+
+    def close(self) -> None:
+        """Release the broker connection."""
+        self.probe.close()

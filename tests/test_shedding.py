@@ -1,0 +1,333 @@
+"""Load shedding in-process: the importance rule, the settings, the state script, parking and the guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.exceptions import Ignore
+
+from prismatic_celery import (
+    ConfigurationError,
+    MemoryStore,
+    SupervisionEvent,
+    SupervisionListener,
+    get_runtime,
+    install,
+)
+from prismatic_celery.keys import Keys
+from prismatic_celery.runtime import Runtime
+from prismatic_celery.shedding import (
+    QueuePolicy,
+    ShedGuard,
+    ShedView,
+    park,
+    parked_key,
+    peek,
+    publish_sample,
+    purge,
+    read_states,
+    replay,
+    state_key,
+    totals_key,
+)
+from prismatic_celery.shedding.priority import importance_from_priority, message_importance, replayed
+from prismatic_celery.store import Store
+
+DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
+
+
+class Recorder(SupervisionListener):
+    def __init__(self) -> None:
+        self.events: list[SupervisionEvent] = []
+
+    def on_shed(self, event: SupervisionEvent) -> None:
+        self.events.append(event)
+
+
+def _app(store: Store | None = None, **conf: Any) -> tuple[Celery, Runtime, Recorder]:
+    app = Celery("shedunit", broker="memory://", set_as_current=False)
+    app.conf.update(prismatic_domains=DOMAINS, prismatic_send_events=False, **conf)
+    recorder = Recorder()
+    install(app, listeners=[recorder], store=store or MemoryStore())
+
+    @app.task(name="shedunit.work", shared=False)
+    def work(x: Any = None) -> str:
+        return "ran"
+
+    @app.task(name="shedunit.minor", shared=False, importance=1)
+    def minor() -> str:
+        return "ran"
+
+    runtime = get_runtime(app)
+    assert runtime is not None
+    return app, runtime, recorder
+
+
+def _guard(runtime: Runtime) -> ShedGuard:
+    return next(g for g in runtime.guards if isinstance(g, ShedGuard))
+
+
+def _shedding(runtime: Runtime, queue: str, backlog: int = 2000) -> None:
+    policy = QueuePolicy(queue, threshold=1000, resume_below=800, cutoff=5, mode="park")
+    publish_sample(runtime.store, runtime.keys, {queue: backlog}, {queue: policy}, ttl_s=60, sampler="test")
+
+
+def _run(task: Any, *, queue: str = "bulk", priority: int | None = None, headers: dict[str, Any] | None = None,
+         args: tuple[Any, ...] = (), task_id: str = "id-1") -> str:
+    """Run the task as the worker would for a message from ``queue``: guards first, then the body."""
+    delivery = {"exchange": "", "routing_key": queue, "priority": priority}
+    task.push_request(id=task_id, args=list(args), kwargs={}, delivery_info=delivery, headers=headers,
+                      called_directly=False, is_eager=False, hostname="w1@test", retries=2, root_id="root")
+    try:
+        result: str = task(*args)
+        return result
+    finally:
+        task.pop_request()
+
+
+# -- the importance rule ------------------------------------------------------------------------
+def test_priority_becomes_importance_in_the_brokers_own_order() -> None:
+    """Redis consumes 0 first, so 0 is the most important there; AMQP consumes 9 first."""
+    assert importance_from_priority(0, higher_first=False) == 9
+    assert importance_from_priority(9, higher_first=False) == 0
+    assert importance_from_priority(9, higher_first=True) == 9
+    assert importance_from_priority(None, higher_first=True) is None
+    assert importance_from_priority(42, higher_first=True) == 9, "clamped to 0..9"
+
+
+def test_header_beats_task_option_beats_message_priority() -> None:
+    """A per-call header overrides the task's option, which overrides the message priority; none means unknown."""
+    app, _, _ = _app()
+    minor, work = app.tasks["shedunit.minor"], app.tasks["shedunit.work"]
+    for task, headers, priority, expected in [
+        (work, {"prismatic_importance": 7}, 9, 7),
+        (minor, {"prismatic_importance": "8"}, None, 8),
+        (minor, None, 0, 1),
+        (work, None, 9, 0),
+        (work, None, None, None),
+        (work, {"prismatic_importance": "high"}, None, None),
+    ]:
+        task.push_request(delivery_info={"priority": priority}, headers=headers)
+        try:
+            assert message_importance(task, higher_first=False) == expected, (task.name, headers, priority)
+        finally:
+            task.pop_request()
+    work.push_request(headers={"prismatic_replayed": 1})
+    assert replayed(work)
+    work.pop_request()
+
+
+# -- settings -----------------------------------------------------------------------------------
+def test_policies_merge_the_defaults_with_per_queue_overrides() -> None:
+    """The lower mark defaults to 80% of the threshold; a queue may override any of the four."""
+    _, runtime, _ = _app(prismatic_shed_queues={"reports": {"threshold": 50, "mode": "drop", "cutoff": 3}})
+    guard = _guard(runtime)
+    assert guard.policies["bulk"] == QueuePolicy("bulk", threshold=1000, resume_below=800, cutoff=5, mode="park")
+    assert guard.policies["reports"] == QueuePolicy("reports", threshold=50, resume_below=40, cutoff=3, mode="drop")
+
+
+@pytest.mark.parametrize(("conf", "setting"), [
+    ({"prismatic_shed_mode": "parking"}, "prismatic_shed_mode"),
+    ({"prismatic_shed_cutoff": 11}, "prismatic_shed_cutoff"),
+    ({"prismatic_shed_threshold": 0}, "prismatic_shed_threshold"),
+    ({"prismatic_shed_threshold": 100, "prismatic_shed_resume_below": 200}, "prismatic_shed_resume_below"),
+    ({"prismatic_shed_queues": {"nope": {"threshold": 5}}}, "prismatic_shed_queues.nope"),
+    ({"prismatic_shed_queues": {"bulk": {"treshold": 5}}}, "prismatic_shed_queues.bulk"),
+    ({"prismatic_shed_queues": {"bulk": {"threshold": 10, "resume_below": 20}}},
+     "prismatic_shed_queues.bulk.resume_below"),
+    ({"prismatic_bulkhead_defer_s": -1}, "prismatic_bulkhead_defer_s"),
+])
+def test_bad_shedding_settings_fail_naming_the_setting(conf: dict[str, Any], setting: str) -> None:
+    """Bad configuration fails when the runtime is built (worker start, `supervision check`)."""
+    with pytest.raises(ConfigurationError) as caught:
+        _app(**conf)
+    assert setting in str(caught.value)
+
+
+# -- the shared state (contract: memory, fakeredis, redis) ---------------------------------------
+def test_shedding_state_follows_the_backlog_with_hysteresis(store: Store) -> None:
+    """Starts above the threshold, lasts until below the lower mark, keeps its start time, expires."""
+    keys = Keys("hyst")
+    policy = {"q": QueuePolicy("q", threshold=1000, resume_below=800, cutoff=5, mode="park")}
+
+    def sample(backlog: int) -> tuple[bool, bool, bool]:
+        moved = publish_sample(store, keys, {"q": backlog}, policy, ttl_s=5, sampler="w1")[0]
+        return moved.shedding, moved.started, moved.stopped
+
+    assert sample(1000) == (False, False, False), "at the threshold: not yet"
+    assert sample(1500) == (True, True, False)
+    since = read_states(store, keys, ["q"])["q"].since
+    assert sample(900) == (True, False, False), "between the marks: still shedding"
+    state = read_states(store, keys, ["q"])["q"]
+    assert (state.backlog, state.threshold, state.resume_below, state.since, state.by) == (900, 1000, 800, since, "w1")
+    assert 0 < (store.ttl(state_key(keys, "q")) or 0) <= 5
+    assert sample(799) == (False, False, True)
+    assert read_states(store, keys, ["q"]) == {}
+    assert sample(999) == (False, False, False), "between the marks: still not shedding"
+    assert store.hgetall(keys.key("backlog"))["q"] == "999"
+
+
+def test_a_corrupt_state_record_reads_as_not_shedding(store: Store) -> None:
+    """Corrupt data is skipped: the queue does not shed until a sample says so."""
+    keys = Keys("corrupt")
+    store.set_json(state_key(keys, "q"), {"queue": "q", "backlog": "many"}, ttl_s=5)
+    assert read_states(store, keys, ["q"]) == {}
+
+
+def test_the_view_reads_the_store_at_most_once_per_period() -> None:
+    """A process asks the store once per period however many tasks it runs."""
+    now = [0.0]
+    store, keys = MemoryStore(), Keys("view")
+    view = ShedView(store, keys, ["q"], max_age_s=1.0, clock=lambda: now[0])
+    for _ in range(100):
+        assert view.get("q") is None
+    assert view.reads == 1
+    publish_sample(store, keys, {"q": 5000}, {"q": QueuePolicy("q", 1000, 800, 5, "park")}, ttl_s=5, sampler="w")
+    assert view.get("q") is None, "not before the period ends"
+    now[0] = 1.0
+    assert view.get("q") is not None and view.reads == 2
+
+
+# -- parking (contract) ---------------------------------------------------------------------------
+def test_park_caps_the_list_and_counts(store: Store) -> None:
+    """The oldest entries beyond the cap are dropped and counted as overflowed."""
+    keys = Keys("park")
+    outcomes = [park(store, keys, "q", json.dumps({"id": f"t{i}", "task": "x"}), cap=3) for i in range(5)]
+    assert [o.length for o in outcomes] == [1, 2, 3, 3, 3]
+    assert [o.overflowed for o in outcomes] == [0, 0, 0, 1, 1] and all(o.durable for o in outcomes)
+    assert [p["id"] for p in peek(store, keys, "q", limit=10)] == ["t2", "t3", "t4"]
+    assert store.hgetall(totals_key(keys)) == {"q:parked": "5", "q:overflowed": "2"}
+    assert purge(store, keys, "q") == 3 and store.list_len(parked_key(keys, "q")) == 0
+    assert store.hgetall(totals_key(keys))["q:purged"] == "3"
+
+
+def test_replay_publishes_each_message_once_in_order_and_puts_back_what_failed(store: Store) -> None:
+    """A failed publish puts the unpublished rest back at the head, in order; nothing is doubled."""
+    app = Celery("replayunit", broker="memory://", set_as_current=False)
+    keys = Keys("replay")
+    for i in range(7):
+        park(store, keys, "q", json.dumps({"id": f"t{i}", "task": "x", "queue": "q"}), cap=100)
+    store_list = parked_key(keys, "q")
+    published: list[str] = []
+
+    def flaky(record: dict[str, Any], producer: Any) -> None:
+        if record["id"] == "t3":
+            raise ConnectionError("broker down")
+        published.append(record["id"])
+
+    report = replay(app, store, keys, "q", batch=2, publish=flaky)
+    assert published == ["t0", "t1", "t2"] and report.replayed == 3 and report.put_back == 1
+    assert report.error is not None and "broker down" in report.error
+    assert [p["id"] for p in peek(store, keys, "q", limit=10)] == ["t3", "t4", "t5", "t6"]
+
+    report = replay(app, store, keys, "q", limit=3, publish=lambda r, p: published.append(r["id"]))
+    assert report.replayed == 3 and published[3:] == ["t3", "t4", "t5"]
+    report = replay(app, store, keys, "q", publish=lambda r, p: published.append(r["id"]))
+    assert published == [f"t{i}" for i in range(7)] and store.list_len(store_list) == 0
+    assert store.hgetall(totals_key(keys))["q:replayed"] == "7"
+
+
+# -- the guard ------------------------------------------------------------------------------------
+def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and_an_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis-style priority 9 is importance 0: parked with everything needed to publish it again."""
+    app, runtime, recorder = _app()
+    _shedding(runtime, "bulk", backlog=2345)
+    work = app.tasks["shedunit.work"]
+    with caplog.at_level(logging.WARNING), pytest.raises(Ignore):
+        _run(work, priority=9, args=({"a": [1, 2]},), headers={"trace": "abc"})
+    [record] = peek(runtime.store, runtime.keys, "bulk", limit=5)
+    assert record["id"] == "id-1" and record["task"] == "shedunit.work" and record["queue"] == "bulk"
+    assert record["args"] == [{"a": [1, 2]}] and record["kwargs"] == {} and record["priority"] == 9
+    assert record["options"]["headers"] == {"trace": "abc"} and record["options"]["retries"] == 2
+    assert record["options"]["root_id"] == "root" and record["importance"] == 0 and record["backlog"] == 2345
+    [event] = recorder.events
+    assert event.fields["task"] == "shedunit.work" and event.fields["task_id"] == "id-1"
+    assert event.fields["queue"] == "bulk" and event.fields["backlog"] == 2345 and event.fields["threshold"] == 1000
+    line = next(r for r in caplog.records if "supervision-shed" in r.getMessage())
+    assert line.levelno == logging.WARNING
+    for field in ("task=shedunit.work", "task_id=id-1", "queue=bulk", "backlog=2345", "threshold=1000"):
+        assert field in line.getMessage()
+
+
+def test_important_unmarked_replayed_and_direct_messages_run() -> None:
+    """Only messages below the cut-off are shed; no importance, a replay or a direct call always runs."""
+    app, runtime, recorder = _app()
+    _shedding(runtime, "bulk")
+    work = app.tasks["shedunit.work"]
+    assert _run(work, priority=0) == "ran"
+    assert _run(work, priority=4) == "ran", "importance 5 is not below the cut-off 5"
+    assert _run(work) == "ran", "no priority: never shed"
+    assert _run(work, priority=9, headers={"prismatic_replayed": 1}) == "ran"
+    assert _run(work, priority=9, queue="core") == "ran", "core does not shed"
+    assert work() == "ran"
+    assert recorder.events == [] and runtime.store.list_len(parked_key(runtime.keys, "bulk")) == 0
+    with pytest.raises(Ignore):
+        _run(app.tasks["shedunit.minor"])
+
+
+def test_drop_mode_discards_and_counts() -> None:
+    """Mode drop: the message is not kept anywhere; the drop is logged, emitted and counted."""
+    app, runtime, recorder = _app(prismatic_shed_mode="drop")
+    _shedding(runtime, "bulk")
+    with pytest.raises(Ignore):
+        _run(app.tasks["shedunit.work"], priority=9)
+    assert runtime.store.list_len(parked_key(runtime.keys, "bulk")) == 0
+    assert runtime.store.hgetall(totals_key(runtime.keys)) == {"bulk:dropped": "1"}
+    assert recorder.events[0].fields["mode"] == "drop"
+    assert runtime.shedding.counts()["bulk"] == {"park": 0, "drop": 1}
+
+
+def test_a_message_that_cannot_be_parked_safely_runs_instead() -> None:
+    """Arguments that are not JSON, or a store answering from memory, mean: run it, lose nothing."""
+    app, runtime, recorder = _app()
+    _shedding(runtime, "bulk")
+    assert _run(app.tasks["shedunit.work"], priority=9, args=(object(),)) == "ran"
+
+    class Degraded(MemoryStore):
+        degraded = True
+
+    store = Degraded()
+    app2, runtime2, _ = _app(store=store)
+    _shedding(runtime2, "bulk")
+    assert _run(app2.tasks["shedunit.work"], priority=9) == "ran"
+    assert recorder.events == []
+
+
+def test_shedding_can_be_switched_off() -> None:
+    """prismatic_shed_enabled=False: no shedding guard at all."""
+    _, runtime, _ = _app(prismatic_shed_enabled=False)
+    assert not any(isinstance(g, ShedGuard) for g in runtime.guards)
+
+
+@pytest.fixture
+def celery_app_redis(redis_url: str) -> Iterator[Celery]:
+    app = Celery("shedpub", broker=redis_url, set_as_current=False)
+    yield app
+
+
+def test_republish_keeps_id_queue_priority_and_headers_and_marks_the_replay(
+    celery_app_redis: Celery, redis_url: str
+) -> None:
+    """The replayed message is the parked one, plus the prismatic_replayed header."""
+    import redis as redis_lib
+
+    from prismatic_celery.shedding import republish
+
+    record = {"id": "abc", "task": "shedpub.t", "queue": "q9", "priority": 9, "args": [1], "kwargs": {"k": 2},
+              "options": {"headers": {"trace": "x"}, "retries": 3, "root_id": "r", "eta": "2030-01-01"}}
+    republish(celery_app_redis, record)
+    client = redis_lib.Redis.from_url(redis_url)
+    raw = client.lrange(b"q9\x06\x169", 0, -1)
+    assert len(raw) == 1
+    message = json.loads(raw[0])
+    headers = message["headers"]
+    assert headers["id"] == "abc" and headers["task"] == "shedpub.t" and headers["retries"] == 3
+    assert headers["trace"] == "x" and headers["prismatic_replayed"] == 1 and headers["eta"] is None
+    assert message["properties"]["priority"] == 9
