@@ -1,18 +1,62 @@
-"""``celery -A proj supervision ...``: the operator's command line (``celery.commands`` entry point)."""
+"""``celery -A proj supervision ...``: the operator's command line (``celery.commands`` entry point).
+
+Every command that reads state reads it from the store, so it reports what
+the workers, the Flower page and ``/metrics`` report. ``--json`` prints the
+same data for scripts. Exit codes:
+
+| Code | Meaning |
+|---|---|
+| 0 | done; the tree is not escalated (and, for ``health``/``watch``, the score is at least ``--min-score``) |
+| 1 | an error: invalid configuration, plugin not installed, unknown domain or queue |
+| 2 | a domain is escalated (``status``, ``health``, ``watch``); also click's code for a usage error |
+| 3 | no worker registered (``workers``) |
+| 4 | the health score is below ``--min-score`` (``health``, ``watch``; default 50, i.e. ``critical``) |
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
 import json
+import logging
 import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 from celery import Celery
 
 from .errors import ConfigurationError
+from .health import get_tree_health, knowledge_view, lessons_view, recent_events
+from .health import tree_state as _tree_state
+from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
 
-__all__ = ["supervision"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_ESCALATED",
+    "EXIT_NO_WORKERS",
+    "EXIT_OK",
+    "EXIT_UNHEALTHY",
+    "health_exit_code",
+    "render_health",
+    "render_state",
+    "render_tree",
+    "supervision",
+    "tree_state",
+]
+
+logger = get_logger("cli")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_ESCALATED = 2
+EXIT_NO_WORKERS = 3
+EXIT_UNHEALTHY = 4
+DEFAULT_MIN_SCORE = 50
 
 
 def _app(ctx: click.Context) -> Celery:
@@ -34,6 +78,21 @@ def _runtime(ctx: click.Context) -> Runtime:
 
 def _emit(data: Any, as_json: bool, human: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces (a header line, then one line per row)."""
+    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _na(value: Any, fmt: str = "{}") -> str:
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 1048576:.1f} MiB"
 
 
 @click.group(name="supervision")
@@ -81,7 +140,7 @@ def tree(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def workers(ctx: click.Context, as_json: bool) -> None:
-    """List workers registered in the store (heartbeat within the last few seconds)."""
+    """List workers registered in the store (heartbeat within the last few seconds); exit 3 when none."""
     runtime = _runtime(ctx)
     found = [runtime.store.get_json(k) for k in runtime.store.scan(runtime.keys.pattern("worker"))]
     rows = [w for w in found if isinstance(w, dict)]
@@ -91,39 +150,19 @@ def workers(ctx: click.Context, as_json: bool) -> None:
     ) or "no workers registered"
     _emit(rows, as_json, human)
     if not rows:
-        sys.exit(3)
+        sys.exit(EXIT_NO_WORKERS)
 
 
 def tree_state(runtime: Runtime) -> dict[str, Any]:
     """Per-child state read from the store: pauses, restarts, hotspots and escalations."""
-    from .engine.hotspots import is_hotspot
-    from .engine.pauses import read_pauses
+    return _tree_state(runtime)
 
-    store, keys, settings = runtime.store, runtime.keys, runtime.settings
-    tree = runtime.supervisor
-    pauses = read_pauses(store, keys, tree.queues)
-    totals = store.hgetall(keys.key("restart-totals"))
-    now = store.time()
-    escalations = dict(zip([d.name for d in tree.domain_list],
-                           store.get_many([keys.key("escalation", d.name) for d in tree.domain_list]), strict=True))
-    described = tree.describe()
-    for domain in described["domains"]:
-        escalation = escalations.get(domain["name"])
-        domain["escalated"] = isinstance(escalation, dict)
-        for child in domain["children"]:
-            queue = child["queue"]
-            recent = store.window_count(keys.key("restarts", queue), now, settings.hotspot_window_s)
-            pause = pauses.get(queue)
-            child.update({
-                "restarts_total": int(totals.get(queue, 0) or 0),
-                "restarts_in_window": recent,
-                "hotspot": is_hotspot(recent, settings.hotspot_restarts),
-                "paused": pause is not None,
-                "pause": None if pause is None else {"reason": pause.reason, "by": pause.by,
-                                                     "remaining_s": round(max(0.0, pause.until - now), 3)},
-            })
-    described["escalated"] = any(d["escalated"] for d in described["domains"])
-    return described
+
+def _child_status(child: Mapping[str, Any]) -> str:
+    if not child["paused"]:
+        return "running"
+    pause = child["pause"]
+    return f"paused ({pause['reason']} by {pause['by']}, {pause['remaining_s']:.1f}s left)"
 
 
 def render_state(state: dict[str, Any]) -> str:
@@ -133,13 +172,9 @@ def render_state(state: dict[str, Any]) -> str:
         flag = "  ESCALATED" if domain["escalated"] else ""
         lines.append(f"{domain['name']} ({domain['strategy']}){flag}")
         for child in domain["children"]:
-            status = "paused" if child["paused"] else "running"
-            if child["paused"]:
-                pause = child["pause"]
-                status += f" ({pause['reason']} by {pause['by']}, {pause['remaining_s']:.1f}s left)"
             hot = "  HOTSPOT" if child["hotspot"] else ""
-            lines.append(f"  {child['queue']:<24} {status:<44} restarts {child['restarts_in_window']} recent / "
-                         f"{child['restarts_total']} total{hot}")
+            lines.append(f"  {child['queue']:<24} {_child_status(child):<44} restarts {child['restarts_in_window']} "
+                         f"recent / {child['restarts_total']} total{hot}")
     return "\n".join(lines)
 
 
@@ -151,7 +186,96 @@ def status(ctx: click.Context, as_json: bool) -> None:
     state = tree_state(_runtime(ctx))
     _emit(state, as_json, render_state(state))
     if state["escalated"]:
-        sys.exit(2)
+        sys.exit(EXIT_ESCALATED)
+
+
+def render_health(health: Mapping[str, Any]) -> str:
+    """The health report for people: score, tree, circuits, escalations, processes and memory."""
+    workers = health.get("workers") or []
+    where = (f"worker {health.get('hostname')}" if health.get("scope") == "worker"
+             else f"cluster, {len(workers)} worker(s)")
+    lines = [f"health {health['score']}/100  {health['state'].upper()}  ({where}, namespace {health['namespace']}, "
+             f"{_na(health.get('total_processes'))} processes)"]
+    penalties = health.get("penalties") or []
+    if penalties:
+        lines.append("penalties: " + ", ".join(f"{p['reason']} x{p['count']} -{p['points']}" for p in penalties))
+    lines.append("")
+    rows: list[list[Any]] = []
+    for domain in health["domains"]:
+        rows.append([domain["name"], domain["strategy"], domain["status"],
+                     f"{domain['restarts_in_window']}/{domain['restarts_total']}", "",
+                     _mib(domain.get("memory_rss_bytes"))])
+        for child in domain["children"]:
+            rows.append([f"  {child['queue']}", child["restart"], _child_status(child),
+                         f"{child['restarts_in_window']}/{child['restarts_total']}",
+                         "HOTSPOT" if child["hotspot"] else "", ""])
+    lines.append(table(["DOMAIN / CHILD", "STRATEGY", "STATE", "RESTARTS (window/total)", "HOT", "MEMORY"], rows))
+    lines.append("")
+    circuits = health.get("circuits") or {}
+    if circuits:
+        lines.append(render_circuits(circuits))
+    else:
+        lines.append("circuits: none")
+    escalations = health.get("escalations") or []
+    lines.append("escalations: " + (", ".join(f"{e['domain']} ({e['reason']})" for e in escalations) or "none"))
+    shed = health.get("shed")
+    lines.append("shed: " + ("n/a" if shed is None else str(shed.get("total", 0))))
+    knowledge = health.get("knowledge")
+    lines.append("knowledge: " + ("n/a" if knowledge is None else render_knowledge_line(knowledge)))
+    return "\n".join(lines)
+
+
+def render_circuits(circuits: Mapping[str, Mapping[str, Any]]) -> str:
+    """Circuits as a table."""
+    rows = [[name, c["state"].upper() if c["state"] != "closed" else "closed",
+             f"{c['fail_counter']}/{_na(c.get('fail_max'))}",
+             f"{c['retry_after_s']:.1f}s" if c["state"] != "closed" else "", c.get("reason") or ""]
+            for name, c in sorted(circuits.items())]
+    return table(["CIRCUIT", "STATE", "FAILURES", "RETRY IN", "REASON"], rows)
+
+
+def render_knowledge_line(knowledge: Mapping[str, Any]) -> str:
+    """The knowledge metrics on one line."""
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{float(value):.1f}%"
+
+    def rate(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * float(value):.1f}%"
+
+    mttr = knowledge.get("mean_time_to_recovery_s")
+    return (f"{knowledge.get('total_lessons', 0)} lessons, auto-remediated {pct(knowledge.get('auto_remediated_pct'))}"
+            f" of known-pattern crashes, MTTR {_na(mttr if mttr is None else round(float(mttr), 3), '{}s')}, "
+            f"escalation rate {rate(knowledge.get('escalation_rate'))}, "
+            f"false positives {rate(knowledge.get('false_positive_rate'))}")
+
+
+def health_exit_code(health: Mapping[str, Any], min_score: int = DEFAULT_MIN_SCORE) -> int:
+    """2 when escalated, 4 when the score is below ``min_score``, else 0."""
+    if health.get("escalated"):
+        return EXIT_ESCALATED
+    if int(health["score"]) < min_score:
+        return EXIT_UNHEALTHY
+    return EXIT_OK
+
+
+_MIN_SCORE = click.option("--min-score", type=click.IntRange(0, 100), default=DEFAULT_MIN_SCORE, show_default=True,
+                          help="Exit 4 when the health score is below this.")
+
+
+@supervision.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_MIN_SCORE
+@click.option("--events", "events", type=click.IntRange(0, 1000), default=0, help="Also list the newest N events.")
+@click.pass_context
+def health(ctx: click.Context, as_json: bool, min_score: int, events: int) -> None:
+    """Cluster-wide tree health and score 0-100; exit 2 escalated, 4 below --min-score."""
+    runtime = _runtime(ctx)
+    report = get_tree_health(runtime, events=events)
+    human = render_health(report)
+    if events:
+        human += "\n\n" + render_events(report.get("events") or [])
+    _emit(report, as_json, human)
+    sys.exit(health_exit_code(report, min_score))
 
 
 @supervision.command()
@@ -166,25 +290,188 @@ def hotspots(ctx: click.Context, as_json: bool) -> None:
     found = find(runtime.store, runtime.keys, runtime.supervisor, threshold=settings.hotspot_restarts,
                  window_s=settings.hotspot_window_s)
     rows = [{"domain": h.domain, "child": h.child, "restarts": h.restarts, "window_s": h.window_s} for h in found]
-    human = "\n".join(f"{r['domain']}/{r['child']}: {r['restarts']} restarts in {r['window_s']:g}s" for r in rows)
-    _emit(rows, as_json, human or "no hotspots")
+    human = table(["DOMAIN", "CHILD", "RESTARTS", "WINDOW"],
+                  [[r["domain"], r["child"], r["restarts"], f"{r['window_s']:g}s"] for r in rows])
+    _emit(rows, as_json, human if rows else "no hotspots")
 
 
 @supervision.command()
-@click.argument("domain")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def resume(ctx: click.Context, domain: str) -> None:
-    """End every pause, cool-down and escalation of DOMAIN now (workers resume within a second)."""
+def circuits(ctx: click.Context, as_json: bool) -> None:
+    """Every circuit breaker's shared state (declared ones and any found in the store)."""
+    from .health import circuits_view
+
+    found = circuits_view(_runtime(ctx))
+    _emit(found, as_json, render_circuits(found) if found else "no circuits")
+
+
+@supervision.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Lessons listed.")
+@click.pass_context
+def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Lessons learned (most recently seen first) and the knowledge metrics; n/a when not enabled."""
+    runtime = _runtime(ctx)
+    found = lessons_view(runtime, limit)
+    knowledge = knowledge_view(runtime)
+    data = {"knowledge": knowledge, "lessons": found}
+    lines = ["knowledge: " + ("n/a" if knowledge is None else render_knowledge_line(knowledge))]
+    if found is None:
+        lines.append("lessons: n/a")
+    elif not found:
+        lines.append("no lessons recorded")
+    else:
+        rows = []
+        for lesson in found:
+            remediations = lesson.get("remediations") or {}
+            tried = ", ".join(f"{name} {s.get('succeeded', 0)}/{s.get('tried', 0)}"
+                              for name, s in sorted(remediations.items()))
+            rows.append([str(lesson.get("fingerprint", ""))[:12], lesson.get("failure_class"), lesson.get("count"),
+                         str(lesson.get("exc_type")), str(lesson.get("message", ""))[:60], tried])
+        lines.append(table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "MESSAGE", "REMEDIATIONS (ok/tried)"], rows))
+    _emit(data, as_json, "\n".join(lines))
+
+
+def render_events(events: Sequence[Mapping[str, Any]]) -> str:
+    """Recent supervision events, newest first."""
+    if not events:
+        return "no recent events"
+    rows = []
+    for event in events:
+        at = event.get("time")
+        try:
+            when = time.strftime("%H:%M:%S", time.localtime(float(at))) if at else ""
+        except (TypeError, ValueError):
+            when = str(at)
+        detail = " ".join(f"{k}={v}" for k, v in event.items() if k not in {"id", "type", "time", "domain", "child"})
+        rows.append([when, event.get("type"), event.get("domain", ""), event.get("child", ""), detail[:100]])
+    return table(["TIME", "TYPE", "DOMAIN", "CHILD", "DETAIL"], rows)
+
+
+@supervision.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--count", type=click.IntRange(1, 10000), default=20, show_default=True, help="Events listed.")
+@click.pass_context
+def events(ctx: click.Context, as_json: bool, count: int) -> None:
+    """The newest supervision events of the capped stream (prismatic:<ns>:events), newest first."""
+    found = recent_events(_runtime(ctx), count)
+    _emit(found, as_json, render_events(found))
+
+
+@supervision.command()
+@click.argument("target")
+@click.option("--for", "duration_s", type=click.FloatRange(min=0.001), default=None,
+              help="Seconds (default: prismatic_cooldown_max_s).")
+@click.pass_context
+def pause(ctx: click.Context, target: str, duration_s: float | None) -> None:
+    """Pause TARGET (a domain or a child's queue) on every worker: a manual pause record that expires."""
+    from .control import UnknownTargetError, pause_target
+
     runtime = _runtime(ctx)
     try:
-        found = runtime.supervisor.domain(domain)
-    except KeyError as exc:
-        raise click.BadParameter(str(exc.args[0]), param_hint="DOMAIN") from None
-    keys = runtime.keys
-    from .engine.pauses import clear_pauses
+        found = pause_target(runtime, target, duration_s, by="operator via cli")
+    except UnknownTargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    seconds = runtime.settings.cooldown_max_s if duration_s is None else duration_s
+    click.echo(f"paused {','.join(found.queues)} of {found.domain} for {seconds:g}s")
 
-    cleared = clear_pauses(runtime.store, keys, found.queues)
-    runtime.store.delete(keys.key("escalation", found.name), keys.key("cooldown", found.name))
-    runtime.emit("resume", domain=found.name, queues=",".join(found.queues), reason="operator")
-    runtime.broadcast_reconcile(pause=[])
-    click.echo(f"resumed {found.name}: {cleared} paused queue(s) released")
+
+@supervision.command()
+@click.argument("target")
+@click.pass_context
+def resume(ctx: click.Context, target: str) -> None:
+    """End the pauses of TARGET now; for a domain also its cool-down and escalation (workers resume within a second)."""
+    from .control import UnknownTargetError, resume_target
+
+    runtime = _runtime(ctx)
+    try:
+        found, cleared = resume_target(runtime, target, by="operator via cli")
+    except UnknownTargetError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"resumed {found.domain if found.whole_domain else found.queues[0]}: "
+               f"{cleared} paused queue(s) released")
+
+
+@supervision.command()
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--count", type=click.IntRange(min=0), default=0, help="Stop after N refreshes (0: until Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per line (NDJSON) instead of a screen.")
+@_MIN_SCORE
+@click.pass_context
+def watch(ctx: click.Context, interval: float, count: int, as_json: bool, min_score: int) -> None:
+    """Refresh the health report live; exits with the last report's code (2 escalated, 4 below --min-score)."""
+    runtime = _runtime(ctx)
+    interactive = sys.stdout.isatty() and not as_json
+    code = EXIT_OK
+    shown = 0
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            report = get_tree_health(runtime, events=5)
+            code = health_exit_code(report, min_score)
+            if as_json:
+                click.echo(json.dumps(report, sort_keys=True, default=str))
+            else:
+                if interactive:
+                    click.clear()
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                click.echo(f"-- {stamp}  every {interval:g}s (Ctrl-C to stop)\n{render_health(report)}\n\n"
+                           f"{render_events(report.get('events') or [])}\n")
+            shown += 1
+            if count and shown >= count:
+                break
+            time.sleep(interval)
+    sys.exit(code)
+
+
+@supervision.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=9808, show_default=True, help="TCP port (0: any).")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.pass_context
+def exporter(ctx: click.Context, port: int, address: str) -> None:
+    """Serve the supervision metrics for Prometheus at http://ADDRESS:PORT/metrics (for deployments without Flower)."""
+    runtime = _runtime(ctx)
+    try:
+        from .prometheus import make_server
+    except ImportError as exc:
+        raise click.ClickException(f"{exc} (install prismatic-celery[prometheus])") from None
+    server = make_server(runtime.app, port=port, address=address)
+    bound = server.server_address[1]
+    click.echo(f"prismatic exporter: http://{address}:{bound}/metrics (namespace {runtime.keys.namespace})")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@supervision.command(name="flowerconfig")
+def flowerconfig() -> None:
+    """Print the path of the shipped Flower config.
+
+    Use: ``celery -A proj flower --conf="$(celery -A proj supervision flowerconfig)"``.
+    """
+    spec = importlib.util.find_spec("prismatic_celery.flower.flowerconfig")
+    if spec is None or spec.origin is None:
+        raise click.ClickException("prismatic_celery.flower.flowerconfig is missing from this installation")
+    click.echo(str(Path(spec.origin)))
+
+
+def _add_optional_groups() -> None:
+    """Subcommand groups built elsewhere (``dlq``, ``shed``), added when their modules exist."""
+    for module, attr in (("prismatic_celery.remediation.cli", "dlq"), ("prismatic_celery.shedding_cli", "shed")):
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+            group = getattr(importlib.import_module(module), attr, None)
+        except Exception as exc:  # a broken optional group must not take the other commands down
+            log_event(logging.ERROR, "cli-group-failed", logger, module=module, error=repr(exc)[:200])
+            continue
+        if isinstance(group, click.Command):
+            supervision.add_command(group, attr)
+
+
+_add_optional_groups()

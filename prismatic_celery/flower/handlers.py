@@ -1,0 +1,109 @@
+"""Flower handlers: the supervision page (HTML) and its JSON twin, behind Flower's own authentication."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from flower.api import BaseApiHandler  # type: ignore[import-untyped]
+from flower.views import BaseHandler  # type: ignore[import-untyped]
+from tornado import template, web
+from tornado.ioloop import IOLoop
+
+from ..health import get_tree_health
+from ..runtime import Runtime, get_runtime
+
+__all__ = ["SupervisionApi", "SupervisionPage", "report"]
+
+TEMPLATES = Path(__file__).with_name("templates")
+EVENTS_SHOWN = 30
+LESSONS_SHOWN = 20
+DEFAULT_REFRESH_S = 10
+
+
+def report(runtime: Runtime) -> dict[str, Any]:
+    """What the page and the API show: the cluster-wide health with recent events and lessons."""
+    return get_tree_health(runtime, events=EVENTS_SHOWN, lessons=LESSONS_SHOWN)
+
+
+def _runtime(handler: web.RequestHandler) -> Runtime:
+    try:
+        runtime = get_runtime(handler.application.capp)  # type: ignore[attr-defined]
+    except Exception as exc:  # invalid configuration: say so instead of a stack trace
+        raise web.HTTPError(503, f"prismatic-celery configuration is invalid: {exc}") from None
+    if runtime is None:
+        raise web.HTTPError(503, "prismatic-celery is not installed on this Celery app")
+    return runtime
+
+
+async def _read(runtime: Runtime) -> dict[str, Any]:
+    """Read off the event loop (Flower's executor): the store may take up to its timeout."""
+    return await IOLoop.current().run_in_executor(None, functools.partial(report, runtime))
+
+
+class _ChainLoader(template.Loader):
+    """Our templates first, then Flower's (so ours can extend Flower's base.html)."""
+
+    def __init__(self, roots: list[str], **kwargs: Any) -> None:
+        super().__init__(roots[0], **kwargs)
+        self.roots = roots
+
+    def _create_template(self, name: str) -> template.Template:
+        for root in self.roots:
+            path = os.path.join(root, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    return template.Template(f.read(), name=name, loader=self)
+        raise FileNotFoundError(f"template {name!r} not found in {self.roots}")
+
+
+def _mib(value: Any) -> str:
+    return "n/a" if value is None else f"{int(value) / 1048576:.1f} MiB"
+
+
+def _when(value: Any) -> str:
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(float(value)))
+    except (TypeError, ValueError):
+        return ""
+
+
+def _pct(value: Any, ratio: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{float(value) * (100 if ratio else 1):.1f}%"
+
+
+class SupervisionPage(BaseHandler):  # type: ignore[misc]
+    """``/supervision``: the tree with strategies and states, hotspots, circuits, pauses, events, lessons."""
+
+    def get_template_path(self) -> str:
+        return str(TEMPLATES)
+
+    def create_template_loader(self, template_path: str) -> template.BaseLoader:
+        flower_templates = self.application.settings.get("template_path")
+        roots = [template_path] + ([str(flower_templates)] if flower_templates else [])
+        return _ChainLoader(roots, autoescape="xhtml_escape")
+
+    @web.authenticated
+    async def get(self) -> None:
+        runtime = _runtime(self)
+        data = await _read(runtime)
+        refresh = self.get_argument("refresh", DEFAULT_REFRESH_S, type=int)
+        self.render("supervision.html", report=data, refresh_s=max(0, int(refresh or 0)), ps_mib=_mib,
+                    ps_when=_when, ps_pct=_pct)
+
+
+class SupervisionApi(BaseApiHandler):  # type: ignore[misc]
+    """``/api/supervision``: the same report as JSON."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        runtime = _runtime(self)
+        data = await _read(runtime)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.write(json.dumps(data, sort_keys=True, default=str))

@@ -1,0 +1,285 @@
+"""Tree health: the documented score formula, and get_tree_health read from the store."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import prismatic_celery
+from prismatic_celery import Runtime
+from prismatic_celery.engine.pauses import Pause, set_pause
+from prismatic_celery.engine.restarts import record_restart
+from prismatic_celery.health import (
+    EVENT_FIELDS,
+    PENALTIES,
+    ScoreInputs,
+    WorkerSample,
+    event_fields_table,
+    get_tree_health,
+    health_score,
+    rss_bytes,
+    sample_key,
+    sample_worker,
+    summary_numbers,
+)
+from prismatic_celery.listeners import EVENT_TYPES
+from prismatic_celery.store import MemoryStore
+
+DOMAINS = {
+    "core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]},
+    "osint": {"strategy": "one_for_one", "children": ["sources", "monitor"]},
+}
+
+
+def make_runtime(**conf: Any) -> Runtime:
+    app = Celery("healthy", broker="memory://", set_as_current=False)
+    app.conf.update({"prismatic_domains": DOMAINS, "prismatic_store_url": "memory://",
+                     "prismatic_circuits": {"payments": {"fail_max": 4}}, **conf})
+    prismatic_celery.install(app, store=MemoryStore())
+    runtime = prismatic_celery.get_runtime(app)
+    assert runtime is not None
+    return runtime
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    yield make_runtime()
+
+
+def crash(runtime: Runtime, queue: str, member: str) -> None:
+    located = runtime.supervisor.locate(queue)
+    assert located is not None
+    record_restart(runtime.store, runtime.keys, runtime.supervisor, located[0], located[1], member,
+                   hotspot_window_s=runtime.settings.hotspot_window_s, pause_s=30.0, cooldowns_s=[5.0, 10.0],
+                   cooldown_reset_s=600.0, context={"task": "t", "task_id": member}, stream_maxlen=100)
+
+
+# -- the formula ----------------------------------------------------------------------------------
+
+
+def test_a_quiet_tree_scores_100_and_is_healthy() -> None:
+    """Nothing wrong: full score, no penalty."""
+    score = health_score(ScoreInputs())
+    assert (score.score, score.state, score.penalties) == (100, "healthy", ())
+
+
+@pytest.mark.parametrize(("inputs", "expected"), [
+    (ScoreInputs(open_circuits=1), 85),
+    (ScoreInputs(half_open_circuits=2), 90),
+    (ScoreInputs(hotspots=2), 80),
+    (ScoreInputs(paused_children=3), 85),
+    (ScoreInputs(cooldown_domains=1), 80),
+    (ScoreInputs(escalated_domains=1), 60),
+    (ScoreInputs(recent_restarts=7), 93),
+    (ScoreInputs(open_circuits=1, hotspots=1, paused_children=2, recent_restarts=4), 61),
+])
+def test_each_condition_costs_its_documented_points(inputs: ScoreInputs, expected: int) -> None:
+    """The score is 100 minus the documented points per condition."""
+    assert health_score(inputs).score == expected
+
+
+def test_recent_restarts_cost_at_most_20_points() -> None:
+    """A burst of restarts alone cannot take more than its cap."""
+    score = health_score(ScoreInputs(recent_restarts=500))
+    assert score.score == 80
+    assert [(p.reason, p.count, p.points) for p in score.penalties] == [("recent_restart", 500, 20)]
+
+
+def test_the_score_never_goes_below_zero() -> None:
+    """Penalties add up, the score is clamped at 0."""
+    assert health_score(ScoreInputs(escalated_domains=2, open_circuits=3)).score == 0
+
+
+def test_an_escalated_tree_is_escalated_whatever_its_score() -> None:
+    """Escalation is a state of its own, even when the rest is fine."""
+    score = health_score(ScoreInputs(escalated_domains=1))
+    assert score.score == 60 and score.state == "escalated"
+
+
+@pytest.mark.parametrize(("inputs", "state"), [
+    (ScoreInputs(hotspots=2), "healthy"),            # 80
+    (ScoreInputs(hotspots=2, recent_restarts=1), "degraded"),  # 79
+    (ScoreInputs(hotspots=5), "degraded"),           # 50
+    (ScoreInputs(hotspots=5, recent_restarts=1), "critical"),  # 49
+])
+def test_states_start_at_80_and_50(inputs: ScoreInputs, state: str) -> None:
+    """healthy from 80, degraded from 50, critical below."""
+    assert health_score(inputs).state == state
+
+
+def test_every_penalty_is_documented_in_the_module_docstring() -> None:
+    """The docstring's table lists each penalty's points."""
+    from prismatic_celery import health
+
+    doc = health.__doc__ or ""
+    for points in PENALTIES.values():
+        assert f"| {points} |" in doc
+
+
+# -- reading the store ------------------------------------------------------------------------------
+
+
+def test_a_fresh_tree_reports_every_child_with_zero_restarts(runtime: Runtime) -> None:
+    """Every declared child appears, running, with no restart; circuits closed; score 100."""
+    health = get_tree_health(runtime)
+    assert health["scope"] == "cluster" and health["namespace"] == "healthy"
+    assert [c["queue"] for d in health["domains"] for c in d["children"]] == \
+        ["storage", "cache", "telemetry", "sources", "monitor"]
+    assert health["restart_counts"]["storage"] == {"total": 0, "in_window": 0}
+    assert health["circuits"]["payments"]["state"] == "closed"
+    assert health["circuits"]["payments"]["fail_max"] == 4
+    assert (health["score"], health["state"]) == (100, "healthy")
+    assert health["workers"] == [] and health["total_processes"] is None
+
+
+def test_restarts_hotspots_pauses_and_circuits_are_read_from_the_store(runtime: Runtime) -> None:
+    """Four restarts of sources make a hotspot; a storage crash pauses cache and telemetry; an open circuit."""
+    for i in range(4):
+        crash(runtime, "sources", f"s{i}:0")
+    crash(runtime, "storage", "x:0")
+    runtime.circuits.open_for("payments", 60_000)
+    health = get_tree_health(runtime)
+    assert health["restart_counts"]["sources"] == {"total": 4, "in_window": 4}
+    assert health["restarts_total"] == 5 and health["restarts_in_window"] == 5
+    assert [(h["domain"], h["child"], h["restarts"]) for h in health["hotspots"]] == [("osint", "sources", 4)]
+    assert sorted((p["child"], p["reason"], p["by"]) for p in health["paused"]) == \
+        [("cache", "rest_for_one", "storage"), ("telemetry", "rest_for_one", "storage")]
+    core = health["domains"][0]
+    assert core["status"] == "paused" and core["restarts_total"] == 1
+    assert health["circuits"]["payments"]["state"] == "open"
+    # 100 - 15 (open circuit) - 10 (hotspot) - 2 * 5 (paused) - 5 (recent restarts)
+    assert (health["score"], health["state"]) == (60, "degraded")
+    assert summary_numbers(health)["paused"] == [("cache", "rest_for_one"), ("telemetry", "rest_for_one")]
+
+
+def test_an_escalated_domain_is_reported_and_its_pauses_are_not_counted_twice(runtime: Runtime) -> None:
+    """An escalation record makes the tree escalated; the domain's escalation pauses cost nothing more."""
+    now = runtime.store.time()
+    runtime.store.set_json(runtime.keys.key("escalation", "osint"),
+                           {"domain": "osint", "at": now, "by": "sources", "reason": "supervisor_budget_exceeded"},
+                           ttl_s=60)
+    for queue in ("sources", "monitor"):
+        set_pause(runtime.store, runtime.keys, Pause(queue, "osint", "escalated", "sources", now, now + 60))
+    health = get_tree_health(runtime)
+    assert health["escalated"] is True
+    assert health["escalations"] == [{"domain": "osint", "reason": "supervisor_budget_exceeded", "at": now,
+                                      "by": "sources"}]
+    assert health["domains"][1]["status"] == "escalated"
+    assert (health["score"], health["state"]) == (60, "escalated")
+    assert [p.reason for p in health_score(ScoreInputs(escalated_domains=1)).penalties] == ["escalated_domain"]
+
+
+def test_a_domain_paused_for_its_cooldown_costs_20_points(runtime: Runtime) -> None:
+    """Cool-down pauses make the domain's status cooldown (one penalty for the domain)."""
+    now = runtime.store.time()
+    for queue in ("sources", "monitor"):
+        set_pause(runtime.store, runtime.keys, Pause(queue, "osint", "cooldown", "sources", now, now + 60))
+    health = get_tree_health(runtime)
+    assert health["domains"][1]["status"] == "cooldown"
+    assert [(p["reason"], p["points"]) for p in health["penalties"]] == [("cooldown_domain", 20)]
+
+
+def test_a_circuit_opened_elsewhere_is_found_in_the_store(runtime: Runtime) -> None:
+    """A circuit declared only in a worker (e.g. by a circuit_break remediation) is still reported."""
+    from prismatic_celery.circuits import Circuits
+
+    elsewhere = Circuits(runtime.store, runtime.keys, listen=False)
+    elsewhere.declare("geo-api").open_for(30_000)
+    health = get_tree_health(runtime)
+    assert health["circuits"]["geo-api"]["state"] == "open"
+    assert health["circuits"]["geo-api"]["declared"] is False
+
+
+def test_worker_samples_add_up_to_cluster_processes_and_memory(runtime: Runtime) -> None:
+    """Each registered worker's sample counts: processes summed, memory per domain summed."""
+    store, keys = runtime.store, runtime.keys
+    for host, pids, memory in (("a@h", [1, 2, 3], {"core": 100, "osint": None}), ("b@h", [7], {"core": 50})):
+        store.set_json(keys.key("worker", host), {"hostname": host, "pid": pids[0], "pool": "prefork",
+                                                  "queues": ["storage"]}, ttl_s=30)
+        sample = WorkerSample(host, pids[0], "prefork", tuple(pids), memory, 150, store.time())
+        store.set_json(sample_key(runtime, host), sample.to_json(), ttl_s=30)
+    health = get_tree_health(runtime)
+    assert [w["hostname"] for w in health["workers"]] == ["a@h", "b@h"]
+    assert health["total_processes"] == 4
+    assert health["domains"][0]["memory_rss_bytes"] == 150
+    assert health["domains"][1]["memory_rss_bytes"] is None
+
+
+def test_a_corrupt_worker_sample_is_skipped_with_a_warning(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    """A malformed sample counts as no sample; the report still renders."""
+    runtime.store.set_json(runtime.keys.key("worker", "a@h"), {"hostname": "a@h", "pid": 1}, ttl_s=30)
+    runtime.store.set_json(sample_key(runtime, "a@h"), {"hostname": "a@h", "pid": "not a pid"}, ttl_s=30)
+    health = get_tree_health(runtime)
+    assert health["workers"][0]["total_processes"] is None
+    assert "health-sample-invalid" in caplog.text
+
+
+def test_a_worker_samples_its_processes_and_the_memory_of_the_processes_serving_each_domain(runtime: Runtime) -> None:
+    """Processes: main + pool; memory of a domain: RSS of the pool processes that served it."""
+    me = os.getpid()
+    consumer = SimpleNamespace(hostname="w@h", pool=SimpleNamespace(info={"processes": [me]}))
+    runtime.reconciler = SimpleNamespace(served_pids={"core": {me, 999_999_999}})  # type: ignore[assignment]
+    sample = sample_worker(runtime, consumer)
+    assert sample.processes == (me,)
+    assert sample.memory_per_domain["core"] == rss_bytes(me)
+    assert sample.memory_per_domain["osint"] is None, "no process served osint yet"
+    local = get_tree_health(runtime, local=sample)
+    assert local["scope"] == "worker" and local["hostname"] == "w@h"
+    assert local["total_processes"] == 1 and local["domains"][0]["memory_rss_bytes"] == rss_bytes(me)
+
+
+def test_rss_of_this_process_is_known_and_of_a_missing_process_is_not() -> None:
+    """RSS comes from /proc (or psutil)."""
+    mine = rss_bytes(os.getpid())
+    assert mine is not None and mine > 1_000_000
+    assert rss_bytes(999_999_999) is None
+
+
+def test_knowledge_lessons_and_shed_counts_are_none_when_absent_and_read_when_present(runtime: Runtime) -> None:
+    """Optional pieces report None ("n/a"), and are read through their documented methods when present."""
+    for name in ("learning", "knowledge", "lessons", "shedding"):
+        setattr(runtime, name, None)
+    health = get_tree_health(runtime, lessons=5)
+    assert health["knowledge"] is None and health["lessons"] is None and health["shed"] is None
+
+    snapshot = SimpleNamespace(to_json=lambda: {"total_lessons": 2, "crashes": 5, "escalation_rate": 0.2})
+    runtime.knowledge = SimpleNamespace(snapshot=lambda: snapshot)  # type: ignore[attr-defined]
+    runtime.lessons = SimpleNamespace(all=lambda limit: [SimpleNamespace(to_json=lambda: {"fingerprint": "f"})])  # type: ignore[attr-defined]
+    runtime.shedding = SimpleNamespace(counts=lambda: {"cache": {"park": 3, "drop": 1}, "sources": 2})  # type: ignore[attr-defined]
+    health = get_tree_health(runtime, lessons=5)
+    assert health["knowledge"]["crashes"] == 5 and health["lessons_total"] == 2
+    assert health["lessons"] == [{"fingerprint": "f"}]
+    assert health["shed"] == {"queues": {"cache": {"park": 3, "drop": 1}, "sources": {"shed": 2}}, "total": 6}
+
+
+def test_a_failing_optional_piece_reads_as_absent(runtime: Runtime) -> None:
+    """An exception from an optional piece never breaks the report."""
+    def boom() -> Any:
+        raise RuntimeError("down")
+
+    runtime.knowledge = SimpleNamespace(snapshot=boom)  # type: ignore[attr-defined]
+    runtime.shedding = SimpleNamespace(counts=boom)  # type: ignore[attr-defined]
+    health = get_tree_health(runtime)
+    assert health["knowledge"] is None and health["shed"] is None
+
+
+def test_recent_events_are_newest_first(runtime: Runtime) -> None:
+    """The event stream is read newest first, with its entry ids."""
+    crash(runtime, "sources", "a:0")
+    runtime.emit("resume", domain="osint", queues="sources", reason="operator")
+    events = get_tree_health(runtime, events=10)["events"]
+    assert [e["type"] for e in events] == ["resume", "restart"]
+    assert all(e["id"] for e in events)
+
+
+def test_every_event_type_has_documented_fields() -> None:
+    """The field table covers each supervision event type, and renders as Markdown."""
+    assert set(EVENT_FIELDS) == set(EVENT_TYPES)
+    table = event_fields_table()
+    for kind in EVENT_TYPES:
+        assert f"`supervision-{kind}`" in table
