@@ -90,7 +90,10 @@ class LogListener(SupervisionListener):
     """Writes every event as one structured log line (escalations at CRITICAL)."""
 
     def _log(self, event: SupervisionEvent) -> None:
-        log_event(_LEVELS.get(event.type, logging.INFO), event.celery_type, get_logger("events"), **event.fields)
+        level = _LEVELS.get(event.type, logging.INFO)
+        if event.type == "circuit" and event.fields.get("new_state") == "open":
+            level = logging.WARNING
+        log_event(level, event.celery_type, get_logger("events"), **event.fields)
 
     on_crash = on_restart = on_pause = on_resume = _log
     on_remediation = on_escalation = on_circuit = on_shed = _log

@@ -340,7 +340,6 @@ class SharedBreaker(pybreaker.CircuitBreaker):
             "fail_max": self.fail_max,
             "retry_after_s": record.wait_ms() / 1000,
         }
-        log_event(logging.WARNING if record.state == OPEN else logging.INFO, "circuit-state-changed", logger, **fields)
         self.dispatcher.emit(SupervisionEvent("circuit", fields))
         if self.listeners:
             old, new = self._create_new_state(outcome.old_state), self._create_new_state(record.state)

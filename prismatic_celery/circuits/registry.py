@@ -24,7 +24,7 @@ import redis
 
 from ..errors import PrismaticError
 from ..keys import Keys
-from ..listeners import Dispatcher
+from ..listeners import Dispatcher, LogListener
 from ..log import RateLimitedWarning, get_logger, log_event
 from ..store import RedisStore, Store
 from .breaker import Allowance, SharedBreaker
@@ -145,7 +145,7 @@ class Circuits:
     ) -> None:
         self.store = store
         self.keys = keys
-        self.dispatcher = dispatcher or Dispatcher()
+        self.dispatcher = dispatcher or Dispatcher([LogListener()])  # state changes are logged by the listener
         self.channel = keys.key("circuit-events")
         redis_store = isinstance(store, RedisStore)
         self.cache_ttl_s = (DEFAULT_CACHE_TTL_S if redis_store else 0.0) if cache_ttl_s is None else cache_ttl_s
