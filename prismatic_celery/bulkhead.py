@@ -318,9 +318,7 @@ class BulkheadGuard(TaskGuard):
         self._release()  # a previous task of this thread whose after_run never ran (a later guard deferred it)
         if not can_requeue(task):
             return
-        request = task.request
-        located = self.runtime.locate(request.delivery_info if isinstance(request.delivery_info, dict) else None,
-                                      task.name)
+        located = self.runtime.locate_task(task)
         if located is None:
             return
         domain = located[0].name
@@ -333,6 +331,7 @@ class BulkheadGuard(TaskGuard):
                 self._held.slot = (table, index)
         cap = self.cluster_caps.get(domain)
         if cap:
+            request = task.request
             token = f"{request.hostname or self._host}|{os.getpid()}|{threading.get_native_id()}|{request.id}"
             if not self.leases.acquire(domain, cap, token):
                 self._release()

@@ -37,6 +37,8 @@ _ATTR_INSTALL = "_prismatic_installation"
 _ATTR_RUNTIME = "_prismatic_runtime"
 _lock = threading.RLock()
 _DISABLED = "disabled"
+_LOCATED = "_prismatic_located"  # cached on the request (a new Context per execution)
+_UNSET = object()
 
 
 @dataclass
@@ -124,6 +126,16 @@ class Runtime:
         if task_name:
             return self.supervisor.locate(self.supervisor.route(task_name))
         return None
+
+    def locate_task(self, task: Any) -> tuple[Domain, Child] | None:
+        """The domain and child of ``task``'s running request, worked out once per execution."""
+        request = task.request
+        found = getattr(request, _LOCATED, _UNSET)
+        if found is _UNSET:
+            delivery = request.delivery_info
+            found = self.locate(delivery if isinstance(delivery, dict) else None, task.name)
+            setattr(request, _LOCATED, found)
+        return found  # type: ignore[return-value]  # what locate() returned for this request
 
     def emit(self, type_: str, **fields: Any) -> None:
         """Send a supervision event to every listener (failures isolated).

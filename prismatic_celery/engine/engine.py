@@ -70,9 +70,7 @@ class Engine:
     # -- in the task's process -------------------------------------------------------------
     def locate(self, task: Task[Any, Any]) -> tuple[Domain, Child] | None:
         """The domain and child of the running request."""
-        request = task.request
-        delivery = request.delivery_info if isinstance(request.delivery_info, dict) else None
-        return self.runtime.locate(delivery, task.name)
+        return self.runtime.locate_task(task)
 
     def before_run(self, task: Task[Any, Any]) -> None:
         """Defer the message when its queue is paused (raises Retry); else return at once."""

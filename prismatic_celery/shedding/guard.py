@@ -53,8 +53,7 @@ class ShedGuard(TaskGuard):
         if not self.policies or not can_requeue(task):
             return
         request = task.request
-        located = self.runtime.locate(request.delivery_info if isinstance(request.delivery_info, dict) else None,
-                                      task.name)
+        located = self.runtime.locate_task(task)
         if located is None:
             return
         domain, child = located
