@@ -45,7 +45,7 @@ Processes and memory: a worker counts its main process and its pool processes
 (solo and threads pools run tasks in the main process). The memory of a domain
 is the RSS of the pool processes that served that domain's tasks (a process
 that served two domains counts in both). Workers publish this sample every
-``max(1 s, prismatic_reconcile_interval_s)`` to ``prismatic:<ns>:health:<hostname>``
+``max(5 s, prismatic_reconcile_interval_s)`` to ``prismatic:<ns>:health:<hostname>``
 (JSON, expiring) so the cluster view can add them up.
 """
 
@@ -55,6 +55,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -281,13 +282,16 @@ def sample_worker(
         processes=processes,
         memory_per_domain=memory,
         rss_total=_sum(rss.values()),
-        at=runtime.store.time() if now is None else now,
+        at=time.time() if now is None else now,  # a sample's own clock: no store round trip for it
     )
 
 
 def sample_key(runtime: Runtime, hostname: str) -> str:
     """``prismatic:<ns>:health:<hostname>``: a worker's latest sample (JSON, expires)."""
     return runtime.keys.key("health", hostname)
+
+
+SAMPLE_INTERVAL_S = 5.0  # processes and memory change slowly: a sample every 5 s is fresh enough
 
 
 class _Sampler:
@@ -297,8 +301,8 @@ class _Sampler:
         self.runtime = runtime
         self.consumer = consumer
         self.hostname = str(consumer.hostname)
-        self.interval_s = max(1.0, runtime.settings.reconcile_interval_s)
-        self.ttl_s = max(10.0, 5 * self.interval_s)
+        self.interval_s = max(SAMPLE_INTERVAL_S, runtime.settings.reconcile_interval_s)
+        self.ttl_s = max(15.0, 3 * self.interval_s)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="prismatic-health", daemon=True)
 

@@ -17,7 +17,7 @@ from ..log import get_logger, log_event
 from ..store import Store
 from .restarts import pause_key
 
-__all__ = ["REASONS", "Pause", "clear_pauses", "read_pauses", "set_pause"]
+__all__ = ["REASONS", "Pause", "clear_pauses", "parse_pauses", "read_pauses", "set_pause"]
 
 logger = get_logger("pauses")
 
@@ -55,8 +55,13 @@ class Pause:
 
 def read_pauses(store: Store, keys: Keys, queues: Sequence[str]) -> dict[str, Pause]:
     """The live pauses of ``queues`` (one round trip)."""
+    return parse_pauses(queues, store.get_many([pause_key(keys, q) for q in queues]))
+
+
+def parse_pauses(queues: Sequence[str], values: Sequence[Any]) -> dict[str, Pause]:
+    """Valid pause records among ``values`` (read for ``queues``, in order); malformed ones skipped."""
     found: dict[str, Pause] = {}
-    for queue, data in zip(queues, store.get_many([pause_key(keys, q) for q in queues]), strict=True):
+    for queue, data in zip(queues, values, strict=True):
         if data is not None:
             pause = Pause.from_json(queue, data)
             if pause is not None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..log import get_logger, log_event
-from .pauses import Pause, read_pauses
+from .pauses import Pause, parse_pauses
 from .recycle import recycle_pool_processes
+from .restarts import pause_key
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -56,9 +57,9 @@ class Reconciler:
         """Read pauses and recycle generations (one round trip) and publish the snapshot."""
         keys = self.runtime.keys
         recycle_keys = [keys.key("recycle", d.name) for d in self.domains]
-        raw = self.runtime.store.get_many(recycle_keys) if recycle_keys else []
-        pauses = read_pauses(self.runtime.store, keys, self.intended)
-        recycle = {d.name: int(v) if isinstance(v, int) else 0 for d, v in zip(self.domains, raw, strict=False)}
+        raw = self.runtime.store.get_many([*recycle_keys, *(pause_key(keys, q) for q in self.intended)])
+        recycle = {d.name: v if isinstance(v, int) else 0 for d, v in zip(self.domains, raw, strict=False)}
+        pauses = parse_pauses(self.intended, raw[len(recycle_keys):])
         snapshot = Snapshot(pauses=pauses, recycle=recycle)
         self.pausers = frozenset(p.by for p in pauses.values() if p.reason == "rest_for_one")
         self.snapshot = snapshot
