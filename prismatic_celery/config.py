@@ -122,7 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Default re-run backoff: random jitter added (0 to this)."),
     Setting("max_restarts_per_message", 5, _non_negative_int, "restarts",
             "Re-runs of one message before the failure is final."),
-    Setting("stats_flush_s", 1.0, as_seconds, "s",
+    Setting("stats_flush_s", 5.0, as_seconds, "s",
             "How often each process flushes its task counters to Redis (never per task)."),
     Setting("send_events", True, as_bool, "bool",
             "Send `supervision-*` Celery events (needs `-E` / `worker_send_task_events`)."),

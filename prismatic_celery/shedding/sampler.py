@@ -13,6 +13,7 @@ how many tasks run.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["BrokerBacklog", "Sampler", "redis_subqueues"]
 
 logger = get_logger("shedding")
+QUIET_PUBLISH_S = 5.0  # how stale the published backlog may get while every queue is far below its threshold
 
 
 def redis_subqueues(queue: str, *, sep: str, steps: Sequence[int]) -> list[str]:
@@ -113,7 +115,10 @@ class Sampler:
         self.probe = probe or BrokerBacklog(runtime.app)
         self.ttl_s = max(5.0, 5 * runtime.settings.shed_interval_s)
         self.samples = 0
+        self.published = 0
         self._failed = RateLimitedWarning()
+        self._shedding: set[str] = set()
+        self._published_at = -float("inf")
 
     def tick(self) -> None:
         """The sampler thread's periodic call."""
@@ -126,16 +131,32 @@ class Sampler:
         except Exception as exc:
             self._failed.warn("shed-sample-failed", error=f"{type(exc).__name__}: {exc}"[:300])
             return []
+        self.samples += 1
+        if self._quiet(backlogs):
+            return []
         transitions = publish_sample(self.runtime.store, self.runtime.keys, backlogs, self.policies,
                                      ttl_s=self.ttl_s, sampler=self.name)
-        self.samples += 1
+        self.published += 1
+        self._published_at = time.monotonic()
         for moved in transitions:
+            if moved.started:
+                self._shedding.add(moved.queue)
+            elif moved.stopped:
+                self._shedding.discard(moved.queue)
             if moved.started or moved.stopped:
                 policy = self.policies[moved.queue]
                 log_event(logging.WARNING, "shedding-started" if moved.started else "shedding-stopped", logger,
                           queue=moved.queue, backlog=moved.backlog, threshold=policy.threshold,
                           resume_below=policy.resume_below, cutoff=policy.cutoff, mode=policy.mode, by=self.name)
         return transitions
+
+    def _quiet(self, backlogs: Mapping[str, int]) -> bool:
+        """True when publishing can wait: every backlog is below its resume mark, this sampler saw no
+        queue shedding, and the last publish is recent (the backlog hash is refreshed every
+        ``QUIET_PUBLISH_S`` for the dashboards). A quiet worker then costs no store command per period."""
+        if self._shedding or time.monotonic() - self._published_at >= QUIET_PUBLISH_S:
+            return False
+        return all(backlog < self.policies[queue].resume_below for queue, backlog in backlogs.items())
 
     def close(self) -> None:
         """Release the broker connection."""

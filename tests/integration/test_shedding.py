@@ -213,7 +213,9 @@ def test_the_samplers_redis_commands_per_second_do_not_grow_with_the_task_rate(
     assert high["tasks"] > 5 * low["tasks"], "the two windows really ran at different task rates"
     per_sample = 4 * len(names)  # four priority sub-queues per sampled queue
     for rates in (low, high):
-        assert 0 < rates["sampler-store"] <= 1 / 0.2 * 1.2, "one script call per period, whatever the rate"
-        assert rates["sampler-broker"] == pytest.approx(per_sample * rates["sampler-store"], rel=0.35)
+        # far below the threshold the sample is published only every QUIET_PUBLISH_S (5 s): at most one
+        # script call per period in any case, whatever the rate
+        assert 0 <= rates["sampler-store"] <= 1 / 0.2 * 1.2, "at most one script call per period"
+        assert rates["sampler-broker"] == pytest.approx(per_sample / 0.2, rel=0.35), "one probe per period"
         assert rates["guard-view"] <= 2 / 0.2 * 1.2, "each pool process reads the state at most once per period"
     assert high["sampler-broker"] + high["sampler-store"] <= 1.3 * (low["sampler-broker"] + low["sampler-store"])
