@@ -107,19 +107,12 @@ def _runtime_of(sender: Any) -> Runtime | None:
         return None
 
 
-def _request_info(task: Any) -> tuple[str | None, dict[str, Any] | None, str | None]:
-    request = getattr(task, "request", None)
-    hostname = getattr(request, "hostname", None)
-    delivery = getattr(request, "delivery_info", None)
-    return hostname, delivery if isinstance(delivery, dict) else None, getattr(task, "name", None)
-
-
 def _count_task(task: Any, outcome: str) -> None:
     runtime = _runtime_of(task)
     if runtime is None:
         return
-    hostname, delivery, name = _request_info(task)
-    located = runtime.locate(delivery, name)
+    located = runtime.locate_task(task)  # cached on the request: prerun and success share one lookup
+    hostname = getattr(task.request, "hostname", None)
     stats_for(runtime).count(hostname, located[1].queue if located else UNSUPERVISED, outcome)
 
 
@@ -149,37 +142,29 @@ def on_task_failure(sender: Any = None, **_: Any) -> None:
     _count_task(sender, "failed")
 
 
-@_guarded
-def on_task_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+def _count_delivery(sender: Any, carrier: Any, task_name: str | None, hostname: str | None, outcome: str) -> None:
+    """Count an outcome signalled with a request or message (``carrier``) rather than a running task."""
     runtime = _runtime_of(sender)
     if runtime is None:
         return
-    delivery = getattr(request, "delivery_info", None)
-    located = runtime.locate(delivery if isinstance(delivery, dict) else None, getattr(sender, "name", None))
-    stats_for(runtime).count(getattr(request, "hostname", None), located[1].queue if located else UNSUPERVISED,
-                             "retried")
+    delivery = getattr(carrier, "delivery_info", None)
+    located = runtime.locate(delivery if isinstance(delivery, dict) else None, task_name)
+    stats_for(runtime).count(hostname, located[1].queue if located else UNSUPERVISED, outcome)
+
+
+@_guarded
+def on_task_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+    _count_delivery(sender, request, getattr(sender, "name", None), getattr(request, "hostname", None), "retried")
 
 
 @_guarded
 def on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    runtime = _runtime_of(sender)
-    if runtime is None:
-        return
-    delivery = getattr(request, "delivery_info", None)
-    located = runtime.locate(delivery if isinstance(delivery, dict) else None, getattr(sender, "name", None))
-    stats_for(runtime).count(getattr(request, "hostname", None), located[1].queue if located else UNSUPERVISED,
-                             "revoked")
+    _count_delivery(sender, request, getattr(sender, "name", None), getattr(request, "hostname", None), "revoked")
 
 
 @_guarded
 def on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
-    runtime = _runtime_of(sender)
-    if runtime is None:
-        return
-    delivery = getattr(message, "delivery_info", None)
-    located = runtime.locate(delivery if isinstance(delivery, dict) else None, None)
-    stats_for(runtime).count(getattr(sender, "hostname", None), located[1].queue if located else UNSUPERVISED,
-                             "rejected")
+    _count_delivery(sender, message, None, getattr(sender, "hostname", None), "rejected")
 
 
 @_guarded
