@@ -297,6 +297,7 @@ def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Setti
             "prismatic_domains", domains or {}, budget=supervisor_budget, domain_budget=domain_budget
         )
 
+    _check_rule_domains(values.get("remediation_rules") or (), supervisor)
     namespace = values.pop("namespace") or app.main or "celery"
     try:
         Keys(namespace)
@@ -304,6 +305,16 @@ def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Setti
         raise ConfigurationError("prismatic_namespace", str(exc)) from exc
     store_url = values.pop("store_url") or _default_store_url(app)
     return Settings(namespace=namespace, store_url=store_url, supervisor=supervisor, **values)
+
+
+def _check_rule_domains(rules: Any, supervisor: Supervisor) -> None:
+    """A rule matching a domain the tree does not declare would never match: a typo, refused at start."""
+    known = [d.name for d in supervisor.domain_list]
+    for index, rule in enumerate(rules):
+        domain = getattr(getattr(rule, "match", None), "domain", None)
+        if domain is not None and domain not in known:
+            raise ConfigurationError(f"prismatic_remediation_rules[{index}].match.domain",
+                                     f"no domain {domain!r} in the tree; declared: {', '.join(known) or 'none'}")
 
 
 def settings_table() -> str:

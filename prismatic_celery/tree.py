@@ -224,6 +224,8 @@ class Domain:
         """Build from ``{"strategy", "children", "budget", "concurrency"}``."""
         data = as_mapping(setting, value)
         reject_unknown(setting, data, _DOMAIN_KEYS)
+        if not name.strip():
+            raise ConfigurationError(setting, "a domain name must not be empty")
         if ":" in name:
             raise ConfigurationError(setting, "a domain name must not contain ':'")
         if "children" not in data:

@@ -18,6 +18,11 @@ def _setup() -> tuple[Celery, Any]:
     app = Celery("dlqcli", broker="memory://", set_as_current=False)
     app.conf.update(prismatic_domains={"core": {"children": ["storage"]}}, prismatic_send_events=False)
     install(app, store=MemoryStore())
+
+    @app.task(name="proj.save", shared=False)
+    def save(i: int, k: str) -> None:
+        """The task the dead letters name."""
+
     runtime = get_runtime(app)
     assert runtime is not None
     for i in range(3):
@@ -63,3 +68,15 @@ def test_purge_asks_first_and_unknown_domains_are_refused() -> None:
     assert "purged 3" in _run(app, "purge", "core", "--yes").output
     unknown = _run(app, "list", "nowhere")
     assert unknown.exit_code == 2 and "known: core" in unknown.output
+
+
+def test_replaying_a_task_this_app_does_not_know_needs_force() -> None:
+    """A dead letter naming an unregistered task stays put (a worker would discard it) unless --force."""
+    app, runtime = _setup()
+    runtime.dlq.push(dead_letter_entry(task="proj.renamed", task_id="ghost", args=[], kwargs={}, queue="storage",
+                                       domain="core", reason="escalated"))
+    refused = _run(app, "replay", "core", "ghost")
+    assert refused.exit_code == 1 and "not registered" in refused.output
+    assert runtime.dlq.get("core", "ghost") is not None
+    forced = _run(app, "replay", "core", "ghost", "--force")
+    assert forced.exit_code == 0 and runtime.dlq.get("core", "ghost") is None

@@ -60,7 +60,10 @@ class Crash:
         settings = runtime.settings
         first = history.get("first_crash")
         remediations = history.get("remediations")
-        text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:  # formatting calls the exception's own methods; they may raise
+            text = f"{type(exc).__name__}: {describe(exc)}"
         return cls(
             task_name=str(task.name),
             task_id=str(request.id),
@@ -69,7 +72,7 @@ class Crash:
             child=child,
             exc=exc,
             exc_type=exception_type_name(exc),
-            message=redact(str(exc) if _str_safe(exc) else repr(exc)),
+            message=redact(describe(exc)),
             traceback=redact(text, limit=TRACEBACK_LIMIT),
             fp=fingerprint_exception(exc, in_app_prefixes=settings.in_app_modules),
             failure_class=classify(exc, overrides=settings.failure_class_overrides),
@@ -88,9 +91,11 @@ class Crash:
         }
 
 
-def _str_safe(exc: BaseException) -> bool:
-    try:
-        str(exc)
-    except Exception:  # an exception whose __str__ raises is described by its repr
-        return False
-    return True
+def describe(exc: BaseException) -> str:
+    """``str(exc)``, else ``repr(exc)``, else a placeholder: an exception that cannot print itself is still a crash."""
+    for render in (str, repr):
+        try:
+            return render(exc)
+        except Exception:  # a broken __str__ / __repr__ must not break crash handling
+            continue
+    return f"<unprintable {type(exc).__name__}>"

@@ -66,8 +66,9 @@ def show(ctx: click.Context, domain: str, task_id: str) -> None:
 @click.argument("domain")
 @click.argument("task_ids", nargs=-1)
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter of DOMAIN.")
+@click.option("--force", is_flag=True, help="Replay even a task this app does not register.")
 @click.pass_context
-def replay(ctx: click.Context, domain: str, task_ids: tuple[str, ...], replay_all: bool) -> None:
+def replay(ctx: click.Context, domain: str, task_ids: tuple[str, ...], replay_all: bool, force: bool) -> None:
     """Publish dead letters onto their queues again, each exactly once; exit 1 if one was not found."""
     runtime = _runtime(ctx)
     name = _domain(runtime, domain)
@@ -78,7 +79,7 @@ def replay(ctx: click.Context, domain: str, task_ids: tuple[str, ...], replay_al
     missing = 0
     for task_id in task_ids:
         try:
-            replayed = runtime.dlq.replay(runtime.app, name, task_id)
+            replayed = runtime.dlq.replay(runtime.app, name, task_id, force=force)
         except ValueError as exc:
             click.echo(str(exc), err=True)
             missing += 1

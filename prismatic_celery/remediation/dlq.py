@@ -73,6 +73,22 @@ def dead_letter_entry(
     }
 
 
+def _unreplayable(app: Celery, entry: dict[str, Any], *, force: bool) -> str | None:
+    """Why an entry must not be published (None when it may)."""
+    task = entry.get("task")
+    if not entry.get("replayable", False):
+        return "its arguments were not stored as JSON"
+    if not isinstance(task, str) or not task:
+        return "it names no task"
+    if not isinstance(entry.get("args", []), list) or not isinstance(entry.get("kwargs", {}), dict):
+        return "its stored arguments are not a list and a mapping"
+    if not force:
+        app.loader.import_default_modules()
+        if task not in app.tasks:
+            return f"task {task!r} is not registered in this app (a worker would discard it); force to replay anyway"
+    return None
+
+
 @dataclass
 class DeadLetterQueue:
     """The dead letters of every domain of one app."""
@@ -120,19 +136,21 @@ class DeadLetterQueue:
         entry = decode_json(self.key(domain), raw)
         return entry if isinstance(entry, dict) else None
 
-    def replay(self, app: Celery, domain: str, task_id: str) -> str | None:
+    def replay(self, app: Celery, domain: str, task_id: str, *, force: bool = False) -> str | None:
         """Publish one dead letter again, exactly once; the new task id (None when absent).
 
         The replayed message keeps its task id (a result waiter still sees it) and
         starts with a fresh restart budget. An entry whose arguments could not be
-        stored as JSON is refused (ValueError) and left in place.
+        stored as JSON, whose arguments are malformed, or whose task this app does
+        not know (unless ``force``) is refused (ValueError) and left in place.
         """
         entry = self.take(domain, task_id)
         if entry is None:
             return None
-        if not entry.get("replayable", False) or not isinstance(entry.get("task"), str):
+        problem = _unreplayable(app, entry, force=force)
+        if problem:
             self.store.list_push(self.key(domain), entry, cap=self.max_entries)
-            raise ValueError(f"dead letter {task_id} cannot be replayed: its arguments were not stored as JSON")
+            raise ValueError(f"dead letter {task_id} cannot be replayed: {problem}")
         try:
             options: dict[str, Any] = {"task_id": entry["id"], "queue": entry.get("queue") or None}
             if isinstance(entry.get("priority"), int):

@@ -148,7 +148,10 @@ class MemoryStore(Store):
     def list_push(self, key: str, value: Any, *, cap: int) -> int:
         with self.lock:
             items = self.raw(key)
-            if not isinstance(items, list):
+            if items is not None and not isinstance(items, list):  # like Redis: the foreign value is set aside
+                self.set_raw(f"{key}:corrupt:{int(self.clock() * 1000)}", items)
+                items = None
+            if items is None:
                 items = []
                 self.set_raw(key, items)
             items.append(encode_json(value))

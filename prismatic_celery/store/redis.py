@@ -221,12 +221,26 @@ class RedisStore(Store):
     def list_push(self, key: str, value: Any, *, cap: int) -> int:
         encoded = encode_json(value)
 
-        def push(r: redis.Redis) -> int:
+        def append(r: redis.Redis) -> int:
             pipe = r.pipeline(transaction=True)
             pipe.rpush(key, encoded)
             pipe.ltrim(key, -cap, -1)
             pipe.llen(key)
             return int(pipe.execute()[2])
+
+        def push(r: redis.Redis) -> int:
+            try:
+                return append(r)
+            except redis.ResponseError as exc:
+                if "WRONGTYPE" not in str(exc):
+                    raise
+                # Lists hold data (dead letters, parked messages) that must not live only in this
+                # process: set the foreign value aside, keep it for an operator, and store ours.
+                aside = f"{key}:corrupt:{int(time.time() * 1000)}"
+                r.rename(key, aside)
+                log_event(logging.WARNING, "store-key-set-aside", logger, key=key, moved_to=aside,
+                          reason="held another type")
+                return append(r)
 
         return self._guard(push, lambda m: m.list_push(key, value, cap=cap))
 
