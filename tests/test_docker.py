@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import yaml
@@ -18,14 +19,22 @@ def test_compose_services_run_commands_the_package_provides() -> None:
 
     from prismatic_celery.cli import supervision
 
+    assert {"flower", "demo"} <= set(services) and any(n.startswith("worker-") for n in services)
     for name, service in services.items():
         if name == "redis":
             continue
         command = service["command"]
+        if command[:2] == ["python", "-m"]:
+            assert importlib.util.find_spec(command[2]) is not None, f"{name}: no module {command[2]}"
+            continue
         assert command[:3] == ["celery", "-A", "examples.prismatic_platform.app"], name
         assert command[3] in {"worker", "supervision", "flower"}, name
         if command[3] == "supervision":
             assert command[4] in supervision.commands, f"{name}: unknown subcommand {command[4]}"
+        if command[3] == "flower":
+            conf = next(arg for arg in command if arg.startswith("--conf="))
+            assert conf.endswith("prismatic_celery/flower/flowerconfig.py"), name
+            assert importlib.util.find_spec("prismatic_celery.flower.flowerconfig") is not None
         if "--domain" in command:
             from examples.prismatic_platform.app import TREE
 
