@@ -80,7 +80,10 @@ class Engine:
         if located is None:
             return
         pause = self.pauses.get(located[1].queue)
-        if pause is None:
+        if pause is None or getattr(self.runtime.store, "degraded", False):
+            # With the store down a pause lives only in the memory of the process that made it, where
+            # the child's recovery (in another process) cannot end it: the queues are still stopped
+            # by the workers' own reconciliation, so a message already here simply runs.
             return
         remaining = max(0.05, pause.until - self.runtime.store.time())
         log_event(logging.INFO, "supervision-deferred", logger, task=task.name, id=task.request.id,
