@@ -226,11 +226,12 @@ def test_a_worker_samples_its_processes_and_the_memory_of_the_processes_serving_
     runtime.reconciler = SimpleNamespace(served_pids={"core": {me, 999_999_999}})  # type: ignore[assignment]
     sample = sample_worker(runtime, consumer)
     assert sample.processes == (me,)
-    assert sample.memory_per_domain["core"] == rss_bytes(me)
+    assert sample.memory_per_domain["core"] == pytest.approx(rss_bytes(me), rel=0.05)  # a live process: RSS moves
     assert sample.memory_per_domain["osint"] is None, "no process served osint yet"
     local = get_tree_health(runtime, local=sample)
     assert local["scope"] == "worker" and local["hostname"] == "w@h"
-    assert local["total_processes"] == 1 and local["domains"][0]["memory_rss_bytes"] == rss_bytes(me)
+    assert local["total_processes"] == 1
+    assert local["domains"][0]["memory_rss_bytes"] == sample.memory_per_domain["core"]
 
 
 def test_rss_of_this_process_is_known_and_of_a_missing_process_is_not() -> None:
