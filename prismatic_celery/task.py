@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from celery._state import _task_stack  # type: ignore[attr-defined]  # private, not in the stubs
 from celery.exceptions import Ignore, Reject, Retry
 
 from .log import get_logger, log_event
@@ -67,8 +68,9 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
         for guard in guards:
             _guarded(guard.before_run, self)
         failed = True
+        body = self._traced_run if self._plain_call() and not self.request.called_directly else super().__call__
         try:
-            result = engine.call(self, super().__call__, args, kwargs)
+            result = engine.call(self, body, args, kwargs)
             failed = False
         except CONTROL_FLOW:
             raise
@@ -80,6 +82,27 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 _guarded(guard.after_run, self, failed)
         _guarded(engine.after_success, self)
         return result
+
+
+    @classmethod
+    def _plain_call(cls) -> bool:
+        """True when no class between this one and Celery's Task overrides ``__call__``."""
+        found = cls.__dict__.get("_prismatic_plain_call")
+        if found is None:
+            mro = cls.__mro__
+            below = mro[mro.index(SupervisedTask) + 1:]
+            found = next((c for c in below if "__call__" in c.__dict__), Task) is Task
+            setattr(cls, "_prismatic_plain_call", found)
+        return bool(found)
+
+    def _traced_run(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``Task.__call__`` without its second copy of the request: the worker's tracer has
+        already pushed this execution's request, so only the task stack is needed."""
+        _task_stack.push(self)
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            _task_stack.pop()
 
 
 def _guarded(hook: Callable[..., None], *args: Any) -> None:
