@@ -11,9 +11,7 @@ inside it, so concurrent samplers on several workers move the state atomically.
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 from ..keys import Keys
 from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar
+from ..store.view import PeriodicView
 from .config import QueuePolicy
 
 __all__ = ["STATE_SCRIPT", "ShedState", "ShedView", "Transition", "publish_sample", "read_states", "state_key"]
@@ -143,42 +142,16 @@ def read_states(store: Store, keys: Keys, queues: Sequence[str]) -> dict[str, Sh
     return found
 
 
-class ShedView:
+class ShedView(PeriodicView[ShedState]):
     """A process's view of which queues shed, read from the store at most once per ``max_age_s``.
 
     The guard asks it before every supervised task: a dictionary lookup, plus one
     MGET when the view is older than the sampler's period (never one per task).
     """
 
-    def __init__(
-        self, store: Store, keys: Keys, queues: Sequence[str], *, max_age_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.store = store
-        self.keys = keys
-        self.queues = tuple(queues)
-        self.max_age_s = max_age_s
-        self.clock = clock
-        self.reads = 0
-        self._states: dict[str, ShedState] = {}
-        self._read_at = -float("inf")
-        self._lock = threading.Lock()
+    def read(self) -> dict[str, ShedState]:
+        return read_states(self.store, self.keys, self.queues)
 
     def get(self, queue: str) -> ShedState | None:
         """The shedding state of ``queue`` (None when it does not shed)."""
-        if self.clock() - self._read_at >= self.max_age_s:
-            self.refresh()
-        return self._states.get(queue)
-
-    def refresh(self) -> dict[str, ShedState]:
-        """Read every queue's state now (one round trip)."""
-        with self._lock:
-            if self.queues:
-                self._states = read_states(self.store, self.keys, self.queues)
-                self.reads += 1
-            self._read_at = self.clock()
-            return dict(self._states)
-
-    def invalidate(self) -> None:
-        """Force a read on the next lookup."""
-        self._read_at = -float("inf")
+        return self.current().get(queue)
