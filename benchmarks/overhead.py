@@ -1,6 +1,6 @@
 """Overhead of prismatic-celery on no-op tasks: plugin fully enabled vs plain Celery.
 
-Run: ``python -m benchmarks.overhead [--pairs 5] [--tasks 2000] [--concurrency 2] [--quick]``
+Run: ``python -m benchmarks.overhead [--pairs 7] [--tasks 5000] [--concurrency 2] [--quick]``
 
 Setup. Two private ``redis-server`` processes on free ports of 127.0.0.1, started and
 stopped here: one is the broker (db 0) and holds the run marks (db 1), the other is
@@ -206,8 +206,9 @@ class Bench:
 # driver --------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=5, help="measured plain/plugin pairs (default 5)")
-    parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks per run (default 2000)")
+    parser.add_argument("--pairs", type=int, default=7, help="measured plain/plugin pairs (default 7)")
+    parser.add_argument("--tasks", type=int, default=5000, help="no-op tasks per run (default 5000: runs of a few "
+                        "seconds, so worker start-up and the machine's noise weigh little)")
     parser.add_argument("--concurrency", type=int, default=2, help="prefork pool processes (default 2)")
     parser.add_argument("--warmup", type=int, default=None, help="tasks per run of the discarded warm-up pair "
                         "(default min(tasks, 500); 0: none)")

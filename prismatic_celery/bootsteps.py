@@ -20,6 +20,7 @@ import click
 from celery import Celery, bootsteps
 
 from .engine.reconcile import Reconciler
+from .engine.slots import RunningSlots, watch_pool
 from .errors import ConfigurationError
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
@@ -68,6 +69,8 @@ class DomainStep(bootsteps.Step):
         runtime.worker_domains = domains
         _check_task_circuits(worker.app, runtime)
         worker.pool_restarts = True  # per-process shutdown events: recycling a pool process needs them
+        if runtime.slots is None:
+            runtime.slots = RunningSlots()  # before the pool forks: its processes share it
         super().__init__(worker, **kwargs)
 
 
@@ -133,6 +136,7 @@ class SupervisionStep(bootsteps.StartStopStep):
         self.ticker: Ticker | None = None
         self.timer_entry: Any = None
         self.started_at = time.time()
+        self.pool_watched = False  # deaths of pool processes before their job was accepted are counted
         super().__init__(consumer, **kwargs)
 
     def start(self, consumer: Any) -> None:
@@ -161,6 +165,8 @@ class SupervisionStep(bootsteps.StartStopStep):
         self.ticker.start()
         apply_every = min(0.1, runtime.settings.reconcile_interval_s / 2)
         self.timer_entry = consumer.timer.call_repeatedly(apply_every, reconciler.apply, (consumer,), priority=10)
+        if runtime.slots is not None:
+            self.pool_watched = watch_pool(consumer.pool, runtime.slots) or self.pool_watched
 
     def _registration(self, consumer: Any, runtime: Runtime) -> dict[str, Any]:
         pool = consumer.pool
@@ -171,6 +177,7 @@ class SupervisionStep(bootsteps.StartStopStep):
             "concurrency": getattr(pool, "limit", None),
             "domains": list(getattr(runtime, "worker_domains", ())),
             "queues": sorted(q.name for q in consumer.app.amqp.queues.consume_from.values()),
+            "pool_watched": self.pool_watched,
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
         }

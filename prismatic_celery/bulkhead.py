@@ -365,18 +365,20 @@ class BulkheadGuard(TaskGuard):
 
 
 def admission_guards(runtime: Runtime) -> list[TaskGuard]:
-    """The guards of the admission layer, in order: load shedding (may park), then the domain caps.
+    """The guards of the admission layer in the process that runs tasks: the domain caps.
 
-    Shedding goes first so a message it parks never takes a slot. Also sets
-    ``runtime.shedding`` (a :class:`~prismatic_celery.shedding.ShedStatus`).
+    Load shedding comes before them, in the worker's main process (a message it
+    parks never reaches a pool process, so it never takes a slot): this sets
+    ``runtime.shed_guard`` (a :class:`~prismatic_celery.shedding.ShedGuard`, None
+    when shedding is off) and ``runtime.shedding`` (a
+    :class:`~prismatic_celery.shedding.ShedStatus`).
     """
     from .shedding import ShedGuard, ShedStatus, queue_policies
 
     guards: list[TaskGuard] = []
     policies = queue_policies(runtime.settings, runtime.supervisor)  # validates the shedding settings
     setattr(runtime, "shedding", ShedStatus(runtime, policies))  # read by health and Prometheus
-    if runtime.settings.shed_enabled and policies:
-        guards.append(ShedGuard(runtime, policies))
+    runtime.shed_guard = ShedGuard(runtime, policies) if runtime.settings.shed_enabled and policies else None
     bulkhead = BulkheadGuard(runtime)
     if bulkhead.active:
         guards.append(bulkhead)

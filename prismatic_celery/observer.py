@@ -1,10 +1,13 @@
-"""Signal handlers: observation and bookkeeping only (they cannot change a task's fate).
+"""Outcome counters: observation and bookkeeping only (they cannot change a task's fate).
 
 Counters are kept in-process and flushed to Redis by a background thread every
-``prismatic_stats_flush_s`` seconds, never per task. Under prefork the task
-signals fire in the pool child and the ``WorkerLostError``/time-limit failures
-in the main process; each process flushes its own counters, so every outcome is
-counted once whichever pool runs it.
+``prismatic_stats_flush_s`` seconds, never per task. A supervised task counts
+its own start and success in ``SupervisedTask.__call__`` (no signal receiver, so
+Celery's tracer skips the ``task_prerun``/``task_success`` dispatch for every
+task); failures, retries, revocations and rejections come from Celery's
+signals. Under prefork those fire in the pool child, and the
+``WorkerLostError``/time-limit failures in the main process; each process
+flushes its own counters, so every outcome is counted once whichever pool runs it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from celery import Celery, signals
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
 
-__all__ = ["OUTCOMES", "TaskStats", "connect_signals", "stats_for"]
+__all__ = ["OUTCOMES", "SUCCEEDED_MARK", "TaskStats", "connect_signals", "count_outcome", "stats_for"]
 
 logger = get_logger("observer")
 
@@ -45,10 +48,10 @@ class TaskStats:
         self._pid = -1
         self._wake = threading.Event()
 
-    def count(self, hostname: str | None, queue: str, outcome: str) -> None:
-        """Count one outcome in memory (no I/O); starts this process's flusher if needed."""
+    def count(self, hostname: str | None, queue: str, outcome: str, amount: int = 1) -> None:
+        """Count ``amount`` outcomes in memory (no I/O); starts this process's flusher if needed."""
         with self._lock:
-            self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += 1
+            self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += amount
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
@@ -59,7 +62,8 @@ class TaskStats:
             pending, self._pending = self._pending, Counter()
         by_host: dict[str, dict[str, int]] = {}
         for (hostname, field), amount in pending.items():
-            by_host.setdefault(hostname, {})[field] = amount
+            if amount:
+                by_host.setdefault(hostname, {})[field] = amount
         for hostname, increments in by_host.items():
             self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments)
 
@@ -107,13 +111,20 @@ def _runtime_of(sender: Any) -> Runtime | None:
         return None
 
 
-def _count_task(task: Any, outcome: str) -> None:
+SUCCEEDED_MARK = "_prismatic_succeeded"  # set on a request whose task body returned (and was counted)
+
+
+def count_outcome(runtime: Runtime, request: Any, queue: str | None, outcome: str, amount: int = 1) -> None:
+    """Count ``amount`` outcomes of the execution ``request`` on ``queue`` (None: unsupervised)."""
+    stats_for(runtime).count(getattr(request, "hostname", None), queue or UNSUPERVISED, outcome, amount)
+
+
+def _count_task(task: Any, outcome: str, amount: int = 1) -> None:
     runtime = _runtime_of(task)
     if runtime is None:
         return
-    located = runtime.locate_task(task)  # cached on the request: prerun and success share one lookup
-    hostname = getattr(task.request, "hostname", None)
-    stats_for(runtime).count(hostname, located[1].queue if located else UNSUPERVISED, outcome)
+    located = runtime.locate_task(task)
+    count_outcome(runtime, task.request, located[1].queue if located else None, outcome, amount)
 
 
 def _guarded(fn: Any) -> Any:
@@ -128,18 +139,12 @@ def _guarded(fn: Any) -> Any:
 
 
 @_guarded
-def on_task_prerun(sender: Any = None, **_: Any) -> None:
-    _count_task(sender, "started")
-
-
-@_guarded
-def on_task_success(sender: Any = None, **_: Any) -> None:
-    _count_task(sender, "succeeded")
-
-
-@_guarded
 def on_task_failure(sender: Any = None, **_: Any) -> None:
     _count_task(sender, "failed")
+    if getattr(getattr(sender, "request", None), SUCCEEDED_MARK, False):
+        # The body returned (counted as a success) and Celery then failed the task, e.g. its
+        # result could not be encoded: it is a failure, not a success.
+        _count_task(sender, "succeeded", -1)
 
 
 def _count_delivery(sender: Any, carrier: Any, task_name: str | None, hostname: str | None, outcome: str) -> None:
@@ -192,8 +197,6 @@ def connect_signals() -> None:
         return
     _connected = True
     for signal, handler in (
-        (signals.task_prerun, on_task_prerun),
-        (signals.task_success, on_task_success),
         (signals.task_failure, on_task_failure),
         (signals.task_retry, on_task_retry),
         (signals.task_revoked, on_task_revoked),

@@ -94,19 +94,41 @@ class SupervisedRequest(Request):
         runtime, domain, child = found
         deaths = runtime.engine.worker_lost(domain, child, self.id, self.task_name, self.hostname)
         if deaths >= runtime.settings.quarantine_deliveries:
-            self._quarantine(runtime, domain, child, exc, exc_info, deaths)
+            self._quarantine(runtime, domain, child, exc, safe_str(exc_info.traceback or ""), deaths)
             return True
         if self.task.acks_late and self.task.reject_on_worker_lost:
             return False  # Celery requeues the message: that is the restart
         return self._rerun(runtime, exc, exc_info, deaths)
 
-    def _quarantine(self, runtime: Runtime, domain: Domain, child: Child, exc: BaseException, exc_info: Any,
+    def died_unaccepted(self, exitcode: Any) -> bool:
+        """The pool process running this request died before the worker read its acceptance.
+
+        Billiard then sends the job to another process without a ``WorkerLostError``
+        (see :mod:`prismatic_celery.engine.slots`): the death is counted here. True
+        when it was the last one allowed and the message was quarantined (billiard
+        must not send it again).
+        """
+        found = self._located()
+        if found is None:
+            return False
+        runtime, domain, child = found
+        deaths = runtime.engine.worker_lost(domain, child, self.id, self.task_name, self.hostname)
+        log_event(logging.WARNING, "worker-lost-unaccepted", logger, task=self.task_name, id=self.id,
+                  exitcode=exitcode, deaths=deaths)
+        if deaths < runtime.settings.quarantine_deliveries:
+            return False
+        exc = WorkerLostError(f"Worker exited prematurely: exitcode {exitcode} (before the worker read that it "
+                              f"had accepted the task)")
+        self._quarantine(runtime, domain, child, exc, "", deaths)
+        return True
+
+    def _quarantine(self, runtime: Runtime, domain: Domain, child: Child, exc: BaseException, traceback: str,
                     deaths: int) -> None:
         reason = f"quarantined: killed its pool process {deaths} times"
         runtime.dlq.push(dead_letter_entry(
             task=self.task_name, task_id=self.id, args=self.args, kwargs=self.kwargs, queue=child.queue,
             domain=domain.name, reason=reason, exception="WorkerLostError", message=redact(safe_str(exc)),
-            traceback=redact(safe_str(exc_info.traceback or "")), attempts=deaths,
+            traceback=redact(traceback), attempts=deaths,
         ))
         runtime.store.delete(runtime.keys.key("deaths", self.id))
         fields = {"domain": domain.name, "child": child.queue, "task": self.task_name, "task_id": self.id,
@@ -122,7 +144,7 @@ class SupervisedRequest(Request):
             self.task.backend.mark_as_failure(self.id, failure, request=self._request())
         if self.task.acks_late:
             self.acknowledge()
-        self.send_event("task-failed", exception=safe_repr(failure), traceback=safe_str(exc_info.traceback))
+        self.send_event("task-failed", exception=safe_repr(failure), traceback=traceback)
 
     def _rerun(self, runtime: Runtime, exc: BaseException, exc_info: Any, deaths: int) -> bool:
         """Republish a message whose process died (plain Celery would record a failure and drop it)."""

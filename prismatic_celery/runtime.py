@@ -27,6 +27,8 @@ from .tree import Child, Domain, Supervisor
 
 if TYPE_CHECKING:
     from .engine.reconcile import Reconciler
+    from .engine.slots import RunningSlots
+    from .shedding.guard import ShedGuard
     from .task import TaskGuard
 
 __all__ = ["Installation", "Runtime", "get_runtime", "installation"]
@@ -81,6 +83,7 @@ class Runtime:
         self.worker_domains: tuple[str, ...] = ()  # --domain options of this worker
         self.consumed_queues: tuple[str, ...] = ()  # every queue this worker consumes when nothing is paused
         self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
+        self.slots: RunningSlots | None = None  # a prefork worker's, made before its pool forks
         from .bulkhead import admission_guards
         from .circuits import Circuits
         from .engine.engine import Engine
@@ -95,7 +98,8 @@ class Runtime:
         self.engine = Engine(self)
         self.dlq = DeadLetterQueue(self.store, self.keys, settings.dlq_max)
         self.learning: Learning | None = Learning(self) if settings.lessons else None
-        self.guards: list[TaskGuard] = []  # bulkheads and load shedding add theirs
+        self.guards: list[TaskGuard] = []  # the bulkheads add theirs
+        self.shed_guard: ShedGuard | None = None  # load shedding, in the worker's main process
         self.guards.extend(admission_guards(self))
 
     # locating the child of a request --------------------------------------------------

@@ -101,7 +101,11 @@ class WorkerProcess:
             raise AssertionError(f"{exc}\n--- worker log ---\n{self.log}") from None
 
     def stop(self, *, timeout_s: float = 15.0) -> int | None:
-        """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if needed."""
+        """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if needed.
+
+        A worker still running after ``timeout_s`` is first sent SIGUSR1, on which Celery
+        writes every thread's stack to its log, so :attr:`log` shows where it hung.
+        """
         proc = self.proc
         if proc is None:
             return None
@@ -110,7 +114,12 @@ class WorkerProcess:
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGUSR1)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
         return proc.returncode
 

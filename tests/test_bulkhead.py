@@ -159,12 +159,14 @@ def test_a_slot_left_by_a_task_whose_after_run_never_ran_is_released_at_the_next
 
 
 def test_admission_guards_order_and_switches() -> None:
-    """Shedding first (a parked message never takes a slot), then the caps; none when nothing is capped."""
+    """Shedding in the worker's main process (a parked message never takes a slot), the caps around the
+    task; none when nothing is capped or shed."""
     _, runtime = _app()
-    assert [type(g) for g in admission_guards(runtime)] == [ShedGuard, BulkheadGuard]
+    assert [type(g) for g in admission_guards(runtime)] == [BulkheadGuard]
+    assert isinstance(runtime.shed_guard, ShedGuard)
     _, plain = _app(domains={"a": {"children": ["a"]}}, prismatic_shed_enabled=False)
     assert admission_guards(plain) == []
-    assert plain.guards == []
+    assert plain.guards == [] and plain.shed_guard is None
 
 
 def test_cluster_concurrency_is_part_of_the_tree() -> None:

@@ -74,8 +74,8 @@ class Engine:
 
     def before_run(self, task: Task[Any, Any]) -> None:
         """Defer the message when its queue is paused (raises Retry); else return at once."""
-        if not self.runtime.supervisor.queues or not can_requeue(task):
-            return
+        if not self.pauses.current() or not can_requeue(task):
+            return  # nothing is paused (one dictionary check per task)
         located = self.locate(task)
         if located is None:
             return
@@ -296,13 +296,13 @@ class Engine:
         Costs nothing unless this process's pause view (refreshed once per
         period) shows a pause caused by this child.
         """
-        located = self.locate(task)
-        if located is None:
-            return
-        queue = located[1].queue
-        if any(p.by == queue and p.reason == "rest_for_one" for p in self.pauses.current().values()):
-            self.resume_after_success(queue)
-            self.pauses.invalidate()
+        pauses = self.pauses.current()
+        located = self.locate(task) if pauses else None
+        if located is not None:
+            queue = located[1].queue
+            if any(p.by == queue and p.reason == "rest_for_one" for p in pauses.values()):
+                self.resume_after_success(queue)
+                self.pauses.invalidate()
         tracking = getattr(task.request, HEADER, None)
         if isinstance(tracking, dict) and self.runtime.learning is not None:
             self.runtime.learning.succeeded(tracking, str(task.request.id))  # only tasks that had crashed

@@ -3,9 +3,10 @@
 * :mod:`.sampler` and :mod:`.step`: each worker samples its supervised queues'
   backlogs once per period in a background thread and publishes the shedding
   state (with hysteresis) in the store.
-* :mod:`.guard`: before a supervised task runs, a message below the importance
-  cut-off on a shedding queue is parked (default) or dropped, with a
-  ``supervision-shed`` WARNING line and event.
+* :mod:`.guard`: in the worker's main process, before a message goes to the
+  pool, a message below the importance cut-off on a shedding queue is parked
+  (default) or dropped and acknowledged, with a ``supervision-shed`` WARNING
+  line and event.
 * :mod:`.park`: the parked lists, replay (exactly once) and purge.
 * :mod:`.priority`: the importance rule.
 """
@@ -13,7 +14,7 @@
 from __future__ import annotations
 
 from .config import MODES, QueuePolicy, queue_policies
-from .guard import ShedGuard
+from .guard import ShedGuard, guard_requests
 from .park import ParkOutcome, ReplayReport, park, parked_key, peek, purge, replay, republish, totals_key
 from .priority import HEADER, REPLAYED_HEADER, TASK_OPTION, message_importance
 from .sampler import BrokerBacklog, Sampler, redis_subqueues
@@ -36,6 +37,7 @@ __all__ = [
     "ShedStatus",
     "ShedView",
     "SheddingStep",
+    "guard_requests",
     "message_importance",
     "park",
     "parked_key",

@@ -1,37 +1,45 @@
-"""The shedding guard: in the process that runs a task, shed it when its queue sheds and it is unimportant."""
+"""The shedding guard: in the worker's main process, shed a message before it reaches the pool.
+
+The guard wraps the consumer's ``on_task_request`` (what Celery calls with each
+request it is about to execute, after ETA and rate limits): a low-importance
+message on a shedding queue is parked (or dropped), acknowledged and never
+sent to a pool process. Shedding a message so costs one store round trip, no
+pool round trip, and no exception in the pool (Celery's ``Ignore`` path copies
+the traceback's code positions into a result of tens of kilobytes per message).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.worker.state import task_ready
 
-from ..engine.requeue import can_requeue
-from ..log import RateLimitedWarning, get_logger
-from ..task import TaskGuard
+from ..log import RateLimitedWarning, get_logger, log_event
 from .config import QueuePolicy
 from .park import park, park_record, totals_key
-from .priority import broker_consumes_higher_first, message_importance, replayed
+from .priority import HEADER, REPLAYED_HEADER, broker_consumes_higher_first, importance_of
 from .state import ShedView
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["ShedGuard"]
+__all__ = ["ShedGuard", "guard_requests"]
 
 logger = get_logger("shedding")
+_GUARDED = "_prismatic_shed_guarded"
 
 
-class ShedGuard(TaskGuard):
+class ShedGuard:
     """Parks (or drops) a low-importance message about to run on a queue in shedding state.
 
-    Costs a dictionary lookup per task; the shedding state is read from the
-    store at most once per ``prismatic_shed_interval_s`` per process. A
-    message that cannot be parked safely (arguments that are not JSON, Redis
-    unreachable) runs instead: shedding never loses work in ``park`` mode.
+    Costs a dictionary check per message; the shedding state is read from the
+    store at most once per ``prismatic_shed_interval_s``. A message that cannot
+    be parked safely (arguments that are not JSON, Redis unreachable) runs
+    instead: shedding never loses work in ``park`` mode.
     """
 
     def __init__(self, runtime: Runtime, policies: Mapping[str, QueuePolicy]) -> None:
@@ -49,45 +57,79 @@ class ShedGuard(TaskGuard):
             self._higher_first = broker_consumes_higher_first(self.runtime.app)
         return self._higher_first
 
-    def before_run(self, task: Task[Any, Any]) -> None:
-        if not self.policies or not can_requeue(task):
-            return
-        request = task.request
-        located = self.runtime.locate_task(task)
+    def admit(self, request: Any) -> bool:
+        """True when the worker's ``request`` should run; False when it was shed (parked or dropped,
+        and acknowledged)."""
+        if not self.policies or not self.view.current():
+            return True  # no queue sheds (one dictionary check per message)
+        task: Task[Any, Any] = request.task
+        delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
+        located = self.runtime.locate(delivery, task.name)
         if located is None:
-            return
+            return True
         domain, child = located
         policy = self.policies.get(child.queue)
         state = self.view.get(child.queue) if policy is not None else None
-        if policy is None or state is None or replayed(task):
-            return
-        importance = message_importance(task, higher_first=self.higher_first)
+        if policy is None or state is None:
+            return True
+        info = request.request_dict  # the message's headers, flat (custom ones included)
+        if info.get(REPLAYED_HEADER):
+            return True
+        importance = importance_of(task, (info.get(HEADER),), delivery.get("priority"), higher_first=self.higher_first)
         if importance is None or importance >= policy.cutoff:
-            return
+            return True
+        context = request._context  # the Context the task would see as ``task.request``
         fields: dict[str, Any] = {
             "domain": domain.name, "queue": child.queue, "task": task.name, "task_id": request.id,
             "backlog": state.backlog, "threshold": state.threshold, "importance": importance,
             "cutoff": policy.cutoff, "mode": policy.mode, "hostname": request.hostname or "",
         }
-        if policy.mode == "park" and not self._park(task, policy, fields):
-            return
+        if policy.mode == "park" and not self._park(task, context, policy, fields):
+            return True
         if policy.mode == "drop":
             self.runtime.store.hincr(totals_key(self.runtime.keys), {f"{child.queue}:dropped": 1})
         self.runtime.emit("shed", **fields)
-        raise Ignore()
+        task_ready(request)
+        request.acknowledge()
+        return False
 
-    def _park(self, task: Task[Any, Any], policy: QueuePolicy, fields: dict[str, Any]) -> bool:
-        record = park_record(task, policy.queue, importance=fields["importance"], backlog=fields["backlog"],
-                             threshold=fields["threshold"], hostname=fields["hostname"], parked_at=time.time())
+    def _park(self, task: Task[Any, Any], context: Any, policy: QueuePolicy, fields: dict[str, Any]) -> bool:
+        record = park_record(task, policy.queue, request=context, importance=fields["importance"],
+                             backlog=fields["backlog"], threshold=fields["threshold"], hostname=fields["hostname"],
+                             parked_at=time.time())
         if record is None:
-            self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=task.request.id,
+            self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=fields["task_id"],
                                   reason="arguments are not JSON; the message runs instead")
             return False
         outcome = park(self.runtime.store, self.runtime.keys, policy.queue, record,
                        cap=self.runtime.settings.shed_park_max)
         if not outcome.durable:
-            self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=task.request.id,
+            self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=fields["task_id"],
                                   reason="store unavailable; the message runs instead")
             return False
         fields["parked"] = outcome.length
         return True
+
+
+def guard_requests(consumer: Any, guard: ShedGuard) -> bool:
+    """Put ``guard`` in front of the consumer's ``on_task_request`` (once); False when already there.
+
+    Called before the consumer builds its task strategies, which keep a
+    reference to ``on_task_request``.
+    """
+    original: Callable[[Any], Any] | None = getattr(consumer, "on_task_request", None)
+    if original is None or getattr(original, _GUARDED, False):
+        return False
+
+    def on_task_request(request: Any) -> Any:
+        try:
+            admitted = guard.admit(request)
+        except Exception as exc:  # shedding must never lose or fail a message: run it
+            log_event(logging.ERROR, "shed-guard-failed", logger, task=getattr(request, "task_name", "?"),
+                      error=repr(exc)[:300])
+            admitted = True
+        return original(request) if admitted else None
+
+    setattr(on_task_request, _GUARDED, True)
+    consumer.on_task_request = on_task_request
+    return True

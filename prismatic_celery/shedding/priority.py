@@ -19,7 +19,7 @@ and are never shed again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery, Task
@@ -32,6 +32,7 @@ __all__ = [
     "TASK_OPTION",
     "broker_consumes_higher_first",
     "importance_from_priority",
+    "importance_of",
     "message_importance",
     "replayed",
 ]
@@ -69,22 +70,32 @@ def importance_from_priority(priority: Any, *, higher_first: bool) -> int | None
     return level if higher_first else IMPORTANCE_MAX - level
 
 
-def _headers(task: Task[Any, Any]) -> Mapping[str, Any]:
-    headers = getattr(task.request, "headers", None)
+def _headers(request: Any) -> Mapping[str, Any]:
+    headers = getattr(request, "headers", None)
     return headers if isinstance(headers, Mapping) else {}
 
 
-def message_importance(task: Task[Any, Any], *, higher_first: bool) -> int | None:
-    """The importance of the running message (header, then task option, then message priority)."""
-    request = task.request
-    for candidate in (_headers(task).get(HEADER), getattr(request, HEADER, None), getattr(task, TASK_OPTION, None)):
+def importance_of(task: Task[Any, Any], headers: Iterable[Any], priority: Any, *, higher_first: bool) -> int | None:
+    """The first valid level among the message's ``headers`` values, then the task option, then the priority."""
+    for candidate in (*headers, getattr(task, TASK_OPTION, None)):
         level = _as_level(candidate)
         if level is not None:
             return level
+    return importance_from_priority(priority, higher_first=higher_first)
+
+
+def message_importance(task: Task[Any, Any], *, higher_first: bool, request: Any = None) -> int | None:
+    """The importance of a message (header, then task option, then message priority).
+
+    ``request`` is the message's Context (default: the running one, ``task.request``).
+    """
+    request = task.request if request is None else request
     delivery = request.delivery_info if isinstance(request.delivery_info, Mapping) else {}
-    return importance_from_priority(delivery.get("priority"), higher_first=higher_first)
+    return importance_of(task, (_headers(request).get(HEADER), getattr(request, HEADER, None)),
+                         delivery.get("priority"), higher_first=higher_first)
 
 
-def replayed(task: Task[Any, Any]) -> bool:
+def replayed(task: Task[Any, Any], request: Any = None) -> bool:
     """True when the message was put back by ``shed replay`` (an operator chose to run it)."""
-    return bool(_headers(task).get(REPLAYED_HEADER) or getattr(task.request, REPLAYED_HEADER, None))
+    request = task.request if request is None else request
+    return bool(_headers(request).get(REPLAYED_HEADER) or getattr(request, REPLAYED_HEADER, None))

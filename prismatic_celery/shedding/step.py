@@ -1,4 +1,4 @@
-"""The worker bootstep that runs the backlog sampler in a background thread."""
+"""The worker bootstep that runs the backlog sampler in a background thread and installs the shedding guard."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..log import get_logger, log_event
 from ..runtime import Runtime, get_runtime
 from ..store import MemoryStore
 from .config import queue_policies
+from .guard import guard_requests
 from .sampler import Sampler
 
 __all__ = ["SheddingStep"]
@@ -20,7 +21,8 @@ logger = get_logger("shedding")
 
 
 class SheddingStep(bootsteps.StartStopStep):
-    """Samples the backlog of the supervised queues this worker consumes, once per ``prismatic_shed_interval_s``.
+    """Samples the backlog of the supervised queues this worker consumes, once per ``prismatic_shed_interval_s``,
+    and puts the shedding guard in front of the consumer's task requests.
 
     Broker and store I/O run in the ``prismatic-shedding`` thread, never on the
     worker's event loop. Off when ``prismatic_shed_enabled`` is False or the
@@ -33,6 +35,9 @@ class SheddingStep(bootsteps.StartStopStep):
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         self.sampler: Sampler | None = None
         self.ticker: Ticker | None = None
+        runtime = get_runtime(consumer.app)
+        if runtime is not None and runtime.shed_guard is not None:
+            guard_requests(consumer, runtime.shed_guard)  # before the consumer builds its strategies
         super().__init__(consumer, **kwargs)
 
     def start(self, consumer: Any) -> None:

@@ -130,6 +130,17 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
     def pid() -> int:
         return os.getpid()
 
+    @app.task(name="basic.slot", shared=False)
+    def slot() -> str | None:
+        """What the shared running slot of this pool process says it runs (its own id, under prefork)."""
+        from billiard.process import current_process
+
+        runtime = prismatic_celery.get_runtime(app)
+        index = getattr(current_process(), "index", None)
+        if runtime is None or runtime.slots is None or index is None:
+            return None
+        return runtime.slots.running(index)
+
     return app
 
 

@@ -66,6 +66,10 @@ def test_signals_count_every_outcome_once_in_every_pool(app: Celery, redis_url: 
         key = f"prismatic:{namespace}:worker:{hostname}"
         registration = redis.Redis.from_url(redis_url, decode_responses=True).get(key)
         assert registration is not None and f'"hostname":"{hostname}"' in registration
+        # prefork: each pool process names the message it runs in memory the worker reads when it dies
+        assert f'"pool_watched":{"true" if pool == "prefork" else "false"}' in registration
+        slot = app.tasks["basic.slot"].apply_async(queue="storage")
+        assert slot.get(timeout=20) == (slot.id if pool == "prefork" else None)
         assert worker.stop() == 0
     assert redis.Redis.from_url(redis_url).exists(key) == 0, "worker_shutdown removes the registration"
 

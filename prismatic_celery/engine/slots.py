@@ -1,0 +1,146 @@
+"""Which message each prefork pool process is running, in memory the whole pool shares.
+
+Celery blames a task for its pool process's death (``WorkerLostError``) only
+when the worker already read the process's "accepted" message. A process that
+dies right after starting a job, before the worker's event loop read that
+message (a poison message that kills its process at once, under load), looks
+to billiard like a job that never started: the job goes to another process,
+and nothing records the death. A crash loop then runs once more than
+``prismatic_quarantine_deliveries`` allows.
+
+:class:`RunningSlots` closes that gap without a store round trip: a shared
+anonymous memory map, created in the worker's main process before the pool
+forks, with one 64-byte slot per pool process index. A pool process writes the
+id of the message it starts into its slot and clears it when the task returns.
+:func:`watch_pool` wraps the pool's handling of a job whose process died before
+accepting it: when the dead process's slot names that job, the job did run and
+its death is counted (:meth:`SupervisedRequest.died_unaccepted`).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ..log import get_logger, log_event
+
+__all__ = ["SLOT_BYTES", "RunningSlots", "watch_pool"]
+
+logger = get_logger("engine")
+
+SLOT_BYTES = 64  # one length byte, then up to 63 bytes of the message id
+DEFAULT_SLOTS = 256  # pool process indexes 0..255 are tracked (more is untracked, never wrong)
+_WATCHED = "_prismatic_watched"
+
+
+def _process_index() -> int | None:
+    """This process's index in the prefork pool (None outside a pool process)."""
+    try:
+        from billiard.process import current_process
+    except ImportError:  # billiard ships with Celery
+        return None
+    index = getattr(current_process(), "index", None)
+    return index if isinstance(index, int) else None
+
+
+def _encode(task_id: str) -> bytes:
+    return task_id.encode("utf-8", "replace")[: SLOT_BYTES - 1]
+
+
+class RunningSlots:
+    """One slot per pool process index: the id of the message that process is running."""
+
+    def __init__(self, count: int = DEFAULT_SLOTS, *, index: Callable[[], int | None] = _process_index) -> None:
+        self.count = count
+        self._map = mmap.mmap(-1, count * SLOT_BYTES)  # anonymous and shared: survives fork, one for the pool
+        self._index = index
+        self._pid = -1
+        self._offset: int | None = None
+
+    def _own_offset(self) -> int | None:
+        pid = os.getpid()
+        if pid != self._pid:  # looked up once per process
+            self._pid = pid
+            index = self._index()
+            self._offset = index * SLOT_BYTES if index is not None and 0 <= index < self.count else None
+        return self._offset
+
+    def enter(self, task_id: str) -> None:
+        """This process starts running ``task_id`` (no-op outside a tracked pool process)."""
+        offset = self._own_offset()
+        if offset is not None:
+            data = _encode(task_id)
+            self._map[offset:offset + 1 + len(data)] = bytes((len(data),)) + data
+
+    def leave(self) -> None:
+        """This process runs no message any more."""
+        offset = self._own_offset()
+        if offset is not None:
+            self._map[offset] = 0
+
+    def running(self, index: int) -> str | None:
+        """The message the process with ``index`` was running (None: none, or untracked)."""
+        if not 0 <= index < self.count:
+            return None
+        offset = index * SLOT_BYTES
+        size = self._map[offset]
+        if not size:
+            return None
+        return self._map[offset + 1:offset + 1 + size].decode("utf-8", "replace")
+
+    def clear(self, index: int) -> None:
+        """Forget what the process with ``index`` was running (it is gone)."""
+        if 0 <= index < self.count:
+            self._map[index * SLOT_BYTES] = 0
+
+    def ran(self, index: int, task_id: str) -> bool:
+        """True when the slot of ``index`` names ``task_id``."""
+        return self.running(index) == _encode(task_id).decode("utf-8", "replace")
+
+
+def watch_pool(pool: Any, slots: RunningSlots) -> bool:
+    """Count the deaths of pool processes that ran a job the worker never saw accepted.
+
+    ``pool`` is the worker's Celery pool (``consumer.pool``); only prefork pools
+    have such jobs (returns False for the others, or when already watched).
+    The job's request decides (``died_unaccepted(exitcode)``): when it returns
+    True the message was taken out (quarantined) and is not sent to another process.
+    """
+    asyn = getattr(pool, "_pool", None)
+    original = getattr(asyn, "on_partial_read", None)
+    if asyn is None or original is None or getattr(asyn, _WATCHED, False):
+        return False
+
+    def on_partial_read(job: Any, proc: Any) -> Any:
+        taken = False
+        try:
+            taken = _count_unaccepted_death(job, proc, slots)
+            if taken:
+                job._accepted = True  # billiard puts back only jobs nobody accepted
+        except Exception as exc:  # bookkeeping only: billiard's own handling goes on
+            log_event(logging.ERROR, "request-hook-failed", logger, hook="on_partial_read", error=repr(exc)[:300])
+        result = original(job, proc)
+        if taken:
+            job.discard()  # the request already reported its outcome
+        return result
+
+    asyn.on_partial_read = on_partial_read
+    setattr(asyn, _WATCHED, True)
+    return True
+
+
+def _count_unaccepted_death(job: Any, proc: Any, slots: RunningSlots) -> bool:
+    """Count the death if ``proc`` was running ``job`` when it died; True when the message was taken out."""
+    index = getattr(proc, "index", None)
+    if getattr(job, "_accepted", True) or not isinstance(index, int):
+        return False
+    ran = slots.ran(index, str(getattr(job, "correlation_id", "")))
+    slots.clear(index)
+    if not ran:
+        return False  # the job was only written to the process: billiard sends it to another one
+    request = getattr(getattr(job, "_accept_callback", None), "__self__", None)
+    died_unaccepted = getattr(request, "died_unaccepted", None)
+    return bool(died_unaccepted(getattr(proc, "exitcode", None))) if callable(died_unaccepted) else False

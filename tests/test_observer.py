@@ -1,0 +1,105 @@
+"""Outcome counters, in-process, through Celery's own tracer (the code path a worker runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import Celery, signals
+from celery.app.trace import build_tracer
+
+from prismatic_celery import MemoryStore, get_runtime, install
+from prismatic_celery.observer import stats_for
+from prismatic_celery.runtime import Runtime
+
+DOMAINS = {"core": {"children": ["storage"]}}
+
+
+class Unencodable:
+    """A result the JSON serializer refuses (Celery then fails the task after its body returned)."""
+
+
+def _app() -> tuple[Celery, Runtime]:
+    app = Celery("obs", broker="memory://", backend="cache+memory://", set_as_current=False)
+    app.conf.update(prismatic_domains=DOMAINS, prismatic_send_events=False, prismatic_store_url="memory://",
+                    prismatic_max_restarts_per_message=0, task_store_errors_even_if_ignored=True)
+    install(app, store=MemoryStore())
+
+    @app.task(name="obs.work", shared=False)
+    def work(kind: str) -> Any:
+        if kind == "boom":
+            raise ValueError("boom")
+        return Unencodable() if kind == "unencodable" else "ok"
+
+    @app.task(name="obs.plain", shared=False, supervise=False)
+    def plain() -> str:
+        return "ok"
+
+    app.finalize()
+    runtime = get_runtime(app)
+    assert runtime is not None
+    return app, runtime
+
+
+def _trace(app: Celery, name: str, *args: Any, queue: str = "storage") -> Any:
+    task = app.tasks[name]
+    tracer = build_tracer(name, task, app=app, hostname="w1@test", eager=False)
+    request = {"id": f"id-{args}", "hostname": "w1@test", "delivery_info": {"routing_key": queue, "queue": queue},
+               "retries": 0, "is_eager": False}
+    return tracer(request["id"], args, {}, request)
+
+
+def _counts(runtime: Runtime) -> dict[str, int]:
+    stats = stats_for(runtime)
+    stats.flush()
+    raw = runtime.store.hgetall(runtime.keys.key("stats", "w1@test"))
+    return {k: int(v) for k, v in raw.items()}
+
+
+def test_a_success_and_a_failure_are_each_counted_once() -> None:
+    app, runtime = _app()
+    _trace(app, "obs.work", "ok")
+    _trace(app, "obs.work", "boom")
+    assert _counts(runtime) == {"storage:started": 2, "storage:succeeded": 1, "storage:failed": 1}
+
+
+def test_a_result_celery_cannot_encode_is_a_failure_not_a_success() -> None:
+    """The body returned, then storing the result failed: Celery reports a failure, and so do the counters."""
+    app, runtime = _app()
+    failures: list[Any] = []
+
+    def on_failure(sender: Any = None, exception: Any = None, **_: Any) -> None:
+        failures.append(exception)
+
+    signals.task_failure.connect(on_failure, weak=False)
+    try:
+        _trace(app, "obs.work", "unencodable")
+    finally:
+        signals.task_failure.disconnect(on_failure)
+    assert failures, "Celery failed the task"
+    assert _counts(runtime) == {"storage:started": 1, "storage:failed": 1}
+
+
+def test_an_opted_out_task_and_an_unsupervised_queue_are_still_counted() -> None:
+    app, runtime = _app()
+    _trace(app, "obs.plain")
+    _trace(app, "obs.work", "ok", queue="elsewhere")
+    assert _counts(runtime) == {"storage:started": 1, "storage:succeeded": 1, "-:started": 1, "-:succeeded": 1}
+
+
+def test_a_direct_call_is_not_an_execution_and_is_not_counted() -> None:
+    app, runtime = _app()
+    assert app.tasks["obs.work"]("ok") == "ok"
+    assert _counts(runtime) == {}
+
+
+@pytest.mark.parametrize("signal", [signals.task_prerun, signals.task_success])
+def test_the_success_path_connects_no_per_task_signal_receiver(signal: Any) -> None:
+    """Celery's tracer skips a signal with no receivers: the plugin must not add one to the success path."""
+    _app()
+
+    def ours(sig: Any) -> list[Any]:
+        return [key for key, _ in sig.receivers if "prismatic" in str(key)]
+
+    assert ours(signals.task_failure), "failures are counted by a signal receiver (rare path)"
+    assert ours(signal) == []
