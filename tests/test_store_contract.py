@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 
@@ -152,3 +155,39 @@ def test_time_is_the_server_clock(store: Store) -> None:
 def test_ping_answers(store: Store) -> None:
     """ping is True while the backend answers."""
     assert store.ping() is True
+
+
+@pytest.mark.integration
+def test_a_process_forked_while_a_thread_holds_the_client_pool_lock_can_use_the_store(redis_url: str) -> None:
+    """A prefork pool process is forked while a worker thread (heartbeat, counter flush) is inside the Redis
+    client's connection pool: the child must not inherit that lock held, or its first command blocks for good."""
+    store = RedisStore(redis_url)
+    store.set_json("k", {"a": 1})
+    pool = store.client.connection_pool
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the pool process
+        try:
+            os.write(write, b"1" if store.get_json("k") == {"a": 1} and not store.degraded else b"0")
+        finally:
+            os._exit(0)
+    release.set()
+    holder.join()
+    try:
+        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout_s=10, interval_s=0.05,
+                 message="the forked process to finish its command")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    assert os.read(read, 1) == b"1"

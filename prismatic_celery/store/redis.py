@@ -74,9 +74,18 @@ class RedisStore(Store):
         _stores.add(self)
 
     def _after_fork(self) -> None:
-        """A forked child starts with fresh locks (a parent thread may have held them)."""
+        """A forked child starts with fresh locks (a parent thread may have held them).
+
+        The client's connection pool too: redis-py resets its pool in a child under the
+        inherited pool lock, so a pool process forked while a worker thread held that lock
+        (a heartbeat, a counter flush) would block on its first command, for good.
+        """
         self._lock = threading.Lock()
         self.fallback.lock = threading.RLock()
+        pool = getattr(self.client, "connection_pool", None)
+        for name in ("_fork_lock", "_lock"):
+            if hasattr(pool, name):
+                setattr(pool, name, threading.RLock())
 
     # the one guard every operation goes through -----------------------------------
     def _guard(self, on_redis: Callable[[redis.Redis], T], on_memory: Callable[[MemoryStore], T]) -> T:

@@ -22,6 +22,12 @@ def basic_env(broker: str, namespace: str, conf: dict[str, Any], store: str | No
     return env
 
 
+def shed_env(url: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
+    """The environment of a `celery -A tests.apps.shed_app worker` subprocess (broker and store on ``url``)."""
+    return {"SHED_BROKER_URL": url, "SHED_STORE_URL": url, "SHED_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
+            "SHED_CONF": json.dumps(conf)}
+
+
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     """A plain client on the test's own database (the tasks count their executions there)."""

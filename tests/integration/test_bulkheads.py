@@ -9,8 +9,6 @@ runs exactly once after the hang ends.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +17,12 @@ import redis
 
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
+from tests.integration.conftest import shed_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 CONF: dict[str, Any] = {"prismatic_bulkhead_defer_s": 0.3, "prismatic_shed_enabled": False}
-
-
-def _env(url: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"SHED_BROKER_URL": url, "SHED_STORE_URL": url, "SHED_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "SHED_CONF": json.dumps(conf)}
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
@@ -47,7 +34,7 @@ def test_a_hanging_domain_holds_at_most_its_cap_and_the_other_domain_keeps_compl
     names = queues(namespace)
     runs = f"{namespace}:runs"
     with WorkerProcess("tests.apps.shed_app", hostname=f"bh-{pool}-{namespace}@test", pool=pool, concurrency=4,
-                       env=_env(redis_url, namespace, CONF), cwd=ROOT) as worker:
+                       env=shed_env(redis_url, namespace, CONF), cwd=ROOT) as worker:
         try:
             worker.wait_ready(app)
             for i in range(6):
@@ -78,7 +65,7 @@ def test_a_cluster_wide_cap_holds_across_two_workers(redis_url: str, namespace: 
                                           "fast": {"children": [names["fast"]]}}}
     app = make_app(redis_url, redis_url, namespace, **conf)
     runs = f"{namespace}:runs"
-    env = _env(redis_url, namespace, conf)
+    env = shed_env(redis_url, namespace, conf)
     with WorkerProcess("tests.apps.shed_app", hostname=f"c1-{namespace}@test", concurrency=2, env=env,
                        cwd=ROOT) as w1, \
             WorkerProcess("tests.apps.shed_app", hostname=f"c2-{namespace}@test", concurrency=2, env=env,

@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from celery import Celery
 from prismatic_celery.health import EVENT_FIELDS, summary_numbers
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
+from tests.integration.conftest import basic_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -31,11 +31,6 @@ pytestmark = pytest.mark.integration
 #: Celery's own event fields, and the extra fields of stream entries written by the restart script.
 CELERY_ENVELOPE = {"type", "hostname", "timestamp", "utcoffset", "pid", "clock", "local_received"}
 STREAM_ENVELOPE = {"type", "time", "hostname", "domain_restarts", "paused"}
-
-
-def _env(broker: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "BASIC_CONF": json.dumps(conf)}
 
 
 def celery(env: dict[str, str], *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
@@ -49,17 +44,10 @@ def _consuming(app: Celery, host: str) -> set[str]:
     return {q["name"] for q in replies.get(host, [])}
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    c.close()
-
-
 def test_control_pause_resume_and_inspect_health_on_a_real_worker(redis_url: str, namespace: str) -> None:
     """`control supervision_pause` stops telemetry everywhere; inspect reports it and the worker's processes."""
     app = make_app(redis_url, namespace)
-    env = _env(redis_url, namespace, {})
+    env = basic_env(redis_url, namespace, {})
     host = f"obs-{namespace}@test"
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2, env=env, cwd=ROOT) as worker:
         worker.wait_ready(app)
@@ -116,7 +104,7 @@ def test_every_supervision_event_of_a_live_run_carries_documented_fields(
 ) -> None:
     """Restart, remediation, pause, resume, circuit: Celery events and stream entries match EVENT_FIELDS."""
     app = make_app(redis_url, namespace, **FAST)
-    env = _env(redis_url, namespace, FAST)
+    env = basic_env(redis_url, namespace, FAST)
     host = f"ev-{namespace}@test"
     captured: list[dict[str, Any]] = []
     ready, stop = threading.Event(), threading.Event()

@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,21 +26,10 @@ from click.testing import CliRunner
 from prismatic_celery.shedding_cli import shed
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
+from tests.integration.conftest import shed_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
-
-
-def _env(url: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
-    return {"SHED_BROKER_URL": url, "SHED_STORE_URL": url, "SHED_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
-            "SHED_CONF": json.dumps(conf)}
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield c
-    c.close()
 
 
 SHED = {"prismatic_shed_interval_s": 0.25, "worker_prefetch_multiplier": 4}
@@ -71,7 +59,7 @@ def test_5000_messages_high_priority_complete_low_priority_parked_then_replayed_
 
     started = time.monotonic()
     with WorkerProcess("tests.apps.shed_app", hostname=f"shed-{namespace}@test", pool="prefork", concurrency=4,
-                       env=_env(redis_url, namespace, SHED), cwd=ROOT) as worker:
+                       env=shed_env(redis_url, namespace, SHED), cwd=ROOT) as worker:
         parked_key = f"prismatic:{namespace}:parked:{queue}"
         try:
             wait_for(lambda: client.hlen(runs) + client.llen(parked_key) >= 5000, timeout_s=50, interval_s=0.2,
@@ -181,7 +169,7 @@ def test_the_samplers_redis_commands_per_second_do_not_grow_with_the_task_rate(
     monitor.thread.start()
     stop = threading.Event()
     with WorkerProcess("tests.apps.shed_app", hostname=f"cost-{namespace}@test", pool="prefork", concurrency=2,
-                       env=_env(redis_url, namespace, COST), cwd=ROOT) as worker:
+                       env=shed_env(redis_url, namespace, COST), cwd=ROOT) as worker:
         try:
             worker.wait_ready(app)
 
