@@ -88,11 +88,10 @@ class SupervisedRequest(Request):
         stored_success = getattr(self, "_success_was_stored", None)
         if not isinstance(exc, WorkerLostError) or (callable(stored_success) and stored_success()):
             return False
-        found = self._located()
-        if found is None:
+        counted = self._count_death()
+        if counted is None:
             return False
-        runtime, domain, child = found
-        deaths = runtime.engine.worker_lost(domain, child, self.id, self.task_name, self.hostname)
+        runtime, domain, child, deaths = counted
         if deaths >= runtime.settings.quarantine_deliveries:
             self._quarantine(runtime, domain, child, exc, safe_str(exc_info.traceback or ""), deaths)
             return True
@@ -108,11 +107,10 @@ class SupervisedRequest(Request):
         when it was the last one allowed and the message was quarantined (billiard
         must not send it again).
         """
-        found = self._located()
-        if found is None:
+        counted = self._count_death()
+        if counted is None:
             return False
-        runtime, domain, child = found
-        deaths = runtime.engine.worker_lost(domain, child, self.id, self.task_name, self.hostname)
+        runtime, domain, child, deaths = counted
         log_event(logging.WARNING, "worker-lost-unaccepted", logger, task=self.task_name, id=self.id,
                   exitcode=exitcode, deaths=deaths)
         if deaths < runtime.settings.quarantine_deliveries:
@@ -121,6 +119,16 @@ class SupervisedRequest(Request):
                               f"had accepted the task)")
         self._quarantine(runtime, domain, child, exc, "", deaths)
         return True
+
+    def _count_death(self) -> tuple[Runtime, Domain, Child, int] | None:
+        """Count a death of the pool process running this request: where it runs and its deaths so far
+        (None when its queue is not supervised)."""
+        found = self._located()
+        if found is None:
+            return None
+        runtime, domain, child = found
+        return runtime, domain, child, runtime.engine.worker_lost(domain, child, self.id, self.task_name,
+                                                                  self.hostname)
 
     def _quarantine(self, runtime: Runtime, domain: Domain, child: Child, exc: BaseException, traceback: str,
                     deaths: int) -> None:

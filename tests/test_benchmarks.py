@@ -8,30 +8,34 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from benchmarks.harness import pythonpath
+from tests.conftest import _require
+
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_per_s", "plugin_tasks_per_s"}
+
+
+def _quick(module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run ``python -m <module> --quick`` (it starts its own Redis servers and workers); its final JSON line."""
+    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--quick"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True, text=True, timeout=timeout_s,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
 def test_overhead_benchmark_quick_run_ends_with_its_json_summary() -> None:
     """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI is set: integration tests must run)")
-        pytest.skip("redis-server is not installed")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.overhead", "--quick"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=170,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    last = proc.stdout.strip().splitlines()[-1]
-    summary = json.loads(last)
-    assert set(summary) == KEYS, last
+    proc, summary = _quick("benchmarks.overhead", 170)
+    assert set(summary) == KEYS, summary
     assert summary["overhead_ratio"] > 0
     assert summary["redis_cmds_per_task"] >= 0
     assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
@@ -47,19 +51,8 @@ OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls"
 @pytest.mark.timeout(150)
 def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin() -> None:
     """`python -m benchmarks.outage --quick`: sane figures, and the plugin loses no task and runs none twice."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (CI is set: integration tests must run)")
-        pytest.skip("redis-server is not installed")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.outage", "--quick"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=140,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    last = proc.stdout.strip().splitlines()[-1]
-    summary = json.loads(last)
-    assert set(summary) == OUTAGE_KEYS, last
+    proc, summary = _quick("benchmarks.outage", 140)
+    assert set(summary) == OUTAGE_KEYS, summary
     assert summary["lost"] == 0 and summary["duplicates"] == 0, proc.stdout
     assert summary["plain_lost"] >= 0 and summary["plain_duplicates"] >= 0
     assert summary["plain_calls"] >= 40, "every plain task called the dead service at least once"

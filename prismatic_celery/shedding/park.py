@@ -106,12 +106,11 @@ PUTBACK = Script.from_file(_SCRIPTS / "putback.lua", _putback_twin)
 PURGE = Script.from_file(_SCRIPTS / "purge.lua", _purge_twin)
 
 
-def park_record(task: Task[Any, Any], queue: str, *, request: Any = None, **context: Any) -> str | None:
+def park_record(task: Task[Any, Any], queue: str, *, request: Any, **context: Any) -> str | None:
     """A message as a JSON record; None when its arguments are not JSON (it cannot be parked).
 
-    ``request`` is the message's Context (default: the running one, ``task.request``).
+    ``request`` is the message's Context (what the task would see as ``task.request``).
     """
-    request = task.request if request is None else request
     delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
     options = {k: v for k, v in request.as_execution_options().items()
                if v is not None and k not in _NOT_REPLAYED}

@@ -84,18 +84,15 @@ def importance_of(task: Task[Any, Any], headers: Iterable[Any], priority: Any, *
     return importance_from_priority(priority, higher_first=higher_first)
 
 
-def message_importance(task: Task[Any, Any], *, higher_first: bool, request: Any = None) -> int | None:
-    """The importance of a message (header, then task option, then message priority).
-
-    ``request`` is the message's Context (default: the running one, ``task.request``).
-    """
-    request = task.request if request is None else request
+def message_importance(task: Task[Any, Any], *, higher_first: bool) -> int | None:
+    """The importance of the running message (header, then task option, then message priority)."""
+    request = task.request
     delivery = request.delivery_info if isinstance(request.delivery_info, Mapping) else {}
     return importance_of(task, (_headers(request).get(HEADER), getattr(request, HEADER, None)),
                          delivery.get("priority"), higher_first=higher_first)
 
 
-def replayed(task: Task[Any, Any], request: Any = None) -> bool:
-    """True when the message was put back by ``shed replay`` (an operator chose to run it)."""
-    request = task.request if request is None else request
+def replayed(task: Task[Any, Any]) -> bool:
+    """True when the running message was put back by ``shed replay`` (an operator chose to run it)."""
+    request = task.request
     return bool(_headers(request).get(REPLAYED_HEADER) or getattr(request, REPLAYED_HEADER, None))

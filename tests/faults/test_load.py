@@ -19,19 +19,18 @@ arrive, then:
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 from celery import Celery
 
 from prismatic_celery import get_runtime
+from prismatic_celery.health import rss_bytes
 from prismatic_celery.shedding.park import parked_key, totals_key
 from prismatic_celery.shedding.sampler import redis_subqueues
-from prismatic_celery.testing import wait_for
+from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.conftest import RedisServer
 from tests.faults.apps import make_faults_app
 from tests.faults.conftest import faults_env, worker
@@ -48,23 +47,10 @@ LOW_PRIORITY, HIGH_PRIORITY = 9, 0  # kombu's Redis transport consumes 0 first: 
 CONF = {"prismatic_shed_threshold": 1000, "prismatic_shed_interval_s": 0.5, "prismatic_shed_park_max": PARK_MAX}
 
 
-def _rss(pid: int) -> int:
-    """Resident memory of ``pid`` and its children, in bytes (0 for a process that is gone)."""
-    total = 0
-    pids = [pid]
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as children:
-                pids += [int(p) for p in children.read().split()]
-    except OSError:
-        return 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/status") as status:
-                total += next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            continue
-    return total
+def _rss(worker: WorkerProcess) -> int:
+    """Resident memory of the worker's main process and its pool processes, in bytes (0 once it is gone)."""
+    pids = [worker.proc.pid, *worker.pool_pids()] if worker.proc is not None else []
+    return sum(rss_bytes(pid) or 0 for pid in pids)
 
 
 def _plugin_memory(client: redis.Redis, namespace: str) -> int:
@@ -73,8 +59,13 @@ def _plugin_memory(client: redis.Redis, namespace: str) -> int:
                for key in client.scan_iter(match=f"prismatic:{namespace}:*", count=1000))
 
 
+def _subqueues(queue: str) -> list[str]:
+    """The Redis lists kombu's Redis transport keeps for ``queue`` (its default separator and priority steps)."""
+    return redis_subqueues(queue, sep="\x06\x16", steps=[0, 3, 6, 9])
+
+
 def _backlog(client: redis.Redis, queue: str) -> int:
-    return sum(int(client.llen(name)) for name in redis_subqueues(queue, sep="\x06\x16", steps=[0, 3, 6, 9]))
+    return sum(int(client.llen(name)) for name in _subqueues(queue))
 
 
 def _preload(app_publish: redis.Redis, app: Celery, queue: str, count: int) -> None:
@@ -82,7 +73,7 @@ def _preload(app_publish: redis.Redis, app: Celery, queue: str, count: int) -> N
     Celery is the template, copied with fresh ids and delivery tags (pipelined LPUSH)."""
     task = app.tasks["faults.accept"]
     result = task.apply_async(("lo",), queue=queue, priority=LOW_PRIORITY)
-    key = next(n for n in redis_subqueues(queue, sep="\x06\x16", steps=[0, 3, 6, 9]) if app_publish.llen(n))
+    key = next(n for n in _subqueues(queue) if app_publish.llen(n))
     template = app_publish.lpop(key)
     assert isinstance(template, bytes)
     tag = json.loads(template)["properties"]["delivery_tag"]
@@ -96,13 +87,9 @@ def _preload(app_publish: redis.Redis, app: Celery, queue: str, count: int) -> N
     assert _backlog(app_publish, queue) == count
 
 
-@pytest.fixture
-def broker(redis_server: RedisServer) -> Iterator[str]:
-    yield redis_server.url
-
-
-def test_a_hundred_thousand_queued_messages_with_shedding_on(broker: str, redis_url: str, namespace: str,
-                                                              ledger: redis.Redis) -> None:
+def test_a_hundred_thousand_queued_messages_with_shedding_on(redis_server: RedisServer, redis_url: str,
+                                                              namespace: str, ledger: redis.Redis) -> None:
+    broker = redis_server.url
     store_url = broker.rsplit("/", 1)[0] + "/1"
     app = make_faults_app(broker, namespace, store_url, redis_url, **CONF)
     runtime = get_runtime(app)
@@ -118,18 +105,20 @@ def test_a_hundred_thousand_queued_messages_with_shedding_on(broker: str, redis_
     plugin_bytes: list[int] = []
     with worker(namespace, env, name="load") as w:
         w.wait_ready(app)
-        assert w.proc is not None
+
+        def sample() -> None:
+            rss.append(_rss(w))
+            plugin_bytes.append(_plugin_memory(store, namespace))
+
         high = []
         for i in range(HIGH):
             high.append(app.tasks["faults.accept"].apply_async((f"hi{i}",), queue="monitor", priority=HIGH_PRIORITY))
             if i % 20 == 19:
-                rss.append(_rss(w.proc.pid))
-                plugin_bytes.append(_plugin_memory(store, namespace))
+                sample()
                 time.sleep(0.25)
 
         def settled() -> bool:
-            rss.append(_rss(w.proc.pid))  # type: ignore[union-attr]
-            plugin_bytes.append(_plugin_memory(store, namespace))
+            sample()
             done = all(ledger.get(f"runs:hi{i}") == "1" for i in range(HIGH))
             return done and int(store.hget(totals_name, "monitor:parked") or 0) >= 2 * PARK_MAX
 
