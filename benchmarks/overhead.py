@@ -32,11 +32,19 @@ shorter warm-up pair). Each run:
    and shutdown. Divided by the successful tasks it gives ``redis_cmds_per_task`` (an
    upper bound of the per-task cost, as the per-run fixed costs are included).
 
+Then the failure path: store round trips per failed execution with lessons on (the default),
+counted on the wire to the store's server (each ``send_packed_command`` of a connection to it: a
+pipeline is one round trip), for ``--crashes`` failures of each kind, through the engine's real
+``on_crash`` in this process (the republish to the broker is left out): a re-run
+(``ConnectionError``: the default network rule) and a dead letter (``ValueError``: an unknown
+pattern, after the pattern's one escalation).
+
 Output: one line per run, a summary, then one JSON line::
 
     {"overhead_ratio": <median of plugin/plain per pair>, "redis_cmds_per_task": <sum of
      plugin store commands / sum of successful tasks>, "pairs": n, "tasks": n,
-     "plain_tasks_per_s": median, "plugin_tasks_per_s": median}
+     "plain_tasks_per_s": median, "plugin_tasks_per_s": median,
+     "crash_round_trips": <the largest mean of the failure kinds>}
 """
 
 from __future__ import annotations
@@ -53,12 +61,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import redis
 from celery import Celery
 
 from benchmarks.apps import ENDS_KEY, NOOP, QUEUE, STARTS_KEY, make_app
 from benchmarks.harness import HOST, ROOT, pythonpath, redis_server
+from prismatic_celery import get_runtime
 from prismatic_celery.testing import WorkerProcess, wait_for
 
 
@@ -203,6 +213,50 @@ class Bench:
         return Run(variant, self.runs, n, max(ends) - min(starts), store_cmds, succeeded)
 
 
+# the failure path ----------------------------------------------------------------------------
+def crash_round_trips(store_url: str, port: int, crashes: int) -> dict[str, float]:
+    """Mean store round trips per failed execution, by kind (lessons on: the default)."""
+    import redis.connection
+    from celery.canvas import Signature
+    from celery.exceptions import Retry
+
+    app = make_app("plugin", "memory://", store_url=store_url)
+    runtime = get_runtime(app)
+    assert runtime is not None and runtime.learning is not None
+    task = app.tasks[NOOP]
+    sent = [0]
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True) -> None:
+        if self.port == port:
+            sent[0] += 1
+        original(self, command, check_health)
+
+    def fail(task_id: str, exc: Exception) -> None:
+        task.push_request(id=task_id, delivery_info={"routing_key": QUEUE}, retries=0, called_directly=False,
+                          hostname="bench@crashes", args=(0, 1, 0), kwargs={})
+        try:
+            runtime.engine.on_crash(task, exc)
+        except Retry:
+            pass
+        finally:
+            task.pop_request()
+
+    kinds: dict[str, Any] = {"rerun": lambda i: ConnectionError(f"refused {i}"),
+                             "dead_letter": lambda i: ValueError(f"invalid payload {i}")}
+    means: dict[str, float] = {}
+    with patch.object(redis.connection.Connection, "send_packed_command", counting), \
+            patch.object(Signature, "apply_async", lambda *_, **__: None):
+        for kind, error in kinds.items():
+            fail(f"{kind}-warm-up", error(crashes))  # scripts loaded, connections open, the pattern's escalation made
+            sent[0] = 0
+            for i in range(crashes):
+                fail(f"{kind}-{i}", error(i))
+            means[kind] = sent[0] / crashes
+    app.close()
+    return means
+
+
 # driver --------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
@@ -212,15 +266,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="prefork pool processes (default 2)")
     parser.add_argument("--warmup", type=int, default=None, help="tasks per run of the discarded warm-up pair "
                         "(default min(tasks, 500); 0: none)")
+    parser.add_argument("--crashes", type=int, default=200, help="failed executions counted per kind (200)")
     parser.add_argument("--quick", action="store_true",
-                        help="short run for the tests: 2 pairs of 400 tasks, no warm-up")
+                        help="short run for the tests: 2 pairs of 400 tasks, no warm-up, 20 crashes per kind")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.tasks, args.warmup = 2, 400, 0
+        args.pairs, args.tasks, args.warmup, args.crashes = 2, 400, 0, 20
     if args.warmup is None:
         args.warmup = min(args.tasks, 500)
-    if args.pairs < 1 or args.tasks < 40 or args.concurrency < 1 or args.warmup < 0:
-        parser.error("--pairs and --concurrency must be >= 1, --tasks >= 40, --warmup >= 0")
+    if args.pairs < 1 or args.tasks < 40 or args.concurrency < 1 or args.warmup < 0 or args.crashes < 1:
+        parser.error("--pairs, --concurrency and --crashes must be >= 1, --tasks >= 40, --warmup >= 0")
     if 0 < args.warmup < 40:
         parser.error("--warmup must be 0 or >= 40")
     return args
@@ -280,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs.append(bench.run(variant, args.tasks))
                 print(runs[-1].line(), flush=True)
         result = summarize(runs, args.pairs, args.tasks)
+        trips = crash_round_trips(store_url, store_port, args.crashes)
+        print("store round trips per failed execution (lessons on): "
+              + ", ".join(f"{kind} {mean:.2f}" for kind, mean in trips.items()) + f" ({args.crashes} each)")
+        result["crash_round_trips"] = round(max(trips.values()), 3)
         print(f"total time {time.monotonic() - began:.1f} s")
     print(json.dumps(result), flush=True)
     return 0

@@ -10,6 +10,7 @@ Enable it with one call after creating the app::
 from __future__ import annotations
 
 from .config import SETTINGS, Settings, load_settings
+from .engine.crash import reruns
 from .errors import ConfigurationError, PrismaticError, StoreError
 from .install import install, supervise_registered_tasks
 from .keys import Keys
@@ -46,5 +47,6 @@ __all__ = [
     "install",
     "load_settings",
     "open_store",
+    "reruns",
     "supervise_registered_tasks",
 ]

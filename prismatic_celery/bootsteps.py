@@ -95,10 +95,13 @@ def worker_key(runtime: Runtime, hostname: str) -> str:
 
 
 class Ticker:
-    """A daemon thread calling ``tick`` every ``interval_s`` (or as soon as ``wake`` is set) until stopped."""
+    """A daemon thread calling ``tick`` every ``interval_s`` (or as soon as ``wake`` is set) until stopped.
+
+    ``tick`` may return a shorter wait (seconds) before its next call.
+    """
 
     def __init__(
-        self, name: str, interval_s: float, tick: Callable[[], None], *, wake: threading.Event | None = None
+        self, name: str, interval_s: float, tick: Callable[[], float | None], *, wake: threading.Event | None = None
     ) -> None:
         self.interval_s = interval_s
         self.tick = tick
@@ -117,11 +120,14 @@ class Ticker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            wait = self.interval_s
             try:
-                self.tick()
+                sooner = self.tick()
+                if sooner is not None:
+                    wait = max(0.01, min(wait, sooner))
             except Exception as exc:  # a failing tick is logged; the next one runs anyway
                 log_event(logging.ERROR, "tick-failed", logger, thread=self._thread.name, error=repr(exc)[:300])
-            self.wake.wait(self.interval_s)
+            self.wake.wait(wait)
             self.wake.clear()
 
 
@@ -153,12 +159,13 @@ class SupervisionStep(bootsteps.StartStopStep):
         ttl_s = max(10.0, 5 * runtime.settings.reconcile_interval_s)
         last_beat = [0.0]
 
-        def tick() -> None:
-            reconciler.poll()
+        def tick() -> float | None:
+            snapshot = reconciler.poll()
             if time.monotonic() - last_beat[0] >= runtime.settings.reconcile_interval_s:
                 last_beat[0] = time.monotonic()
                 runtime.store.set_json(worker_key(runtime, hostname), self._registration(consumer, runtime),
                                        ttl_s=ttl_s)
+            return snapshot.next_change_s()  # a pause that ends by expiry is read again as it ends
 
         self.ticker = Ticker("prismatic-supervision", runtime.settings.reconcile_interval_s, tick,
                              wake=reconciler.wake)

@@ -80,6 +80,13 @@ def _rate(setting: str, value: Any) -> float:
     return float(value)
 
 
+def _fraction(setting: str, value: Any) -> float:
+    rate = _rate(setting, value)
+    if rate == 0:
+        raise ConfigurationError(setting, "must be above 0 (0 would fail a child on its first execution)")
+    return rate
+
+
 def _positive_int(setting: str, value: Any) -> int:
     return as_int(setting, value, minimum=1)
 
@@ -105,6 +112,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Default restart budget of a domain (restarts in seconds)."),
     Setting("supervisor_budget", DEFAULT_SUPERVISOR_BUDGET, RestartBudget.from_config, "{max_restarts, period_s}",
             "Top-level budget: domain restarts allowed before escalating to operators."),
+    Setting("child_failure_rate", 0.5, _fraction, "0..1",
+            "A child fails (and its strategy and budget act) when at least this fraction of its executions in the "
+            "window failed. Half, as Resilience4j's default: a busy queue with a steady 1-5 % error rate is "
+            "healthy and never trips; a queue where every message fails trips at once."),
+    Setting("child_min_executions", 20, _positive_int, "executions",
+            "Executions of a child in the window before its failure rate means anything (a few failures of a "
+            "quiet queue are message failures, handled by remediation alone)."),
+    Setting("child_window_s", 10.0, as_seconds, "s",
+            "Sliding window of a child's executions, counted across the cluster. Short enough that a busy queue "
+            "that starts failing every message trips within about half of it."),
     Setting("hotspot_restarts", 3, _positive_int, "restarts",
             "A child with more restarts than this in the window is a hotspot."),
     Setting("hotspot_window_s", 300.0, as_seconds, "s", "Sliding window of hotspot detection."),
@@ -201,6 +218,9 @@ class Settings:
     store_timeout_s: float
     store_retry_s: float
     supervisor: Supervisor
+    child_failure_rate: float
+    child_min_executions: int
+    child_window_s: float
     hotspot_restarts: int
     hotspot_window_s: float
     pause_window_s: float

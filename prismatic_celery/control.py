@@ -98,7 +98,7 @@ def pause_target(runtime: Runtime, name: str, duration_s: float | None = None, *
 def resume_target(runtime: Runtime, name: str, *, by: str = "operator") -> tuple[Target, int]:
     """End the pauses of ``name`` (a domain: also its cool-down and escalation); the target and pauses ended."""
     target = resolve_target(runtime, name)
-    cleared = clear_pauses(runtime.store, runtime.keys, target.queues)
+    cleared = clear_pauses(runtime.store, runtime.keys, runtime.supervisor, target.queues)
     if target.whole_domain:
         runtime.store.delete(runtime.keys.key("escalation", target.domain), runtime.keys.key("cooldown", target.domain))
     runtime.emit("resume", domain=target.domain, queues=",".join(target.queues), reason="operator", by=by)

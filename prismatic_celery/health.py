@@ -7,7 +7,7 @@ moment. What is read (``<ns>`` is ``prismatic_namespace``):
 
 | Key | Read for |
 |---|---|
-| ``prismatic:<ns>:pause:<queue>`` | paused children (one MGET) |
+| ``prismatic:<ns>:pause:<queue>:<cause>`` | paused children (one MGET) |
 | ``prismatic:<ns>:restart-totals`` | restarts per child since the start (HGETALL) |
 | ``prismatic:<ns>:restarts:<queue>`` | restarts per child in the hotspot window (ZCOUNT each) |
 | ``prismatic:<ns>:escalation:<domain>`` | escalated domains (one MGET) |
@@ -369,7 +369,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
     store, keys, settings = runtime.store, runtime.keys, runtime.settings
     tree = runtime.supervisor
     at = store.time() if now is None else now
-    pauses = read_pauses(store, keys, tree.queues)
+    pauses = read_pauses(store, keys, tree, tree.queues)
     totals = store.hgetall(keys.key("restart-totals"))
     names = [d.name for d in tree.domain_list]
     escalations = dict(zip(names, store.get_many([keys.key("escalation", n) for n in names]), strict=True))
@@ -643,39 +643,51 @@ TASK_CONTEXT = {
 
 #: The body of each ``supervision-<type>`` Celery event, and of the ``prismatic:<ns>:events`` stream
 #: entries. Every Celery event also carries Celery's own ``type``, ``hostname`` (the worker),
-#: ``timestamp``, ``utcoffset``, ``pid`` and ``clock``. Stream entries add ``type``, ``time`` (seconds
-#: since the epoch) and ``hostname``; those the restart script writes (restart, pause, escalation) also
-#: ``domain_restarts`` (restart: the domain's restarts in its budget period) and ``paused`` (pause:
-#: how many queues it paused). A field that does not apply to an event is absent.
+#: ``timestamp``, ``utcoffset``, ``pid`` and ``clock``. Stream entries add ``type`` (``dead_letter``
+#: for ``supervision-dead-letter``), ``time`` (seconds since the epoch) and ``hostname``; pause
+#: entries written by the restart script also ``paused`` (how many queues it paused). A field that
+#: does not apply to an event is absent. Each failed message has exactly one event (remediation,
+#: dead-letter or crash); a child failure adds restart, and pause or escalation when they follow.
 EVENT_FIELDS: dict[str, dict[str, str]] = {
     "restart": {
-        "domain": "the child's domain", **TASK_CONTEXT,
-        "attempt": "re-run number of this message (1 = first re-run)",
-        "countdown_s": "seconds before the re-run (backoff, or the domain's cool-down)",
+        "domain": "the child's domain", "child": "the child that failed (its queue)",
+        **{k: f"{v} (the failure that tripped it)" for k, v in TASK_CONTEXT.items() if k != "child"},
+        "executions": "the child's executions in its window when it failed",
+        "failures": "failed executions among them",
+        "window_s": "the window's length in seconds",
         "child_restarts": "restarts of the child within the hotspot window, this one included",
-        "action": "the remediation that re-runs it (retry_with_backoff, circuit_break, restart_child...)",
-        "rule": "the rule (or lesson) that chose the remediation",
-        "failure_class": "the crash's failure class",
+        "domain_restarts": "restarts of the domain within its budget period, this one included",
     },
     "remediation": {
         "domain": "the child's domain", **TASK_CONTEXT,
         "action": "remediation applied: retry_with_backoff, circuit_break, restart_child, recycle_process, "
-                  "dead_letter, shed",
+                  "redeliver (a pool-process death)",
         "rule": "name of the rule (or lesson) that chose it; empty for an unnamed rule",
         "failure_class": "state_corruption, external_dependency, resource_exhaustion or logic_error",
-        "attempt": "re-run number (only when the message is re-run)",
-        "countdown_s": "seconds before the re-run (only when the message is re-run)",
+        "fingerprint": "the failure's fingerprint (its lesson)",
+        "attempt": "re-run number of this message (1 = first re-run; the plugin's own count, not Celery's retries)",
+        "countdown_s": "seconds before the re-run (backoff, or the end of the domain's cool-down plus jitter)",
+        "deaths": "pool-process deaths this message caused so far (pool deaths only)",
+    },
+    "dead_letter": {
+        "domain": "the child's domain", **TASK_CONTEXT,
+        "reason": "restarts_exhausted, dead_letter, shed, escalated: <reason>, or quarantined (killed its pool "
+                  "process prismatic_quarantine_deliveries times)",
+        "action": "the remediation the rules (or a lesson) chose", "rule": "its rule",
+        "failure_class": "the failure class", "fingerprint": "the failure's fingerprint",
+        "attempts": "executions of the message, this one included",
+        "deaths": "pool-process deaths it caused (quarantine only)",
     },
     "escalation": {
-        "domain": "the domain escalated", **TASK_CONTEXT,
-        "reason": "supervisor_budget_exceeded, message_restarts_exhausted, or the escalate action's reason "
-                  "(e.g. unknown_failure_pattern)",
+        "domain": "the domain", **TASK_CONTEXT,
+        "reason": "supervisor_budget_exceeded (the domain escalated: CRITICAL), or the escalate action's reason "
+                  "(e.g. unknown_failure_pattern, disk_full), once per new failure pattern",
         "supervisor_restarts": "domain restarts counted by the top-level supervisor (budget case)",
         "cooldown_s": "how long the domain stays paused (budget case)",
-        "attempts": "re-runs the message had (message_restarts_exhausted)",
-        "action": "remediation that escalated (rule and lesson cases)",
-        "rule": "rule name (rule and lesson cases)",
-        "failure_class": "failure class (rule and lesson cases)",
+        "action": "remediation that escalated (pattern case)",
+        "rule": "rule name (pattern case)",
+        "failure_class": "failure class (pattern case)",
+        "fingerprint": "the new failure pattern (pattern case)",
     },
     "circuit": {
         "name": "circuit breaker name",
@@ -703,14 +715,12 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
         "reason": "rest_for_one, one_for_all, cooldown, escalated, manual or circuit",
         "cooldown_s": "pause length in seconds (cool-down, escalation and manual pauses)",
         "by": "who paused (manual pauses)",
-        **{k: f"{v} (strategy pauses)" for k, v in TASK_CONTEXT.items()},
-        "action": "remediation of the crash that paused (strategy pauses)",
-        "rule": "rule of that remediation (strategy pauses)",
-        "failure_class": "failure class of that crash (strategy pauses)",
+        "child": "the child whose failure paused them (strategy, cool-down and escalation pauses)",
+        **{k: f"{v} (of the failure that paused)" for k, v in TASK_CONTEXT.items() if k != "child"},
     },
     "resume": {
         "domain": "the domain resumed",
-        "queues": "comma-separated queues released",
+        "queues": "comma-separated queues whose pause by this cause ended",
         "reason": "child_recovered (the failed child succeeded) or operator",
         "child": "the child whose success ended its rest_for_one pauses (child_recovered)",
         "at": "when, seconds since the epoch (child_recovered)",
@@ -718,16 +728,18 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
     },
     "crash": {
         "domain": "the child's domain", **TASK_CONTEXT,
-        "outcome": "normal_exit, not_requeueable, restarts_exhausted or the action chosen",
-        "action": "remediation chosen", "rule": "rule name", "failure_class": "failure class",
+        "outcome": "normal_exit (a transient child's normal exception), not_requeueable (a direct call), "
+                   "temporary (a temporary child's message: it fails as in plain Celery)",
+        "action": "remediation the rules chose", "rule": "rule name", "failure_class": "failure class",
+        "fingerprint": "the failure's fingerprint",
     },
 }
-
 
 def event_fields_table() -> str:
     """:data:`EVENT_FIELDS` as a Markdown table (for the README)."""
     lines = ["| Celery event | Field | Meaning |", "|---|---|---|"]
     for kind, fields in EVENT_FIELDS.items():
         for index, (name, meaning) in enumerate(fields.items()):
-            lines.append(f"| {'`supervision-' + kind + '`' if index == 0 else ''} | `{name}` | {meaning} |")
+            label = f"`supervision-{kind.replace('_', '-')}`" if index == 0 else ""
+            lines.append(f"| {label} | `{name}` | {meaning} |")
     return "\n".join(lines)

@@ -25,11 +25,12 @@ __all__ = [
     "StreamListener",
     "SupervisionEvent",
     "SupervisionListener",
+    "level_of",
 ]
 
 logger = get_logger("listeners")
 
-EVENT_TYPES = ("crash", "restart", "pause", "resume", "remediation", "escalation", "circuit", "shed")
+EVENT_TYPES = ("crash", "restart", "pause", "resume", "remediation", "dead_letter", "escalation", "circuit", "shed")
 
 
 @dataclass(frozen=True)
@@ -51,18 +52,18 @@ class SupervisionEvent:
 
     @property
     def celery_type(self) -> str:
-        """The Celery event type, e.g. ``supervision-restart``."""
-        return f"supervision-{self.type}"
+        """The Celery event type, e.g. ``supervision-restart``, ``supervision-dead-letter``."""
+        return f"supervision-{self.type.replace('_', '-')}"
 
 
 class SupervisionListener:
     """Override only the hooks you need; each receives the event and returns nothing."""
 
     def on_crash(self, event: SupervisionEvent) -> None:
-        """A supervised task failed (before any decision)."""
+        """A supervised task failed and was only recorded (no remediation applies, e.g. a temporary child)."""
 
     def on_restart(self, event: SupervisionEvent) -> None:
-        """A child's work is being run again."""
+        """A child failed (its executions fail at a high rate) and restarts: strategy and budget apply."""
 
     def on_pause(self, event: SupervisionEvent) -> None:
         """Queues stopped being consumed (strategy or cool-down)."""
@@ -71,10 +72,13 @@ class SupervisionListener:
         """Paused queues are consumed again."""
 
     def on_remediation(self, event: SupervisionEvent) -> None:
-        """A remediation action was applied."""
+        """A failed message runs again under a remediation action."""
+
+    def on_dead_letter(self, event: SupervisionEvent) -> None:
+        """A failed message was moved to the dead-letter queue."""
 
     def on_escalation(self, event: SupervisionEvent) -> None:
-        """Operators are needed: a budget is exhausted or a failure is unknown."""
+        """A person is needed: a new failure pattern the rules escalate, or a domain's supervisor budget ran out."""
 
     def on_circuit(self, event: SupervisionEvent) -> None:
         """A circuit breaker changed state."""
@@ -83,20 +87,27 @@ class SupervisionListener:
         """Messages were shed under load."""
 
 
-_LEVELS = {"escalation": logging.CRITICAL, "crash": logging.WARNING, "shed": logging.WARNING}
+_LEVELS = {"escalation": logging.ERROR, "restart": logging.WARNING, "dead_letter": logging.WARNING,
+           "shed": logging.WARNING}
+
+
+def level_of(event: SupervisionEvent) -> int:
+    """The log level of an event: CRITICAL only for a domain escalation (its supervisor budget is exhausted)."""
+    if event.type == "escalation" and event.fields.get("reason") == "supervisor_budget_exceeded":
+        return logging.CRITICAL
+    if event.type == "circuit" and event.fields.get("new_state") == "open":
+        return logging.WARNING
+    return _LEVELS.get(event.type, logging.INFO)
 
 
 class LogListener(SupervisionListener):
-    """Writes every event as one structured log line (escalations at CRITICAL)."""
+    """Writes every event as one structured log line (a domain escalation at CRITICAL)."""
 
     def _log(self, event: SupervisionEvent) -> None:
-        level = _LEVELS.get(event.type, logging.INFO)
-        if event.type == "circuit" and event.fields.get("new_state") == "open":
-            level = logging.WARNING
-        log_event(level, event.celery_type, get_logger("events"), **event.fields)
+        log_event(level_of(event), event.celery_type, get_logger("events"), **event.fields)
 
     on_crash = on_restart = on_pause = on_resume = _log
-    on_remediation = on_escalation = on_circuit = on_shed = _log
+    on_remediation = on_dead_letter = on_escalation = on_circuit = on_shed = _log
 
 
 class StreamListener(SupervisionListener):
@@ -115,7 +126,7 @@ class StreamListener(SupervisionListener):
         self.store.stream_add(self.key, fields, maxlen=self.maxlen)
 
     on_crash = on_restart = on_pause = on_resume = _append
-    on_remediation = on_escalation = on_circuit = on_shed = _append
+    on_remediation = on_dead_letter = on_escalation = on_circuit = on_shed = _append
 
 
 class CeleryEventListener(SupervisionListener):
@@ -132,7 +143,7 @@ class CeleryEventListener(SupervisionListener):
             dispatcher.send(event.celery_type, **fields)
 
     on_crash = on_restart = on_pause = on_resume = _send
-    on_remediation = on_escalation = on_circuit = on_shed = _send
+    on_remediation = on_dead_letter = on_escalation = on_circuit = on_shed = _send
 
 
 class Dispatcher:

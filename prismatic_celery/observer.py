@@ -1,7 +1,10 @@
 """Outcome counters: observation and bookkeeping only (they cannot change a task's fate).
 
 Counters are kept in-process and flushed to Redis by a background thread every
-``prismatic_stats_flush_s`` seconds, never per task. A supervised task counts
+``prismatic_stats_flush_s`` seconds, never per task; the same thread adds each
+supervised child's successes to its execution window every
+:data:`~prismatic_celery.engine.window.FLUSH_INTERVAL_S` (the evidence that a
+child works, :mod:`prismatic_celery.engine.window`). A supervised task counts
 its own start and success in ``SupervisedTask.__call__`` (no signal receiver, so
 Celery's tracer skips the ``task_prerun``/``task_success`` dispatch for every
 task); failures, retries, revocations and rejections come from Celery's
@@ -22,6 +25,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from .engine.window import FLUSH_INTERVAL_S, ExecutionWindow
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
 
@@ -47,11 +51,15 @@ class TaskStats:
         self._lock = threading.Lock()
         self._pid = -1
         self._wake = threading.Event()
+        settings = self.runtime.settings
+        self.window = ExecutionWindow(self.runtime.store, self.runtime.keys, settings.child_window_s)
 
     def count(self, hostname: str | None, queue: str, outcome: str, amount: int = 1) -> None:
         """Count ``amount`` outcomes in memory (no I/O); starts this process's flusher if needed."""
         with self._lock:
             self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += amount
+            if outcome == "succeeded" and amount > 0 and queue != UNSUPERVISED:
+                self.window.success(queue)
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
@@ -69,11 +77,15 @@ class TaskStats:
 
     def _loop(self) -> None:
         pid = os.getpid()
+        flushed_at = time.monotonic()
         while self._pid == pid:
-            self._wake.wait(self.runtime.settings.stats_flush_s)
+            self._wake.wait(min(FLUSH_INTERVAL_S, self.runtime.settings.stats_flush_s))
             self._wake.clear()
             try:
-                self.flush()
+                self.window.flush()
+                if time.monotonic() - flushed_at >= self.runtime.settings.stats_flush_s:
+                    flushed_at = time.monotonic()
+                    self.flush()
             except Exception as exc:  # never let the flusher die silently
                 log_event(logging.ERROR, "stats-flush-failed", logger, error=repr(exc)[:300])
             time.sleep(0)
@@ -175,7 +187,9 @@ def on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
 @_guarded
 def on_process_shutdown(**_: Any) -> None:
     for runtime in list(_flush_targets):
-        stats_for(runtime).flush()
+        stats = stats_for(runtime)
+        stats.window.flush()
+        stats.flush()
 
 
 _flush_targets: list[Runtime] = []

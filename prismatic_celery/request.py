@@ -3,13 +3,15 @@
 * Which pool process accepted a task (so a ``one_for_all`` restart recycles
   exactly the processes that served the domain).
 * A pool process that died running a task (``WorkerLostError``: segfault,
-  ``os._exit``, OOM kill) is a crash: its deaths are counted per message id
-  across worker restarts; a message that killed its process
+  ``os._exit``, OOM kill) is a failed execution like any other (it counts in
+  the child's failure rate); its deaths are counted per message id across
+  worker restarts; a message that killed its process
   ``prismatic_quarantine_deliveries`` times goes to the dead-letter queue and
   is acknowledged, so a crash loop cannot hold the queue. Below that, the
   message runs again: Celery requeues it (``acks_late`` with
   ``reject_on_worker_lost``) or the plugin republishes it (otherwise plain
-  Celery would drop it).
+  Celery would drop it), unless its child is ``temporary``: then it fails with
+  Celery's own ``WorkerLostError``, as without the plugin.
 
 Every hook is guarded: bookkeeping failures never change what Celery does.
 (Celery generates a per-task subclass whose ``on_success`` does not call its
@@ -26,13 +28,14 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr, safe_str
 
+from .engine.engine import Fate
 from .errors import PrismaticError
 from .lessons.redact import redact
 from .log import get_logger, log_event
 from .remediation.backoff import delay_s
 from .remediation.dlq import dead_letter_entry
 from .runtime import Runtime, get_runtime
-from .tree import Child, Domain
+from .tree import Child, Domain, RestartType
 
 __all__ = ["Quarantined", "SupervisedRequest"]
 
@@ -88,16 +91,31 @@ class SupervisedRequest(Request):
         stored_success = getattr(self, "_success_was_stored", None)
         if not isinstance(exc, WorkerLostError) or (callable(stored_success) and stored_success()):
             return False
-        counted = self._count_death()
-        if counted is None:
+        found = self._located()
+        if found is None:
             return False
-        runtime, domain, child, deaths = counted
-        if deaths >= runtime.settings.quarantine_deliveries:
-            self._quarantine(runtime, domain, child, exc, safe_str(exc_info.traceback or ""), deaths)
+        runtime, domain, child = found
+        celery_requeues = bool(self.task.acks_late and self.task.reject_on_worker_lost)
+        traceback = safe_str(exc_info.traceback or "")
+
+        def decide(deaths: int) -> Fate:
+            if deaths >= runtime.settings.quarantine_deliveries:
+                return Fate("dead_letter", f"quarantined: killed its pool process {deaths} times")
+            if child.restart is RestartType.TEMPORARY and not celery_requeues:
+                return Fate("end", "temporary")  # never run again: Celery records its WorkerLostError
+            if celery_requeues:
+                return Fate("rerun", "redelivered", 0.0, remediation="redeliver")
+            return Fate("rerun", "worker_lost", delay_s(runtime.engine.backoff, deaths), remediation="restart_child")
+
+        _, fate = runtime.engine.worker_lost(
+            domain, child, self.id, self.task_name, self.hostname, decide,
+            letter=lambda deaths, reason: self._letter(domain, child, exc, traceback, deaths, reason))
+        if fate.outcome == "dead_letter":
+            self._quarantine(runtime, fate.reason, traceback)
             return True
-        if self.task.acks_late and self.task.reject_on_worker_lost:
-            return False  # Celery requeues the message: that is the restart
-        return self._rerun(runtime, exc, exc_info, deaths)
+        if fate.outcome == "end" or celery_requeues:
+            return False  # Celery fails it (temporary) or requeues it (reject_on_worker_lost): that is the re-run
+        return self._rerun(exc, exc_info, fate.countdown_s)
 
     def died_unaccepted(self, exitcode: Any) -> bool:
         """The pool process running this request died before the worker read its acceptance.
@@ -107,45 +125,40 @@ class SupervisedRequest(Request):
         when it was the last one allowed and the message was quarantined (billiard
         must not send it again).
         """
-        counted = self._count_death()
-        if counted is None:
-            return False
-        runtime, domain, child, deaths = counted
-        log_event(logging.WARNING, "worker-lost-unaccepted", logger, task=self.task_name, id=self.id,
-                  exitcode=exitcode, deaths=deaths)
-        if deaths < runtime.settings.quarantine_deliveries:
-            return False
-        exc = WorkerLostError(f"Worker exited prematurely: exitcode {exitcode} (before the worker read that it "
-                              f"had accepted the task)")
-        self._quarantine(runtime, domain, child, exc, "", deaths)
-        return True
-
-    def _count_death(self) -> tuple[Runtime, Domain, Child, int] | None:
-        """Count a death of the pool process running this request: where it runs and its deaths so far
-        (None when its queue is not supervised)."""
         found = self._located()
         if found is None:
-            return None
+            return False
         runtime, domain, child = found
-        return runtime, domain, child, runtime.engine.worker_lost(domain, child, self.id, self.task_name,
-                                                                  self.hostname)
+        exc = WorkerLostError(f"Worker exited prematurely: exitcode {exitcode} (before the worker read that it "
+                              f"had accepted the task)")
 
-    def _quarantine(self, runtime: Runtime, domain: Domain, child: Child, exc: BaseException, traceback: str,
-                    deaths: int) -> None:
-        reason = f"quarantined: killed its pool process {deaths} times"
-        runtime.dlq.push(dead_letter_entry(
+        def decide(deaths: int) -> Fate:
+            if deaths >= runtime.settings.quarantine_deliveries:
+                return Fate("dead_letter", f"quarantined: killed its pool process {deaths} times")
+            return Fate("rerun", "resent_by_pool", 0.0, remediation="redeliver")  # billiard sends it again
+
+        deaths, fate = runtime.engine.worker_lost(
+            domain, child, self.id, self.task_name, self.hostname, decide,
+            letter=lambda deaths, reason: self._letter(domain, child, exc, "", deaths, reason))
+        log_event(logging.WARNING, "worker-lost-unaccepted", logger, task=self.task_name, id=self.id,
+                  exitcode=exitcode, deaths=deaths)
+        if fate.outcome != "dead_letter":
+            return False
+        self._quarantine(runtime, fate.reason, "")
+        return True
+
+    def _letter(self, domain: Domain, child: Child, exc: BaseException, traceback: str, deaths: int,
+                reason: str) -> dict[str, Any]:
+        """The dead letter of this message, killed by its pool process ``deaths`` times."""
+        return dead_letter_entry(
             task=self.task_name, task_id=self.id, args=self.args, kwargs=self.kwargs, queue=child.queue,
             domain=domain.name, reason=reason, exception="WorkerLostError", message=redact(safe_str(exc)),
             traceback=redact(traceback), attempts=deaths,
-        ))
+        )
+
+    def _quarantine(self, runtime: Runtime, reason: str, traceback: str) -> None:
+        """The message is in the dead-letter queue: fail it with :class:`Quarantined` and acknowledge it."""
         runtime.store.delete(runtime.keys.key("deaths", self.id))
-        fields = {"domain": domain.name, "child": child.queue, "task": self.task_name, "task_id": self.id,
-                  "hostname": self.hostname, "deaths": deaths}
-        runtime.emit("remediation", action="dead_letter", reason="crash_loop", **fields)
-        runtime.emit("escalation", reason="crash_loop", **fields)
-        if runtime.learning is not None:
-            runtime.learning.metrics.escalated(self.id)
-            runtime.learning.metrics.failed_for_good(self.id)
         task_ready(self)
         failure = Quarantined(reason)
         if self.store_errors:
@@ -154,13 +167,15 @@ class SupervisedRequest(Request):
             self.acknowledge()
         self.send_event("task-failed", exception=safe_repr(failure), traceback=traceback)
 
-    def _rerun(self, runtime: Runtime, exc: BaseException, exc_info: Any, deaths: int) -> bool:
-        """Republish a message whose process died (plain Celery would record a failure and drop it)."""
+    def _rerun(self, exc: BaseException, exc_info: Any, countdown: float) -> bool:
+        """Republish a message whose process died (plain Celery would record a failure and drop it).
+
+        ``request.retries`` is left as it is: it is Celery's count; the deaths are the plugin's.
+        """
         request = self._request()
-        countdown = delay_s(runtime.engine.backoff, deaths)
         try:
             self.task.signature_from_request(request, countdown=countdown,
-                                             retries=int(request.retries or 0) + 1).apply_async()
+                                             retries=int(request.retries or 0)).apply_async()
         except Exception as send_exc:  # let Celery record the failure rather than lose track of it
             log_event(logging.ERROR, "rerun-failed", logger, task=self.task_name, id=self.id,
                       error=repr(send_exc)[:300])

@@ -3,6 +3,8 @@
 * :func:`wait_for` polls a condition instead of sleeping a guessed time.
 * :class:`WorkerProcess` runs a real ``celery worker`` in a subprocess and
   stops it, however the test ends.
+* :func:`fail_child` records one child failure (a restart: strategy, budgets,
+  events) as if the child's executions had failed at its failure rate.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from celery import Celery
 
-__all__ = ["WorkerProcess", "wait_for"]
+if TYPE_CHECKING:
+    from .engine.restarts import RestartOutcome
+    from .runtime import Runtime
+
+__all__ = ["WorkerProcess", "fail_child", "wait_for"]
 
 T = TypeVar("T")
 
@@ -158,3 +164,23 @@ class WorkerProcess:
         """Hostname, pid and exit code (for assertion messages)."""
         return {"hostname": self.hostname, "pid": getattr(self.proc, "pid", None),
                 "returncode": None if self.proc is None else self.proc.poll()}
+
+
+def fail_child(runtime: Runtime, queue: str, member: str = "test:0") -> RestartOutcome:
+    """Record one failure of the child ``queue`` that trips it (a restart), whatever its window holds.
+
+    The restart is counted and the domain's strategy, budget and escalation act exactly as when
+    the child's executions fail at ``prismatic_child_failure_rate``; ``member`` names the failure.
+    """
+    import dataclasses
+
+    from .engine.restarts import failure_call, record_failure
+
+    located = runtime.supervisor.locate(queue)
+    if located is None:
+        raise ValueError(f"{queue!r} is not a supervised queue")
+    domain, child = located
+    policy = dataclasses.replace(runtime.engine.policy(domain), min_executions=1, failure_rate=0.0)
+    call = failure_call(runtime.keys, runtime.supervisor, domain, child, member, policy,
+                        context={"task": "test", "task_id": member})
+    return record_failure(runtime.store, call, domain)

@@ -48,19 +48,26 @@ class Strategy(str, Enum):
 
 
 class RestartType(str, Enum):
-    """Whether a crashed child's work is run again (OTP restart types)."""
+    """Whether a failed message of the child may run again (OTP restart types).
+
+    The type says *whether* a message may run again; the remediation says *how*
+    (backoff, circuit wait, fresh process) or that it should not (dead letter).
+    """
 
     PERMANENT = "permanent"
-    """Always re-run."""
+    """May run again after any failure, pool-process deaths included; the remediation decides how, or
+    moves it to the dead-letter queue."""
     TRANSIENT = "transient"
-    """Re-run only after an abnormal failure (not a declared normal exception)."""
+    """As permanent, except after one of the child's ``normal_exceptions``: a normal exit, which fails
+    as in plain Celery and is not a failure of the child."""
     TEMPORARY = "temporary"
-    """Never re-run; the crash is only recorded."""
+    """Never runs again under the plugin, after any failure (pool-process deaths included): it fails as
+    in plain Celery, not dead-lettered; the failure is recorded and counts in the child's failure rate."""
 
 
 @dataclass(frozen=True)
 class RestartBudget:
-    """OTP restart intensity: at most ``max_restarts`` restarts within ``period_s`` seconds."""
+    """OTP restart intensity: at most ``max_restarts`` restarts (child failures) within ``period_s`` seconds."""
 
     max_restarts: int
     period_s: float
@@ -89,11 +96,12 @@ def _check_budget(setting: str, max_restarts: Any, period_s: Any) -> tuple[int, 
     )
 
 
-# OTP's default is 1 restart in 5 s: a crash loop there is instantaneous and local. Here a
-# restart is the re-run of one message among many running concurrently on many workers, so a
-# short dependency blip legitimately fails several messages at once; 1 in 5 s would pause a
-# domain on the first blip. 10 in 60 s tolerates that and still stops a real crash loop.
-DEFAULT_DOMAIN_BUDGET = RestartBudget(max_restarts=10, period_s=60.0)
+# A restart here is a child failure: at least prismatic_child_failure_rate of at least
+# prismatic_child_min_executions executions failed (a failed message alone is never one). After
+# a restart the child's window starts afresh, so each restart is new evidence; a child failing
+# again twice within a minute of its first failure is OTP's crash loop, and the fourth restart
+# cools the domain down.
+DEFAULT_DOMAIN_BUDGET = RestartBudget(max_restarts=3, period_s=60.0)
 DEFAULT_SUPERVISOR_BUDGET = RestartBudget(max_restarts=3, period_s=300.0)
 
 

@@ -139,3 +139,25 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
         real = RedisStore(url)
         yield real
         real.close()
+
+
+MESSAGE_EVENTS = ("remediation", "dead_letter", "crash")
+
+
+def failure_events(client: redis.Redis, namespace: str, child: str | None = None,
+                   exception: str | None = None) -> list[dict[str, str]]:
+    """The stream entries recording failed executions (one per failure: remediation, dead letter or crash),
+    of ``child`` and ``exception`` when given; oldest first."""
+    entries = client.xrange(f"prismatic:{namespace}:events")
+    found = []
+    for _, fields in entries:
+        decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                   for k, v in fields.items()}
+        if decoded.get("type") not in MESSAGE_EVENTS or decoded.get("outcome") == "normal_exit":
+            continue
+        if child is not None and decoded.get("child") != child:
+            continue
+        if exception is not None and decoded.get("exception") != exception:
+            continue
+        found.append(decoded)
+    return found

@@ -110,12 +110,12 @@ def test_pause_and_resume_a_child_from_the_cli(app: Celery) -> None:
     runtime = runtime_of(app)
     result = run(app, "pause", "telemetry", "--for", "45")
     assert result.exit_code == 0 and "paused telemetry of core for 45s" in result.output
-    pause = read_pauses(runtime.store, runtime.keys, ["telemetry"])["telemetry"]
+    pause = read_pauses(runtime.store, runtime.keys, runtime.supervisor, ["telemetry"])["telemetry"]
     assert pause.reason == "manual" and 44 < pause.until - pause.since <= 45
     assert "paused (manual by operator via cli" in run(app, "status").output
     result = run(app, "resume", "telemetry")
     assert result.exit_code == 0 and "1 paused queue(s) released" in result.output
-    assert read_pauses(runtime.store, runtime.keys, ["telemetry"]) == {}
+    assert read_pauses(runtime.store, runtime.keys, runtime.supervisor, ["telemetry"]) == {}
 
 
 def test_resume_a_domain_ends_its_pauses_cooldown_and_escalation(app: Celery) -> None:

@@ -61,7 +61,7 @@ def test_pause_writes_a_manual_record_stops_consuming_here_and_broadcasts(worker
     state, runtime = worker
     reply = supervision_pause(state, target="core")
     assert reply == {"ok": "paused storage,cache,telemetry of core"}
-    pauses = read_pauses(runtime.store, runtime.keys, ["storage", "cache", "telemetry"])
+    pauses = read_pauses(runtime.store, runtime.keys, runtime.supervisor, ["storage", "cache", "telemetry"])
     assert {p.reason for p in pauses.values()} == {"manual"}
     assert all(119 < p.until - p.since <= 120 for p in pauses.values())
     assert pauses["cache"].by == "operator via w1@test"
@@ -75,7 +75,7 @@ def test_resume_clears_the_pause_and_wakes_the_reconciler(worker: tuple[Any, Run
     supervision_pause(state, target="cache", duration_s=30.0)
     supervision_pause(state, target="telemetry", duration_s=30.0)
     assert supervision_resume(state, target="cache") == {"ok": "resumed cache of core (1 pause(s) ended)"}
-    assert set(read_pauses(runtime.store, runtime.keys, ["cache", "telemetry"])) == {"telemetry"}
+    assert set(read_pauses(runtime.store, runtime.keys, runtime.supervisor, ["cache", "telemetry"])) == {"telemetry"}
     assert ["<wake>"] in runtime.reconciler.paused  # type: ignore[union-attr]
 
 

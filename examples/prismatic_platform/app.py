@@ -8,7 +8,7 @@ Every child queue has a task ``platform.<queue>(item, fault=None)``; ``fault``
 makes it misbehave the way the demo needs: ``dependency`` calls the fake
 external service (through the ``external_api`` circuit), ``poison`` kills its
 pool process, ``corrupt`` trips an invariant on its first run, ``memory``
-runs out of memory on its first run.
+runs out of memory on its first run (a re-run by the plugin succeeds).
 """
 
 from __future__ import annotations
@@ -55,8 +55,9 @@ app.conf.update(
     prismatic_domains=DOMAINS,
     prismatic_circuits={"external_api": {"fail_max": 3, "reset_timeout_s": 2, "strict": True}},
     prismatic_remediation_rules=[
-        # An invariant broken in the storage layer: re-run the child (its restart pauses the
-        # children declared after it until it succeeds).
+        # An invariant broken in the storage layer: re-run the message (when the child's executions
+        # fail at its failure rate, the child restarts: the children declared after it pause until
+        # it succeeds again).
         {"name": "storage-invariant", "match": {"failure_class": "state_corruption", "domain": "core"},
          "action": "restart_child"},
     ],
@@ -75,7 +76,7 @@ prismatic_celery.install(app)
 
 def _make_task(queue: str) -> None:
     def work(self: Any, item: int, fault: str | None = None) -> dict[str, Any]:
-        first_run = not self.request.retries
+        first_run = not prismatic_celery.reruns(self.request)
         if fault == "dependency":
             call(item)
         elif fault == "poison":
@@ -84,7 +85,7 @@ def _make_task(queue: str) -> None:
             raise AssertionError(f"inconsistent state: ledger total mismatch for item {item}")
         elif fault == "memory" and first_run:
             raise MemoryError(f"cannot allocate 2 GiB for item {item}")
-        return {"child": queue, "item": item, "pid": os.getpid(), "retries": self.request.retries}
+        return {"child": queue, "item": item, "pid": os.getpid(), "reruns": prismatic_celery.reruns(self.request)}
 
     work.__name__ = queue
     if queue in ("adapter_registry", "source_manager"):

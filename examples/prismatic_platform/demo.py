@@ -82,6 +82,16 @@ class Demo:
         print("  " + self.status())
         self.events()
 
+    def _restarts(self, queue: str) -> int:
+        totals = self.runtime.store.hgetall(self.runtime.keys.key("restart-totals"))
+        return int(totals.get(queue, 0))
+
+    def _paused(self, *queues: str) -> bool:
+        from prismatic_celery.cli import tree_state
+
+        state = tree_state(self.runtime)
+        return any(c["paused"] for d in state["domains"] for c in d["children"] if c["queue"] in queues)
+
     def send(self, queue: str, count: int, fault: str | None = None, start: int = 0) -> list[Any]:
         task = self.app.tasks[f"platform.{queue}"]
         return [task.apply_async((start + i, fault)) for i in range(count)]
@@ -119,11 +129,18 @@ class Demo:
         else:
             self.step(3, "poison message: skipped (it would kill the embedded worker's own process)")
 
-        self.step(4, "state corruption in storage_coordinator (core, rest_for_one)")
-        corrupt = self.send("storage_coordinator", 1, "corrupt", 500)
+        self.step(4, "a bad deploy of storage_coordinator: every message fails once (core, rest_for_one)")
+        single = self.send("storage_coordinator", 1, "corrupt", 400)
+        self.wait(self.all_done(single), timeout_s=20, what="one failed message")
+        print("  one failed message: re-run by its remediation, the child keeps running (a message failure)")
+        corrupt = self.send("storage_coordinator", 30, "corrupt", 500)
+        self.wait(lambda: self._restarts("storage_coordinator") > 0, timeout_s=30, what="the child to fail")
         later = self.send("cache_manager", 3) + self.send("telemetry_collector", 3)
-        self.wait(self.all_done(corrupt + later), timeout_s=40, what="core to recover")
-        print("  storage_coordinator restarted; cache_manager and telemetry_collector waited, then resumed")
+        self.wait(self.all_done(corrupt + later), timeout_s=60, what="core to recover")
+        self.wait(lambda: not self._paused("cache_manager", "telemetry_collector"), timeout_s=30,
+                  what="the siblings to resume")
+        print("  storage_coordinator failed by rate and restarted; cache_manager and telemetry_collector paused, "
+              "then resumed when it succeeded again")
 
         self.step(5, "memory hog in mendel_engine (evolution)")
         hog = self.send("mendel_engine", 1, "memory", 700)[0]

@@ -1,4 +1,4 @@
-"""The supervision engine: restarts, strategies, budgets, pauses, hotspots and recycling."""
+"""The supervision engine: message and child failures, strategies, budgets, pauses, hotspots and recycling."""
 
 from __future__ import annotations
 
@@ -6,17 +6,21 @@ from .engine import Engine
 from .hotspots import Hotspot, hotspots
 from .pauses import Pause, clear_pauses, read_pauses, set_pause
 from .reconcile import Reconciler
-from .restarts import RestartOutcome, record_restart
+from .restarts import ChildPolicy, RestartOutcome, failure_call, record_failure
+from .window import ExecutionWindow
 
 __all__ = [
+    "ChildPolicy",
     "Engine",
+    "ExecutionWindow",
     "Hotspot",
     "Pause",
     "Reconciler",
     "RestartOutcome",
     "clear_pauses",
+    "failure_call",
     "hotspots",
     "read_pauses",
-    "record_restart",
+    "record_failure",
     "set_pause",
 ]

@@ -8,8 +8,12 @@ never once per task.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
+from ..keys import Keys
+from ..store import Store
 from ..store.view import PeriodicView
+from ..tree import Supervisor
 from .pauses import Pause, read_pauses
 
 __all__ = ["PauseCache"]
@@ -18,8 +22,13 @@ __all__ = ["PauseCache"]
 class PauseCache(PeriodicView[Pause]):
     """The pauses of ``queues``, at most ``max_age_s`` old."""
 
+    def __init__(self, store: Store, keys: Keys, queues: Sequence[str], *, max_age_s: float, supervisor: Supervisor,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(store, keys, queues, max_age_s=max_age_s, clock=clock)
+        self.supervisor = supervisor
+
     def read(self) -> dict[str, Pause]:
-        return read_pauses(self.store, self.keys, self.queues)
+        return read_pauses(self.store, self.keys, self.supervisor, self.queues)
 
     def get(self, queue: str) -> Pause | None:
         """The live pause of ``queue``, if any (refreshing the view when it is stale)."""

@@ -18,12 +18,25 @@ if TYPE_CHECKING:
     from ..remediation.rules import Decision
     from ..runtime import Runtime
 
-__all__ = ["HEADER", "Crash"]
+__all__ = ["HEADER", "Crash", "reruns"]
 
 # Message header carrying a crashed task's remediation history to its re-runs; it comes back
 # as ``task.request.prismatic`` so the outcome (later success or final failure) can be recorded.
+# Its ``attempt`` is the plugin's own re-run counter: ``request.retries`` and ``max_retries``
+# stay Celery's (a task's own ``retry()`` and ``autoretry_for`` behave exactly as without the plugin).
 HEADER = "prismatic"
 TRACEBACK_LIMIT = 8000
+
+
+def reruns(request: Any) -> int:
+    """How many times the plugin has re-run this message so far (0 on its first execution).
+
+    A task that behaves differently on a re-run reads this, not ``request.retries``
+    (which counts only Celery's own retries: ``self.retry()``, ``autoretry_for``).
+    """
+    history = getattr(request, HEADER, None)
+    attempt = history.get("attempt") if isinstance(history, dict) else None
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) and attempt >= 0 else 0
 
 
 @dataclass(frozen=True)
@@ -33,6 +46,7 @@ class Crash:
     task_name: str
     task_id: str
     attempt: int
+    """Re-runs the plugin gave this message so far (0 on its first failure)."""
     domain: Domain
     child: Child
     exc: BaseException
@@ -67,7 +81,7 @@ class Crash:
         return cls(
             task_name=str(task.name),
             task_id=str(request.id),
-            attempt=int(request.retries or 0),
+            attempt=reruns(request),
             domain=domain,
             child=child,
             exc=exc,
@@ -81,8 +95,9 @@ class Crash:
         )
 
     def tracking(self, decision: Decision) -> dict[str, Any]:
-        """The header a re-run carries: fingerprint, the action applied, first crash time, history."""
+        """The header a re-run carries: its attempt, fingerprint, the action applied, first crash time, history."""
         return {
+            "attempt": self.attempt + 1,
             "fp": self.fingerprint,
             "action": decision.action.name,
             "rule": decision.rule_name or "",

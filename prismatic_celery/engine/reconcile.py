@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..log import get_logger, log_event
-from .pauses import Pause, parse_pauses
+from .pauses import Pause, cause_keys, parse_pauses
 from .recycle import recycle_pool_processes
-from .restarts import pause_key
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["Reconciler", "Snapshot"]
 
 logger = get_logger("reconcile")
+#: Read again this long after a pause's end, so its record has surely expired in the store.
+EXPIRY_MARGIN_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,12 @@ class Snapshot:
 
     pauses: dict[str, Pause] = field(default_factory=dict)
     recycle: dict[str, int] = field(default_factory=dict)
+
+    def next_change_s(self) -> float | None:
+        """Seconds until the first of these pauses may end by expiry (None when nothing is paused)."""
+        if not self.pauses:
+            return None
+        return max(0.0, min(p.until for p in self.pauses.values()) - time.time()) + EXPIRY_MARGIN_S
 
 
 class Reconciler:
@@ -50,18 +58,17 @@ class Reconciler:
         self._seen_recycle: dict[str, int] | None = None
         self.wake = threading.Event()
         self.served_pids: dict[str, set[int]] = {d.name: set() for d in self.domains}
-        self.pausers: frozenset[str] = frozenset()
 
     # background thread -------------------------------------------------------------------------
     def poll(self) -> Snapshot:
         """Read pauses and recycle generations (one round trip) and publish the snapshot."""
         keys = self.runtime.keys
         recycle_keys = [keys.key("recycle", d.name) for d in self.domains]
-        raw = self.runtime.store.get_many([*recycle_keys, *(pause_key(keys, q) for q in self.intended)])
+        wanted = cause_keys(keys, self.runtime.supervisor, self.intended)
+        raw = self.runtime.store.get_many([*recycle_keys, *(key for _, _, key in wanted)])
         recycle = {d.name: v if isinstance(v, int) else 0 for d, v in zip(self.domains, raw, strict=False)}
-        pauses = parse_pauses(self.intended, raw[len(recycle_keys):])
+        pauses = parse_pauses(wanted, raw[len(recycle_keys):])
         snapshot = Snapshot(pauses=pauses, recycle=recycle)
-        self.pausers = frozenset(p.by for p in pauses.values() if p.reason == "rest_for_one")
         self.snapshot = snapshot
         return snapshot
 

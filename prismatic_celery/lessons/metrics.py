@@ -5,7 +5,7 @@ turns the counters into :class:`KnowledgeMetrics`. Keys:
 
 * ``prismatic:<ns>:knowledge``: a hash of counters (``redis-cli HGETALL prismatic:<ns>:knowledge``):
   ``crashes``, ``known_pattern_crashes``, ``remediations_applied``, ``action:<name>``,
-  ``auto_remediated``, ``recoveries``, ``recovery_ms_total``, ``escalations``,
+  ``auto_remediated``, ``recoveries``, ``recovery_ms_total``, ``escalations``, ``dead_letters``,
   ``failed_for_good``, ``false_positives``;
 * ``prismatic:<ns>:recovery:<task_id>``: a small JSON record per task that crashed and has not
   yet succeeded or failed for good (first crash time, crashes, remediations), expiring
@@ -17,7 +17,10 @@ Definitions:
 * **auto-remediated**: a known-pattern crash that received a remediation and whose task then
   succeeded (counted when it succeeds); the percentage is of known-pattern crashes;
 * **mean time to recovery**: from a task's first crash to its eventual success;
-* **escalation rate**: escalations / crashes;
+* **escalation rate**: escalations / crashes, where an escalation is a call for a person: a new
+  failure pattern the rules escalate (once per pattern) or a domain whose supervisor budget is
+  exhausted, never one per message;
+* **dead letters**: messages moved to the dead-letter queue (counted apart from escalations);
 * **false positive**: a remediation applied to a task that then failed for good; the rate is
   false positives / remediations applied.
 
@@ -39,7 +42,7 @@ from typing import Any
 from ..keys import Keys
 from ..log import RateLimitedWarning, get_logger
 from ..store import MemoryStore, Script, Store
-from ..store.base import Scalar
+from ..store.base import Scalar, ScriptCall
 from ..validate import as_seconds
 from .redact import sanitize
 from .store import SCRIPT as LESSON_SCRIPT
@@ -52,7 +55,7 @@ logger = get_logger("lessons")
 #: The counter fields of ``prismatic:<ns>:knowledge`` (besides ``action:<name>``).
 COUNTERS = (
     "crashes", "known_pattern_crashes", "remediations_applied", "auto_remediated", "recoveries",
-    "recovery_ms_total", "escalations", "failed_for_good", "false_positives",
+    "recovery_ms_total", "escalations", "dead_letters", "failed_for_good", "false_positives",
 )
 _RECORD_INTS = ("auto", "crashes", "known", "last_known", "remediations")
 _ID_LIMIT = 200
@@ -126,6 +129,9 @@ def knowledge_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Sca
                                **({"auto_remediated": int(record["auto"])} if record["auto"] else {})})
         store.delete(record_key)
         return [ms, corrupt]
+    if op == "count":
+        store.hincr(counters, {str(args[1]): int(args[2])})
+        return [int(store.hgetall(counters)[str(args[1])]), 0]
     if op == "failed":
         store.hincr(counters, {"failed_for_good": 1})
         record, corrupt = _load(store, record_key)
@@ -153,6 +159,7 @@ class KnowledgeMetrics:
     recoveries: int = 0
     recovery_ms_total: int = 0
     escalations: int = 0
+    dead_letters: int = 0
     failed_for_good: int = 0
     false_positives: int = 0
     remediations_by_action: dict[str, int] = field(default_factory=dict, hash=False)
@@ -191,6 +198,7 @@ class KnowledgeMetrics:
             "mean_time_to_recovery_s": self.mean_time_to_recovery_s,
             "escalations": self.escalations,
             "escalation_rate": self.escalation_rate,
+            "dead_letters": self.dead_letters,
             "failed_for_good": self.failed_for_good,
             "false_positives": self.false_positives,
             "false_positive_rate": self.false_positive_rate,
@@ -235,9 +243,32 @@ class MetricsRecorder:
         return self._run("remediated", task_id, [name, self._ttl_ms]) == 1
 
     def escalated(self, task_id: str) -> None:
-        """Count an escalation to operators (one HINCRBY)."""
+        """Count an escalation to operators (one round trip)."""
         self._task_id(task_id)
-        self.store.hincr(self.counters_key, {"escalations": 1})
+        self.store.run(SCRIPT, [self.counters_key, self.recovery_key(task_id)], ["count", "escalations", 1])
+
+    # script calls, to batch several facts of one crash in one round trip (Store.run_many) ----------
+    def crash_call(self, task_id: str, known: bool, when: float | None = None) -> ScriptCall:
+        """:meth:`crash` as a script call."""
+        return self._call("crash", task_id, ["1" if known else "0", time_arg(when), self._ttl_ms])
+
+    def remediated_call(self, task_id: str, action: str) -> ScriptCall:
+        """:meth:`remediated` as a script call."""
+        return self._call("remediated", task_id, [sanitize(action, limit=_ID_LIMIT) or "unknown", self._ttl_ms])
+
+    def count_call(self, task_id: str, counter: str, amount: int = 1) -> ScriptCall:
+        """Add ``amount`` to one counter (``escalations``, ``dead_letters``) as a script call."""
+        if counter not in COUNTERS:
+            raise ValueError(f"unknown knowledge counter {counter!r}")
+        return self._call("count", task_id, [counter, amount])
+
+    def failed_call(self, task_id: str) -> ScriptCall:
+        """:meth:`failed_for_good` as a script call."""
+        return self._call("failed", task_id, [])
+
+    def succeeded_call(self, task_id: str, when: float | None = None) -> ScriptCall:
+        """:meth:`succeeded` as a script call."""
+        return self._call("succeeded", task_id, [time_arg(when)])
 
     def succeeded(self, task_id: str, when: float | None = None) -> float | None:
         """The task succeeded: if it had crashed, count a recovery and return its duration in seconds.
@@ -279,9 +310,16 @@ class MetricsRecorder:
             raise ValueError("task_id must not be empty")
         return clean
 
+    def _call(self, op: str, task_id: str, args: list[Scalar]) -> ScriptCall:
+        return ScriptCall(SCRIPT, [self.counters_key, self.recovery_key(task_id)], [op, *args])
+
     def _run(self, op: str, task_id: str, args: list[Scalar]) -> int:
-        key = self.recovery_key(task_id)
-        reply = self.store.run(SCRIPT, [self.counters_key, key], [op, *args])
+        call = self._call(op, task_id, args)
+        return self.reply(call, self.store.run(call.script, call.keys, call.args))
+
+    def reply(self, call: ScriptCall, reply: Any) -> int:
+        """A knowledge script call's result (-1 for an unreadable ``succeeded``, else 0), warning on corruption."""
+        op, key = str(call.args[0]), call.keys[1]
         if not isinstance(reply, list) or len(reply) != 2 or not all(isinstance(v, int) for v in reply):
             self._warning.warn("knowledge-unexpected-reply", key=key, op=op, reply=repr(reply)[:200])
             return -1 if op == "succeeded" else 0

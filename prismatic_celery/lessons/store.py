@@ -35,13 +35,13 @@ from typing import Any
 from ..keys import Keys
 from ..log import get_logger, log_event
 from ..store import MemoryStore, Script, Store, encode_json
-from ..store.base import Scalar
+from ..store.base import Scalar, ScriptCall
 from ..validate import as_int
 from .classify import FAILURE_CLASSES
 from .fingerprint import Fingerprint, normalize_message
 from .redact import redact, sanitize
 
-__all__ = ["FINGERPRINT_PATTERN", "SCRIPT", "Lesson", "LessonStore", "RemediationStats", "lesson_script"]
+__all__ = ["FINGERPRINT_PATTERN", "SCRIPT", "Lesson", "LessonStore", "RemediationStats", "best_action", "lesson_script"]
 
 logger = get_logger("lessons")
 
@@ -322,6 +322,27 @@ def time_arg(when: float | None) -> str:
 
 
 # the store ----------------------------------------------------------------------------------------
+def best_action(
+    lesson: Lesson, *, min_observations: int = 3, min_success_rate: float = 0.8, max_consecutive_failures: int = 3,
+) -> str | None:
+    """The action that has worked for ``lesson``'s crashes, or None.
+
+    An action qualifies with at least ``min_observations`` outcomes, a success rate of at
+    least ``min_success_rate`` and fewer than ``max_consecutive_failures`` failures in a row
+    (so an action that keeps failing stops being returned even with a good history). Among
+    qualifying actions the highest rate wins, then the most observations, then the name.
+    """
+    ranked = sorted(
+        (-rate, -stats.observations, name)
+        for name, stats in lesson.remediations.items()
+        if (rate := stats.success_rate) is not None
+        and stats.observations >= min_observations
+        and rate >= min_success_rate
+        and stats.consecutive_failures < max_consecutive_failures
+    )
+    return ranked[0][2] if ranked else None
+
+
 class LessonStore:
     """Record, read and apply lessons (see the module docstring for keys and atomicity).
 
@@ -396,15 +417,20 @@ class LessonStore:
 
         Returns the updated lesson; None (nothing recorded) when there is no readable lesson.
         """
+        call = self.outcome_call(fingerprint, action_name, succeeded)
+        if call is None:
+            return None
+        return self._lesson_from_reply(fingerprint, self.store.run(call.script, call.keys, call.args), "outcome")
+
+    def outcome_call(self, fingerprint: str, action_name: str, succeeded: bool) -> ScriptCall | None:
+        """The script call of :meth:`record_outcome` (to batch with others); None for a malformed fingerprint."""
         if not self._valid_fingerprint(fingerprint):
             return None
         action = sanitize(action_name, limit=_LABEL_LIMIT)
         if not action:
             raise ValueError("action_name must not be empty")
-        reply = self.store.run(
-            SCRIPT, [self.index_key, self.key(fingerprint)], ["outcome", fingerprint, action, "1" if succeeded else "0"]
-        )
-        return self._lesson_from_reply(fingerprint, reply, "outcome")
+        return ScriptCall(SCRIPT, [self.index_key, self.key(fingerprint)],
+                          ["outcome", fingerprint, action, "1" if succeeded else "0"])
 
     # reading --------------------------------------------------------------------------------
     def get(self, fingerprint: str) -> Lesson | None:
@@ -425,25 +451,12 @@ class LessonStore:
         min_success_rate: float = 0.8,
         max_consecutive_failures: int = 3,
     ) -> str | None:
-        """The action that has worked for this fingerprint, or None.
-
-        An action qualifies with at least ``min_observations`` outcomes, a success rate of at
-        least ``min_success_rate`` and fewer than ``max_consecutive_failures`` failures in a row
-        (so an action that keeps failing stops being returned even with a good history). Among
-        qualifying actions the highest rate wins, then the most observations, then the name.
-        """
+        """The action that has worked for this fingerprint, or None (see :func:`best_action`)."""
         lesson = self.get(fingerprint)
         if lesson is None:
             return None
-        ranked = sorted(
-            (-rate, -stats.observations, name)
-            for name, stats in lesson.remediations.items()
-            if (rate := stats.success_rate) is not None
-            and stats.observations >= min_observations
-            and rate >= min_success_rate
-            and stats.consecutive_failures < max_consecutive_failures
-        )
-        return ranked[0][2] if ranked else None
+        return best_action(lesson, min_observations=min_observations, min_success_rate=min_success_rate,
+                           max_consecutive_failures=max_consecutive_failures)
 
     def all(self, limit: int | None = 100) -> list[Lesson]:
         """Lessons, most recently seen first (``limit`` None or 0: every lesson)."""

@@ -7,7 +7,7 @@
 | ``default.disk_full`` | any failure saying "No space left on device" | ``escalate("disk_full")`` |
 | ``default.database_connection`` | :data:`DATABASE_ERRORS` | ``restart_child`` |
 | ``default.network`` | :data:`NETWORK_ERRORS` | ``retry_with_backoff(1000, 30000, 1000)`` |
-| (none) | anything else | ``escalate("unknown_failure_pattern")`` |
+| (none) | anything else | ``escalate("unknown_failure_pattern")``: dead letter, one escalation per pattern |
 
 Why these:
 
@@ -19,8 +19,9 @@ Why these:
 * A full disk (ENOSPC) is a host condition: neither a retry nor a new process frees space, and
   retrying fills the queue with failures. It escalates to operators with reason ``disk_full``.
   It matches any exception type, so a database server reporting a full disk escalates too.
-* Database connection errors re-run under the default backoff and count a restart
-  (``restart_child``), so a database that stays down exhausts the restart budget and escalates.
+* Database connection errors re-run the message under the default backoff (``restart_child``);
+  a database that stays down fails every message, so the child fails by rate and its strategy,
+  budget and escalation follow.
   Note that some drivers raise OperationalError for deadlocks, lock timeouts and serialization
   failures too; a re-run is the usual fix for those as well.
 * Connection, DNS and timeout errors of the network libraries retry with exponential backoff;
@@ -51,6 +52,7 @@ __all__ = [
     "DATABASE_ERRORS",
     "DEFAULT_RETRY",
     "DEFAULT_RULES",
+    "DEFAULT_RULE_NAMES",
     "NETWORK_ERRORS",
     "rules_table",
 ]
@@ -120,6 +122,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(Match(exceptions=DATABASE_ERRORS), RestartChild(), name="default.database_connection"),
     Rule(Match(exceptions=NETWORK_ERRORS), DEFAULT_RETRY, name="default.network"),
 )
+
+#: The names of the built-in rules (a decision by one of them may be overridden by a lesson).
+DEFAULT_RULE_NAMES: frozenset[str | None] = frozenset(r.name for r in DEFAULT_RULES)
 
 
 def _spec_name(spec: ExceptionSpec) -> str:

@@ -23,7 +23,7 @@ from celery import Celery
 from ..keys import Keys
 from ..log import get_logger, log_event
 from ..store import MemoryStore, Script, Store
-from ..store.base import Scalar, decode_json
+from ..store.base import Scalar, ScriptCall, decode_json, encode_json
 
 __all__ = ["DeadLetterQueue", "dead_letter_entry"]
 
@@ -47,6 +47,20 @@ def _take_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
 
 
 TAKE = Script.from_file(Path(__file__).parent / "scripts" / "dlq_take.lua", _take_twin)
+
+
+def _push_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> list[Any]:
+    items = store.raw(keys[0])
+    aside = ""
+    if items is not None and not isinstance(items, list):
+        aside = f"{keys[0]}:corrupt:{int(store.clock() * 1000)}"
+        store.set_raw(aside, items)
+        store.delete(keys[0])
+    length = store.list_push(keys[0], json.loads(str(args[0])), cap=int(args[1]))
+    return [length, aside]
+
+
+PUSH = Script.from_file(Path(__file__).parent / "scripts" / "dlq_push.lua", _push_twin)
 
 
 def _json_safe(value: Any) -> tuple[Any, bool]:
@@ -103,10 +117,21 @@ class DeadLetterQueue:
 
     def push(self, entry: dict[str, Any]) -> int:
         """Append a dead letter (oldest dropped beyond the cap); the list's new length."""
-        length = self.store.list_push(self.key(str(entry["domain"])), entry, cap=self.max_entries)
-        log_event(logging.WARNING, "dead-lettered", logger, domain=entry["domain"], task=entry["task"],
-                  id=entry["id"], reason=entry["reason"], exception=entry.get("exception", ""))
-        return length
+        call = self.push_call(entry)
+        return self.pushed(call, self.store.run(call.script, call.keys, call.args))
+
+    def push_call(self, entry: dict[str, Any]) -> ScriptCall:
+        """The script call appending ``entry`` (to batch with others in one round trip; see :meth:`pushed`)."""
+        return ScriptCall(PUSH, [self.key(str(entry["domain"]))], [encode_json(entry), self.max_entries])
+
+    def pushed(self, call: ScriptCall, reply: Any) -> int:
+        """The list's new length from a push's reply (warning when a foreign value was set aside)."""
+        if not isinstance(reply, list) or len(reply) != 2:
+            return 0
+        if reply[1]:
+            log_event(logging.WARNING, "store-key-set-aside", logger, key=call.keys[0], moved_to=str(reply[1]),
+                      reason="held another type")
+        return int(reply[0])
 
     def list(self, domain: str, *, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` dead letters of ``domain``, oldest first (corrupt entries skipped)."""

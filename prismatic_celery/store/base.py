@@ -21,7 +21,7 @@ from ..log import get_logger, log_event
 if TYPE_CHECKING:
     from .memory import MemoryStore
 
-__all__ = ["Script", "Store", "StreamEntry", "decode_json", "encode_json"]
+__all__ = ["Script", "ScriptCall", "Store", "StreamEntry", "decode_json", "encode_json"]
 
 logger = get_logger("store")
 
@@ -59,10 +59,21 @@ class Script:
 
     @classmethod
     def from_file(
-        cls, path: Path, python: Callable[[MemoryStore, Sequence[str], Sequence[Scalar]], Any]
+        cls, path: Path, python: Callable[[MemoryStore, Sequence[str], Sequence[Scalar]], Any],
+        *, prelude: Sequence[Path] = (),
     ) -> Script:
-        """Load the Lua source kept beside the code."""
-        return cls(name=path.stem, lua=path.read_text(encoding="utf-8"), python=python)
+        """Load the Lua source kept beside the code (``prelude`` files first: shared Lua functions)."""
+        parts = [p.read_text(encoding="utf-8") for p in (*prelude, path)]
+        return cls(name=path.stem, lua="\n".join(parts), python=python)
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One script to run with its keys and arguments (see :meth:`Store.run_many`)."""
+
+    script: Script
+    keys: Sequence[str]
+    args: Sequence[Scalar]
 
 
 class Store(ABC):
@@ -164,6 +175,13 @@ class Store(ABC):
     @abstractmethod
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
         """Run an atomic script: Lua on Redis, its Python twin in memory."""
+
+    @abstractmethod
+    def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run several scripts in one round trip (pipelined on Redis), in order; their results.
+
+        Each script is atomic; the batch is not (another client may run between two of them).
+        """
 
     @abstractmethod
     def close(self) -> None:

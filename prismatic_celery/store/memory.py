@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .base import Scalar, Script, Store, StreamEntry, decode_json, encode_json
+from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json
 
 __all__ = ["MemoryStore"]
 
@@ -195,3 +195,7 @@ class MemoryStore(Store):
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
         with self.lock:
             return script.python(self, keys, args)
+
+    def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        with self.lock:
+            return [call.script.python(self, call.keys, call.args) for call in calls]

@@ -9,6 +9,7 @@ rate-limited warning is logged, and Redis is tried again after
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 import redis
 
 from ..log import RateLimitedWarning, get_logger, log_event
-from .base import Scalar, Script, Store, StreamEntry, decode_json, encode_json
+from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json
 from .memory import MemoryStore
 
 __all__ = ["RedisStore"]
@@ -38,6 +39,11 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _sha(script: Script) -> str:
+    """The SHA1 Redis knows ``script`` by (EVALSHA)."""
+    return hashlib.sha1(script.lua.encode("utf-8")).hexdigest()
 
 
 class RedisStore(Store):
@@ -289,6 +295,36 @@ class RedisStore(Store):
             return registered(keys=list(keys), args=list(args))
 
         return self._guard(call, lambda m: m.run(script, keys, args))
+
+    def run_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        if not calls:
+            return []
+
+        def pipelined(r: redis.Redis) -> list[Any]:
+            results: list[Any] = [None] * len(calls)
+            pending = list(range(len(calls)))
+            for _ in range(2):  # a second pass only for scripts the server did not have cached
+                pipe = r.pipeline(transaction=False)
+                for i in pending:
+                    call = calls[i]
+                    pipe.evalsha(_sha(call.script), len(call.keys), *call.keys, *call.args)
+                replies = pipe.execute(raise_on_error=False)
+                missing = []
+                for i, reply in zip(pending, replies, strict=True):
+                    if isinstance(reply, redis.exceptions.NoScriptError):
+                        missing.append(i)
+                    elif isinstance(reply, Exception):
+                        raise reply
+                    else:
+                        results[i] = reply
+                if not missing:
+                    return results
+                for lua in {calls[i].script.lua for i in missing}:
+                    r.script_load(lua)
+                pending = missing
+            raise redis.exceptions.NoScriptError("scripts vanished from the server's cache twice in a row")
+
+        return self._guard(pipelined, lambda m: m.run_many(calls))
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError):  # closing a dead connection is not worth a warning

@@ -98,7 +98,8 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
     def fetch_eta(self: Any, key: str) -> None:
         """Always fails like a dead dependency; records each execution's start time and ETA."""
         counter(broker_url).rpush(f"eta:{key}", json.dumps(
-            {"retries": self.request.retries, "eta": self.request.eta, "started": time.time()}))
+            {"retries": self.request.retries, "reruns": prismatic_celery.reruns(self.request), "eta": self.request.eta,
+             "started": time.time()}))
         raise ConnectionError(f"dependency down for {key}")
 
     @app.task(name="basic.poison", shared=False)
@@ -125,6 +126,26 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
             raise ConnectionError(f"dependency answered {answer!r}")
         counter(broker_url).incr(f"runs:{key}")
         return key
+
+    @app.task(name="basic.autoretry", shared=False, bind=True, autoretry_for=(ConnectionError,), max_retries=3,
+              retry_kwargs={"countdown": 0.1})
+    def autoretry(self: Any, key: str, fails: int) -> int:
+        """Celery's own retries: fails the first ``fails`` executions; records each execution's retry counts."""
+        client = counter(broker_url)
+        client.rpush(f"executions:{key}", json.dumps({"retries": self.request.retries,
+                                                      "reruns": prismatic_celery.reruns(self.request)}))
+        if int(client.incr(f"attempts:{key}")) <= fails:
+            raise ConnectionError(f"dependency down for {key}")
+        client.incr(f"runs:{key}")
+        return int(self.request.retries)
+
+    @app.task(name="basic.stamp", shared=False)
+    def stamp(key: str) -> float:
+        """Records when it ran (``ran:<key>``, seconds since the epoch)."""
+        now = time.time()
+        counter(broker_url).set(f"ran:{key}", repr(now))
+        counter(broker_url).incr(f"runs:{key}")
+        return now
 
     @app.task(name="basic.pid", shared=False)
     def pid() -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery import Celery
 
+import prismatic_celery
 from tests.apps.basic import counter, make_app
 
 # Secrets a careless exception message may carry; none of them may reach Redis or a plugin log line.
@@ -84,7 +85,8 @@ def make_faults_app(broker_url: str, namespace: str, store_url: str | None, ledg
         led = ledger()
         attempt = int(led.incr(f"attempts:{key}"))
         led.rpush(f"stamps:{key}", json.dumps({"t": time.time(), "retries": self.request.retries,
-                                                "attempt": attempt, "pid": os.getpid()}))
+                                               "reruns": prismatic_celery.reruns(self.request),
+                                               "attempt": attempt, "pid": os.getpid()}))
         led.hset("running", str(os.getpid()), json.dumps({"key": key, "t": time.time()}))
         try:
             deadline = time.monotonic() + 30

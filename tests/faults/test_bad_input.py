@@ -280,7 +280,7 @@ def test_hostile_exception_messages_are_bounded_and_no_secret_reaches_redis_or_p
     leaked = {(secret, name) for name, value in stored.items() for secret in SECRETS if secret in value}
     assert not leaked, f"secrets stored in the namespace: {sorted(leaked)}"
     ours = plugin_log(log)
-    assert "dead-lettered" in ours and "supervision-escalation" in ours
+    assert "supervision-dead-letter" in ours and "supervision-escalation" in ours
     leaked_log = [secret for secret in SECRETS if secret in ours]
     assert not leaked_log, f"secrets in the plugin's log lines: {leaked_log}"
     celery_lines = [record for name, record in log_records(log) if not name.startswith("prismatic_celery")]
@@ -367,7 +367,7 @@ def test_arguments_reach_the_dead_letter_queue_and_replay_only_when_they_can(
         assert json.loads(ledger.get("received:huge") or "{}")["first_len"] == 1_000_000
         assert runtime.dlq.count("core") == sum(1 for _, _, ok in ARGS.values() if not ok)
         ours = plugin_log(w.log)
-        assert "dead-lettered" in ours and "Traceback" not in ours
+        assert "supervision-dead-letter" in ours and "Traceback" not in ours
 
 
 @pytest.mark.integration
@@ -511,7 +511,7 @@ def test_a_worker_keeps_working_over_corrupted_and_foreign_keys(
     foreign = {}
     for other in (f"{namespace}x", "other"):
         for queue in ("storage", "cache", "sources", "monitor"):
-            name = f"prismatic:{other}:pause:{queue}"
+            name = f"prismatic:{other}:pause:{queue}:manual"
             raw.set(name, json.dumps({"domain": "core", "reason": "manual", "by": "x", "since": 0, "until": 4e9}))
             foreign[name] = raw.get(name)
     raw.set(f"prismatic:{namespace}", b"no kind")
@@ -548,7 +548,7 @@ def test_a_dead_letter_is_not_lost_when_its_list_key_holds_a_foreign_type(
         w.wait_ready(app)
         result = app.tasks["faults.reject"].apply_async(("lost?",), queue="cache")
         result.get(timeout=30, propagate=False)
-        wait_for(lambda: "dead-lettered" in w.log, timeout_s=10, message="dead-lettered")
+        wait_for(lambda: "supervision-dead-letter" in w.log, timeout_s=10, message="dead-lettered")
     assert runtime.dlq.get("core", result.id) is not None, "the dead letter is where an operator replays it from"
     aside = list(raw.scan_iter(match=f"prismatic:{namespace}:dlq:core:corrupt:*"))
     assert [raw.get(name) for name in aside] == [b"someone else's string"], "the foreign value is kept aside"

@@ -133,8 +133,10 @@ def live(real_redis: str) -> Iterator[LiveRun]:
                                  f"--basic-auth={USER}:{PASSWORD}"], env))
         services.append(Service(["supervision", "exporter", "--port", str(exporter_port)], env))
         worker.wait_ready(app)
-        # Given: osint crash-loops until its second budget overrun escalates it (cool-down of 120 s)
-        failing = app.tasks["basic.flaky"].apply_async(("loop", 1000), queue="sources")
+        # Given: every osint message fails (a bad deploy) until its second budget overrun escalates it
+        # (cool-down of 120 s)
+        failing = [app.tasks["basic.fetch_fail"].apply_async((f"bad deploy {i}",), queue="sources")
+                   for i in range(160)]
         wait_for(lambda: flush.get(f"prismatic:{namespace}:escalation:osint") is not None, timeout_s=30,
                  message="osint escalated")
         # and an operator paused telemetry, and the payments circuit is open
@@ -155,7 +157,8 @@ def live(real_redis: str) -> Iterator[LiveRun]:
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{service.output()}") from None
         yield LiveRun(env=env, worker=host, flower=flower, exporter=exporter, namespace=namespace)
-        failing.revoke()
+        for result in failing:
+            result.revoke()
     finally:
         for service in services:
             service.stop()

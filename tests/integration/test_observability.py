@@ -102,7 +102,8 @@ FAST = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "p
 def test_every_supervision_event_of_a_live_run_carries_documented_fields(
     redis_url: str, namespace: str, client: redis.Redis
 ) -> None:
-    """Restart, remediation, pause, resume, circuit: Celery events and stream entries match EVENT_FIELDS."""
+    """Restart, remediation, dead letter, escalation, pause, resume, circuit: Celery events and stream entries match
+    EVENT_FIELDS."""
     app = make_app(redis_url, namespace, **FAST)
     env = basic_env(redis_url, namespace, FAST)
     host = f"ev-{namespace}@test"
@@ -115,7 +116,12 @@ def test_every_supervision_event_of_a_live_run_carries_documented_fields(
         with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2, env=env, cwd=ROOT,
                            extra_args=["-E"]) as worker:
             worker.wait_ready(app)
-            assert app.tasks["basic.flaky"].apply_async(("ev1", 1), queue="storage").get(timeout=30) == 2
+            # a bad deploy: 20 storage messages each fail once (the child fails by rate, then recovers)
+            flaky = [app.tasks["basic.flaky"].apply_async((f"ev{i}", 1), queue="storage") for i in range(20)]
+            assert [r.get(timeout=30) for r in flaky] == [2] * 20
+            fragile = app.tasks["basic.fragile"].apply_async(("ev-fragile",), queue="cache")
+            with pytest.raises(LookupError):
+                fragile.get(timeout=20)
             paused = celery(env, "supervision", "pause", "monitor", "--for", "20")
             assert paused.returncode == 0, paused.stderr
             celery(env, "supervision", "resume", "monitor")
@@ -124,19 +130,20 @@ def test_every_supervision_event_of_a_live_run_carries_documented_fields(
             runtime = get_runtime(app)
             assert runtime is not None
             runtime.circuits.open_for("payments", 5_000)
-            wanted = {"supervision-restart", "supervision-remediation", "supervision-pause", "supervision-resume"}
+            wanted = {"supervision-restart", "supervision-remediation", "supervision-pause", "supervision-resume",
+                      "supervision-dead-letter", "supervision-escalation"}
             wait_for(lambda: wanted <= {e.get("type") for e in captured}, timeout_s=15,
                      message=f"Celery events {sorted(wanted)}")
     finally:
         stop.set()
     supervision_events = [e for e in captured if str(e.get("type", "")).startswith("supervision-")]
     for event in supervision_events:
-        kind = event["type"][len("supervision-"):]
+        kind = event["type"][len("supervision-"):].replace("-", "_")
         undocumented = set(event) - CELERY_ENVELOPE - set(EVENT_FIELDS[kind])
         assert not undocumented, f"{event['type']} has undocumented fields {sorted(undocumented)}: {event}"
     entries = client.xrange(f"prismatic:{namespace}:events")
     kinds = {fields["type"] for _, fields in entries}
-    assert {"restart", "pause", "resume", "circuit"} <= kinds, kinds
+    assert {"restart", "pause", "resume", "circuit", "remediation", "dead_letter", "escalation"} <= kinds, kinds
     for _, fields in entries:
         undocumented = set(fields) - STREAM_ENVELOPE - set(EVENT_FIELDS[fields["type"]])
         assert not undocumented, f"stream {fields['type']} has undocumented fields {sorted(undocumented)}: {fields}"

@@ -35,14 +35,15 @@ def _consuming(app: Celery, hostnames: list[str]) -> dict[str, set[str]]:
 
 
 
-REST = {"prismatic_backoff_initial_ms": 2000, "prismatic_backoff_max_ms": 2000, "prismatic_backoff_jitter_ms": 0,
-        "prismatic_pause_window_s": 30}
+REST = {"prismatic_backoff_initial_ms": 2000, "prismatic_backoff_max_ms": 2000, "prismatic_backoff_jitter_ms": 0}
+DEPLOY = 25  # storage messages that each fail once (a bad deploy): the child fails by rate at 20 executions
 
 
 def test_rest_for_one_pauses_later_children_on_every_worker_and_resumes_in_order(
     redis_url: str, namespace: str, client: redis.Redis
 ) -> None:
-    """A storage crash pauses cache and telemetry on both workers until storage succeeds; nothing lost or doubled."""
+    """Storage fails at a high rate: cache and telemetry pause on both workers until storage succeeds again, then
+    resume in order; nothing lost or doubled; one restart."""
     app = make_app(redis_url, namespace, **REST)
     hosts = [f"a-{namespace}@test", f"b-{namespace}@test"]
     env = basic_env(redis_url, namespace, REST)
@@ -52,7 +53,7 @@ def test_rest_for_one_pauses_later_children_on_every_worker_and_resumes_in_order
         w2.wait_ready(app)
         assert all({"storage", "cache", "telemetry"} <= q for q in _consuming(app, hosts).values())
 
-        crashing = app.tasks["basic.flaky"].apply_async(("s1", 1), queue="storage")
+        crashing = [app.tasks["basic.flaky"].apply_async((f"s{i}", 1), queue="storage") for i in range(DEPLOY)]
         wait_for(lambda: all(not ({"cache", "telemetry"} & q) and "storage" in q
                              for q in _consuming(app, hosts).values()) and len(_consuming(app, hosts)) == 2,
                  timeout_s=10, message="cache and telemetry paused on both workers")
@@ -63,13 +64,13 @@ def test_rest_for_one_pauses_later_children_on_every_worker_and_resumes_in_order
                  message="paused messages wait in the broker")
         assert not any(client.get(f"runs:c{i}") for i in range(10))
 
-        assert crashing.get(timeout=20) == 2, "the storage task succeeds on its restart"
+        assert [r.get(timeout=30) for r in crashing] == [2] * DEPLOY, "every storage message succeeds on its re-run"
         wait_for(lambda: all({"cache", "telemetry"} <= q for q in _consuming(app, hosts).values()),
                  timeout_s=10, message="both workers resume cache and telemetry")
         assert [r.get(timeout=30) for r in waiting] == [f"c{i}" for i in range(10)] + [f"t{i}" for i in range(5)]
-        for key in [f"c{i}" for i in range(10)] + [f"t{i}" for i in range(5)] + ["s1"]:
+        for key in [f"c{i}" for i in range(10)] + [f"t{i}" for i in range(5)] + [f"s{i}" for i in range(DEPLOY)]:
             assert client.get(f"runs:{key}") == "1", key
-        assert client.get("attempts:s1") == "2"
+        assert all(client.get(f"attempts:s{i}") == "2" for i in range(DEPLOY))
         for worker in (w1, w2):
             log = worker.log
             assert "queue-paused" in log
@@ -124,28 +125,30 @@ def test_one_for_all_recycles_the_domains_pool_processes_and_resumes(
         assert len(before) == 2
         served = {app.tasks["basic.pid"].apply_async(queue=q).get(timeout=10) for q in ("mendel", "fitness") * 4}
         assert served <= before
-        result = app.tasks["basic.flaky"].apply_async(("evo1", 1), queue="mendel")
-        assert result.get(timeout=30) == 2
+        # every mendel message fails once: 20 failures make the child fail by rate
+        results = [app.tasks["basic.flaky"].apply_async((f"evo{i}", 1), queue="mendel") for i in range(20)]
+        assert [r.get(timeout=30) for r in results] == [2] * 20
         wait_for(lambda: "pool-recycled domain=evo" in worker.log, timeout_s=10, message="pool recycled")
         wait_for(lambda: len(set(worker.pool_pids()) - before) == 2 and len(worker.pool_pids()) == 2,
                  timeout_s=15, message="two new pool processes")
         after = {app.tasks["basic.pid"].apply_async(queue=q).get(timeout=10) for q in ("mendel", "fitness") * 4}
         assert not (after & before), "every task now runs in a fresh process"
         assert {"mendel", "fitness"} <= _consuming(app, [host])[host]
-        assert client.get("runs:evo1") == "1"
+        assert all(client.get(f"runs:evo{i}") == "1" for i in range(20))
 
 
 BUDGET = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0,
           "prismatic_domain_budget": {"max_restarts": 2, "period_s": 60},
           "prismatic_supervisor_budget": {"max_restarts": 1, "period_s": 300},
-          "prismatic_cooldown_initial_s": 2, "prismatic_cooldown_max_s": 4,
-          "prismatic_max_restarts_per_message": 20}
+          "prismatic_cooldown_initial_s": 2, "prismatic_cooldown_max_s": 30}
+BAD_DEPLOY = 160  # sources messages that always fail: a restart every 20, an overrun every third, escalation
 
 
 def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
     redis_url: str, namespace: str, client: redis.Redis
 ) -> None:
-    """osint exceeds its budget: it alone pauses while core keeps completing; the next overrun escalates."""
+    """osint's child keeps failing: its domain exceeds its budget and alone pauses while core keeps completing; the
+    next overrun escalates (the one CRITICAL line)."""
     app = make_app(redis_url, namespace, **BUDGET)
     host = f"budget-{namespace}@test"
     celery_events: list[dict[str, Any]] = []
@@ -164,14 +167,15 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2,
                        env=basic_env(redis_url, namespace, BUDGET), cwd=ROOT) as worker:
         worker.wait_ready(app)
-        failing = app.tasks["basic.flaky"].apply_async(("osint1", 1000), queue="sources")
+        failing = [app.tasks["basic.fetch_fail"].apply_async((f"bad deploy {i}",), queue="sources")
+                   for i in range(BAD_DEPLOY)]
         wait_for(lambda: "sources" not in _consuming(app, [host]).get(host, {"sources"}), timeout_s=10,
                  message="osint paused after its budget")
         done = [app.tasks["basic.record"].apply_async((f"core{i}",), queue="cache") for i in range(20)]
         assert [r.get(timeout=20) for r in done] == [f"core{i}" for i in range(20)], "core keeps completing"
-        assert "sources" not in _consuming(app, [host])[host]
         events = f"prismatic:{namespace}:events"
-        wait_for(lambda: any(f.get("type") == "escalation" for _, f in client.xrange(events)), timeout_s=30,
+        wait_for(lambda: any(f.get("type") == "escalation" and f.get("reason") == "supervisor_budget_exceeded"
+                             for _, f in client.xrange(events)), timeout_s=30,
                  message="escalation after the second overrun")
         wait_for(lambda: "supervision-escalation" in worker.log and "CRITICAL" in worker.log, timeout_s=5,
                  message="CRITICAL escalation log line")
@@ -179,7 +183,14 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
         assert escalation["reason"] == "supervisor_budget_exceeded"
         wait_for(lambda: any(e["type"] == "supervision-escalation" for e in celery_events), timeout_s=10,
                  message="the supervision-escalation Celery event")
-        sent = next(e for e in celery_events if e["type"] == "supervision-escalation")
-        assert sent["domain"] == "osint" and sent["reason"] == "supervisor_budget_exceeded"
+        wait_for(lambda: any(e["type"] == "supervision-escalation" and e["reason"] == "supervisor_budget_exceeded"
+                             for e in celery_events), timeout_s=10, message="the domain's escalation Celery event")
+        sent = [e for e in celery_events if e["type"] == "supervision-escalation"]
+        assert [e["reason"] for e in sent] == ["unknown_failure_pattern", "supervisor_budget_exceeded"], \
+            "one escalation for the new failure pattern (not one per message), one for the domain"
+        assert sent[1]["domain"] == "osint"
+        critical = [line for line in worker.log.splitlines() if "CRITICAL" in line]
+        assert len(critical) == 1 and "supervisor_budget_exceeded" in critical[0], critical
         assert client.hgetall(f"prismatic:{namespace}:restart-totals").get("cache") is None
-        failing.revoke()
+        for result in failing:
+            result.revoke()

@@ -7,10 +7,11 @@
 --   remediated  action, ttl_ms                                    -> {1 if it counts as automatic, corrupt}
 --   succeeded   when ('' = server TIME)       -> {recovery ms or -1 when the task never crashed, corrupt}
 --   failed      -                            -> {remediations applied to this task, corrupt}
+--   count       counter, amount               -> {new value, 0}  (escalations, dead_letters)
 --
 -- Counters (HINCRBY): crashes, known_pattern_crashes, remediations_applied, action:<name>,
--- auto_remediated, recoveries, recovery_ms_total, escalations (written by the caller with
--- HINCRBY), failed_for_good, false_positives.
+-- auto_remediated, recoveries, recovery_ms_total, escalations and dead_letters (op count),
+-- failed_for_good, false_positives.
 -- Recovery record: {"auto", "crashes", "first_crash", "known", "last_known", "remediations"};
 -- it expires ttl_ms after its last update and is deleted when the task succeeds or fails for good.
 -- A corrupt record (bad JSON, wrong types) counts as absent; corrupt = 1 lets the caller warn.
@@ -104,6 +105,10 @@ if op == 'failed' then
   if r.remediations > 0 then redis.call('HINCRBY', counters, 'false_positives', r.remediations) end
   redis.call('DEL', record_key)
   return {r.remediations, corrupt}
+end
+
+if op == 'count' then
+  return {redis.call('HINCRBY', counters, ARGV[2], tonumber(ARGV[3])), 0}
 end
 
 return redis.error_reply('knowledge.lua: unknown op ' .. tostring(op))
