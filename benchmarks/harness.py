@@ -12,15 +12,16 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
+from celery import Celery
 
-from prismatic_celery.testing import wait_for
+from prismatic_celery.testing import WorkerProcess, wait_for
 
-__all__ = ["HOST", "ROOT", "free_port", "marks_client", "pythonpath", "redis_server"]
+__all__ = ["HOST", "ROOT", "check_alive", "free_port", "marks_client", "pythonpath", "redis_server", "start_all"]
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -83,3 +84,19 @@ def redis_server(name: str) -> Iterator[int]:
                 proc.kill()
                 proc.wait(5)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# worker subprocesses -------------------------------------------------------------------------
+def start_all(stack: ExitStack, workers: Sequence[WorkerProcess], app: Celery) -> None:
+    """Start ``workers`` (each stopped when ``stack`` closes) and wait until every one answers a ping."""
+    for worker in workers:
+        stack.enter_context(worker)
+    for worker in workers:
+        worker.wait_ready(app)
+
+
+def check_alive(workers: Sequence[WorkerProcess], *, skip: Collection[int] = ()) -> None:
+    """Stop the benchmark (with the worker's log) when a worker exited; ``skip``: indexes killed on purpose."""
+    for index, worker in enumerate(workers):
+        if index not in skip and worker.proc is not None and worker.proc.poll() is not None:
+            raise SystemExit(f"worker {worker.hostname} exited with {worker.proc.returncode}:\n{worker.log}")

@@ -53,7 +53,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from benchmarks.harness import HOST, ROOT, pythonpath, redis_server
+from benchmarks.harness import HOST, ROOT, check_alive, pythonpath, redis_server, start_all
 from benchmarks.outage_apps import CIRCUITS, COMPLETIONS_KEY, FINISHED_KEY, MAX_RETRIES, QUEUE, TASK, make_app
 from prismatic_celery.testing import WorkerProcess, wait_for
 
@@ -152,16 +152,10 @@ class Bench:
         ]
         try:
             with ExitStack() as stack:
-                for worker in workers:
-                    stack.enter_context(worker)
-                for worker in workers:
-                    worker.wait_ready(app)
+                start_all(stack, workers, app)
 
                 def alive() -> None:
-                    for worker in workers:
-                        if worker.proc is not None and worker.proc.poll() is not None:
-                            raise SystemExit(f"worker {worker.hostname} exited with {worker.proc.returncode}:\n"
-                                             f"{worker.log}")
+                    check_alive(workers)
 
                 dependency.set_down(True)
                 went_down = time.time()

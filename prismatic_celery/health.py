@@ -732,6 +732,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
                    "temporary (a temporary child's message: it fails as in plain Celery)",
         "action": "remediation the rules chose", "rule": "rule name", "failure_class": "failure class",
         "fingerprint": "the failure's fingerprint",
+        "deaths": "pool-process deaths it caused (a temporary child's pool death)",
     },
 }
 

@@ -137,8 +137,9 @@ class CeleryEventListener(SupervisionListener):
 
     def _send(self, event: SupervisionEvent) -> None:
         hostname = str(event.fields.get("hostname") or "") or None
-        fields = {k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in event.fields.items()}
-        fields.pop("hostname", None)
+        # Celery's own envelope fields (``type``, ``hostname``) are the dispatcher's, never the body's
+        fields = {k: v if isinstance(v, (int, float, bool)) else str(v) for k, v in event.fields.items()
+                  if k not in ("type", "hostname")}
         with self.app.events.default_dispatcher(hostname=hostname) as dispatcher:
             dispatcher.send(event.celery_type, **fields)
 

@@ -68,7 +68,8 @@ def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_th
 
 CHAOS_KEYS = {"mode", "lost", "lost_unreceived", "unsettled_at_cap", "healthy_p50_s", "healthy_p99_s",
               "dead_dependency_calls", "logic_error_executions_max", "logic_error_executions_total", "poison_runs",
-              "duplicate_successes", "seconds", "messages", "settled", "dead_lettered_other", "max_countdown_s"}
+              "poison_runs_at_kill", "duplicate_successes", "seconds", "messages", "settled", "dead_lettered_other",
+              "max_countdown_s"}
 
 
 @pytest.mark.integration
@@ -87,10 +88,13 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
     assert plugin["settled"] == plugin["messages"] - plugin["lost"] and plugin["dead_lettered_other"] == 0, proc.stdout
     logic = plugin["logic_error_executions_total"]
     assert logic > 0 and plugin["logic_error_executions_max"] == 1 and plain["logic_error_executions_total"] == logic
-    assert plugin["poison_runs"] and max(plugin["poison_runs"]) <= 3, proc.stdout
+    # A run whose pool process died unseen because its whole worker was SIGKILLed is no death the plugin can count.
+    runs, uncounted = plugin["poison_runs"], plugin["poison_runs_at_kill"]
+    assert runs and all(r - k <= 3 for r, k in zip(runs, uncounted, strict=True)), proc.stdout
     assert plain["unsettled_at_cap"] >= len(plain["poison_runs"]), "plain Celery never settles a poison message"
     assert 0 < plugin["dead_dependency_calls"] < plain["dead_dependency_calls"], proc.stdout
     for summary in (plain, plugin):
         assert 0 < summary["healthy_p50_s"] <= summary["healthy_p99_s"] and summary["seconds"] > 0
-        assert summary["max_countdown_s"] < 20, "every countdown stays below the quick run's visibility timeout"
+    assert plugin["max_countdown_s"] < 12, "the plugin's countdowns stay below the quick run's visibility timeout"
+    assert plugin["duplicate_successes"] == 0, proc.stdout
     assert "targets: " in proc.stdout

@@ -187,6 +187,35 @@ def test_unknown_event_types_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown supervision event type"):
         SupervisionEvent("explosion")
     assert SupervisionEvent("circuit").celery_type == "supervision-circuit"
+    assert SupervisionEvent("dead_letter").celery_type == "supervision-dead-letter"
+
+
+def test_celery_events_carry_the_fields_and_never_clash_with_the_envelope(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead letter is sent as supervision-dead-letter; a field named type or hostname (Celery's own envelope)
+    never breaks the send."""
+    from contextlib import contextmanager
+
+    from prismatic_celery.listeners import CeleryEventListener
+
+    app = _app()
+    sent: list[tuple[str | None, str, dict[str, Any]]] = []
+
+    class FakeDispatcher:
+        def __init__(self, hostname: str | None) -> None:
+            self.hostname = hostname
+
+        def send(self, type: str, **fields: Any) -> None:
+            sent.append((self.hostname, type, fields))
+
+    @contextmanager
+    def dispatcher(hostname: str | None = None) -> Any:
+        yield FakeDispatcher(hostname)
+
+    monkeypatch.setattr(app.events, "default_dispatcher", dispatcher)
+    listener = CeleryEventListener(app)
+    listener.on_dead_letter(SupervisionEvent("dead_letter", {"type": "dead_letter", "hostname": "w@x", "attempts": 2,
+                                                              "reason": "restarts_exhausted"}))
+    assert sent == [("w@x", "supervision-dead-letter", {"attempts": 2, "reason": "restarts_exhausted"})]
 
 
 def test_public_api_is_exported() -> None:
