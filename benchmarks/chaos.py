@@ -32,11 +32,13 @@ the restore sweep every second. 60 s because it must be longer than any countdow
 uses in this run: a worker holds a countdown (ETA) message unacknowledged until it is due, and one
 held longer than the visibility timeout would be restored while still held, then run twice. Plain
 Celery's countdowns are capped at 16 s (``retry_backoff_max``); the plugin's are at most 17 s (its
-default backoff's fifth and last re-run), 2 s for a circuit deferral, 1 s for a paused queue; only a
-domain cool-down (5 s doubling) could be longer, so the largest countdown each variant logged is
-reported. ``--quick`` uses 12 s so the test suite runs both variants in about 40 s: above every
-countdown of the plugin there, and above plain Celery's unless a message has retried four times in its 4 s
-outage (a duplicate of plain Celery's then is possible, and reported).
+default backoff's fifth and last re-run), 30 s for a circuit deferral (the breaker's default reset
+timeout), 1 s for a paused queue; only a domain cool-down (5 s doubling) could be longer, so the
+largest countdown each variant logged is reported. ``--quick`` uses 8 s, and a breaker with a 2 s
+reset timeout, so the test suite runs both variants in about half a minute: above every countdown of
+the plugin there (its transient failures wait 1-3 s, a circuit deferral 2 s), not always above plain
+Celery's (a message that retried three times in the 4 s outage may wait up to 8 s: a duplicate of
+plain Celery's is then possible, and reported).
 
 A message is *settled* when: healthy, transient or orders: it completed (marks); a logic error: it
 ran and failed for good (plain: it raised, no retry applies; plugin: it is in the plugin's
@@ -144,7 +146,7 @@ FULL = Scenario(counts={"order": 330, "transient": 70, "report": 1200, "source":
                 publish_s=15.0, down_at_s=3.0, down_s=10.0, kill_at_s=7.0, restart_at_s=9.0, visibility_s=60,
                 cap_s=180.0)
 QUICK = Scenario(counts={"order": 50, "transient": 10, "report": 180, "source": 38, "logic": 20, "poison": 2},
-                 publish_s=5.0, down_at_s=1.0, down_s=4.0, kill_at_s=2.5, restart_at_s=4.5, visibility_s=12,
+                 publish_s=5.0, down_at_s=1.0, down_s=4.0, kill_at_s=2.5, restart_at_s=4.5, visibility_s=8,
                  cap_s=90.0)
 
 
@@ -455,8 +457,9 @@ def targets(plain: Run, plugin: Run) -> str:
         f"dead-dependency calls plain/plugin {ratio:.1f} >= 50": ratio >= 50,
         f"plugin logic errors ran once each ({sum(plugin.logic_runs)} runs for {n_logic})":
             all(n == 1 for n in plugin.logic_runs),
-        f"plugin poison runs {plugin.poison_runs} <= 3 each ({sum(plugin.poison_runs_at_kill)} started on the killed "
-        f"worker before the kill)": all(n <= 3 for n in plugin.poison_runs),
+        f"plugin poison runs {plugin.poison_runs} <= 3 each, plus at most the one a message may have been running on "
+        f"the worker SIGKILLed under it (a death no worker saw)":
+            all(n <= 3 + (k > 0) for n, k in zip(plugin.poison_runs, plugin.poison_runs_at_kill, strict=True)),
     }
     return "targets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in checks.items())
 
@@ -470,12 +473,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         port = stack.enter_context(redis_server("broker"))
         broker_url, marks_url = f"redis://{HOST}:{port}/0", f"redis://{HOST}:{port}/1"
-        apps = {v: make_app(v, broker_url, marks_url=marks_url, visibility_s=scenario.visibility_s)
+        apps = {v: make_app(v, broker_url, marks_url=marks_url, visibility_s=scenario.visibility_s, quick=args.quick)
                 for v in VARIANTS}
         for app in apps.values():
             stack.callback(app.close)
         env = {"CHAOS_BROKER_URL": broker_url, "CHAOS_MARKS_URL": marks_url,
-               "CHAOS_VISIBILITY_S": str(scenario.visibility_s), "PYTHONPATH": pythonpath()}
+               "CHAOS_VISIBILITY_S": str(scenario.visibility_s), "CHAOS_QUICK": "1" if args.quick else "0",
+               "PYTHONPATH": pythonpath()}
         bench = Bench(apps, env, redis.Redis.from_url(broker_url), redis.Redis.from_url(marks_url,
                       decode_responses=True), scenario, messages, args.keep_logs)
         counts = ", ".join(f"{k} {v}" for k, v in scenario.counts.items())

@@ -28,10 +28,12 @@ countdown longer than the visibility timeout makes the message be delivered agai
 still holds it, so a careful configuration keeps every countdown below it.
 
 ``CHAOS_VARIANT=plugin``: the same app with ``prismatic_celery.install``, the tree :data:`DOMAINS`,
-the breaker :data:`CIRCUITS` declared by ``chaos.orders`` (``circuits=["dep"]``) and no autoretry;
+the breaker :data:`CIRCUITS` (the breaker's defaults; ``--quick``: :data:`QUICK_CIRCUITS`) declared by
+``chaos.orders`` (``circuits=["dep"]``) and no autoretry;
 every other ``prismatic_*`` setting is the plugin's default (its store is the broker's Redis).
 
-Other variables: ``CHAOS_BROKER_URL`` (the broker), ``CHAOS_MARKS_URL`` (the marks).
+Other variables: ``CHAOS_BROKER_URL`` (the broker), ``CHAOS_MARKS_URL`` (the marks), ``CHAOS_VISIBILITY_S``,
+``CHAOS_QUICK`` (``1``: the quick run's breaker).
 """
 
 from __future__ import annotations
@@ -58,9 +60,12 @@ DOMAINS = {
     "core": {"strategy": "rest_for_one", "children": [ORDERS, REPORTS]},
     "osint": {"strategy": "one_for_one", "children": [SOURCES]},
 }
-#: The dependency ``chaos.orders`` calls, declared to the plugin: opens after 3 consecutive failures,
-#: one trial call every 2 s, strict (no more than fail_max calls reach it once it fails).
-CIRCUITS = {"dep": {"fail_max": 3, "reset_timeout_s": 2, "strict": True}}
+#: The dependency ``chaos.orders`` calls, declared to the plugin with the breaker's defaults (``fail_max`` 5,
+#: ``reset_timeout_s`` 30, not strict): nothing about the breaker is tuned to the scenario.
+CIRCUITS: dict[str, dict[str, Any]] = {"dep": {}}
+#: ``--quick`` only: one trial call every 2 s and strict, so a circuit deferral (its countdown is the reset
+#: timeout) stays below the quick run's short visibility timeout.
+QUICK_CIRCUITS: dict[str, dict[str, Any]] = {"dep": {"fail_max": 3, "reset_timeout_s": 2, "strict": True}}
 #: Plain Celery's retry budget: a 10 s outage costs about 5 retries; 10 is never exhausted in this run.
 MAX_RETRIES = 10
 #: Plain Celery's largest countdown (full jitter: each is uniform in 0..min(2**retries, this)), kept
@@ -83,8 +88,8 @@ def _work() -> None:
     time.sleep(random.uniform(0.010, 0.020))
 
 
-def make_app(variant: str, broker_url: str, *, marks_url: str | None = None, visibility_s: int = VISIBILITY_S
-             ) -> Celery:
+def make_app(variant: str, broker_url: str, *, marks_url: str | None = None, visibility_s: int = VISIBILITY_S,
+             quick: bool = False) -> Celery:
     """The app as both the benchmark driver and its workers build it."""
     if variant not in VARIANTS:
         raise ValueError(f"CHAOS_VARIANT must be one of {VARIANTS}, not {variant!r}")
@@ -103,7 +108,7 @@ def make_app(variant: str, broker_url: str, *, marks_url: str | None = None, vis
     if variant == "plugin":
         import prismatic_celery
 
-        app.conf.update(prismatic_domains=DOMAINS, prismatic_circuits=CIRCUITS)
+        app.conf.update(prismatic_domains=DOMAINS, prismatic_circuits=QUICK_CIRCUITS if quick else CIRCUITS)
         prismatic_celery.install(app)
         orders_options = {"circuits": ["dep"]}
     else:
@@ -157,6 +162,7 @@ def _from_env() -> Celery:
         os.environ.get("CHAOS_BROKER_URL", "memory://"),
         marks_url=os.environ.get("CHAOS_MARKS_URL"),
         visibility_s=int(os.environ.get("CHAOS_VISIBILITY_S", VISIBILITY_S)),
+        quick=os.environ.get("CHAOS_QUICK") == "1",
     )
 
 

@@ -90,11 +90,11 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
     assert logic > 0 and plugin["logic_error_executions_max"] == 1 and plain["logic_error_executions_total"] == logic
     # A run whose pool process died unseen because its whole worker was SIGKILLed is no death the plugin can count.
     runs, uncounted = plugin["poison_runs"], plugin["poison_runs_at_kill"]
-    assert runs and all(r - k <= 3 for r, k in zip(runs, uncounted, strict=True)), proc.stdout
+    assert runs and all(r <= 3 + (k > 0) for r, k in zip(runs, uncounted, strict=True)), proc.stdout
     assert plain["unsettled_at_cap"] >= len(plain["poison_runs"]), "plain Celery never settles a poison message"
     assert 0 < plugin["dead_dependency_calls"] < plain["dead_dependency_calls"], proc.stdout
     for summary in (plain, plugin):
         assert 0 < summary["healthy_p50_s"] <= summary["healthy_p99_s"] and summary["seconds"] > 0
-    assert plugin["max_countdown_s"] < 12, "the plugin's countdowns stay below the quick run's visibility timeout"
+    assert plugin["max_countdown_s"] < 8, "the plugin's countdowns stay below the quick run's visibility timeout"
     assert plugin["duplicate_successes"] == 0, proc.stdout
     assert "targets: " in proc.stdout
