@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pytest
 
 from prismatic_celery.store import MemoryStore, RedisStore, Script, Store
-from prismatic_celery.store.base import Scalar
+from prismatic_celery.store.base import Scalar, ScriptCall
 from prismatic_celery.testing import wait_for
 
 
@@ -129,6 +129,28 @@ def test_scripts_run_atomically_with_the_same_result(store: Store) -> None:
     """A script gives the same answers on Redis (Lua) and in memory (its Python twin)."""
     assert store.run(INCR, ["prismatic:t:counter"], [2]) == 2
     assert store.run(INCR, ["prismatic:t:counter"], [3]) == 5
+
+
+def test_several_scripts_run_in_one_call_in_order(store: Store) -> None:
+    """run_many: each script's answer, in order, the same on Redis (one pipelined round trip) and in memory."""
+    calls = [ScriptCall(INCR, ["prismatic:t:a"], [2]), ScriptCall(INCR, ["prismatic:t:b"], [5]),
+             ScriptCall(INCR, ["prismatic:t:a"], [1])]
+    assert store.run_many(calls) == [2, 5, 3]
+    assert store.run_many([]) == []
+
+
+def test_a_script_the_server_refuses_is_answered_alone_from_local_state(redis_url: str) -> None:
+    """One script of a batch hits a key of a foreign type: its answer comes from the in-process twin, the others'
+    from Redis (they are not replayed in memory), and the store stays in use."""
+    real = RedisStore(redis_url)
+    try:
+        real.client.rpush("prismatic:t:foreign", "x")
+        calls = [ScriptCall(INCR, ["prismatic:t:ok"], [2]), ScriptCall(INCR, ["prismatic:t:foreign"], [1])]
+        assert real.run_many(calls) == [2, 1]
+        assert real.client.get("prismatic:t:ok") == "2" and not real.degraded
+        assert real.fallback.raw("prismatic:t:ok") is None
+    finally:
+        real.close()
 
 
 def test_corrupt_json_is_skipped_with_a_warning(store: Store, caplog: pytest.LogCaptureFixture) -> None:

@@ -313,8 +313,14 @@ class RedisStore(Store):
                 for i, reply in zip(pending, replies, strict=True):
                     if isinstance(reply, redis.exceptions.NoScriptError):
                         missing.append(i)
-                    elif isinstance(reply, Exception):
+                    elif isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
                         raise reply
+                    elif isinstance(reply, Exception):
+                        # The server refused this one script (e.g. WRONGTYPE on a foreign key): only its
+                        # answer comes from local state; the others' stay Redis's.
+                        self._refused.warn("store-command-refused", url=self._safe_url(), error=str(reply)[:200])
+                        call = calls[i]
+                        results[i] = self.fallback.run(call.script, call.keys, call.args)
                     else:
                         results[i] = reply
                 if not missing:
