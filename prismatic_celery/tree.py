@@ -97,11 +97,11 @@ def _check_budget(setting: str, max_restarts: Any, period_s: Any) -> tuple[int, 
 
 
 # A restart here is a child failure: at least prismatic_child_failure_rate of at least
-# prismatic_child_min_executions executions failed (a failed message alone is never one). After
-# a restart the child's window starts afresh, so each restart is new evidence; a child failing
-# again twice within a minute of its first failure is OTP's crash loop, and the fourth restart
-# cools the domain down.
-DEFAULT_DOMAIN_BUDGET = RestartBudget(max_restarts=3, period_s=60.0)
+# prismatic_child_min_executions executions failed (a failed message alone is never one), and the
+# child's window starts afresh after it, so each restart is new evidence. 10 in 60 s (200 failed
+# executions or more) lets a quiet queue take a burst of bad messages without pausing its whole
+# domain, and still cools a domain down within seconds when a busy child keeps failing.
+DEFAULT_DOMAIN_BUDGET = RestartBudget(max_restarts=10, period_s=60.0)
 DEFAULT_SUPERVISOR_BUDGET = RestartBudget(max_restarts=3, period_s=300.0)
 
 

@@ -105,7 +105,7 @@ def test_defaults_load_from_an_empty_configuration() -> None:
     assert settings.namespace == "cfgtest"
     assert settings.store_url == "memory://"
     assert settings.supervisor.domain_list == ()
-    assert settings.supervisor.domain_budget == RestartBudget(3, 60.0)
+    assert settings.supervisor.domain_budget == RestartBudget(10, 60.0)
     assert (settings.child_failure_rate, settings.child_min_executions, settings.child_window_s) == (0.5, 20, 10.0)
     assert settings.supervisor.budget == RestartBudget(3, 300.0)
     assert settings.hotspot_restarts == 3 and settings.hotspot_window_s == 300.0
@@ -134,7 +134,7 @@ def test_a_full_tree_is_parsed_in_declaration_order() -> None:
     assert tree.budget_for(core) == RestartBudget(4, 30.0) and core.concurrency == 2
     assert [c.queue for c in core.children_after("storage")] == ["cache"]
     osint = tree.domain("osint")
-    assert tree.budget_for(osint) == RestartBudget(3, 60.0)
+    assert tree.budget_for(osint) == RestartBudget(10, 60.0)
     child = osint.child_list[0]
     assert child.restart is RestartType.TRANSIENT and child.normal_exceptions == (KeyError,)
     assert tree.route("osint.fetch") == "sources" and tree.route("other") is None

@@ -387,6 +387,8 @@ class Engine:
         if fate.outcome == "dead_letter":
             self.runtime.dlq.pushed(calls[-1], replies[-1])
         self._announce(domain, child, outcome, context, message, recorded=True)
+        if outcome.escalated and learning is not None:
+            learning.metrics.escalated(task_id)
         return deaths, Fate(fate.outcome, fate.reason, outcome.countdown_s, fate.remediation)
 
     def after_success(self, task: Task[Any, Any]) -> None:
