@@ -30,7 +30,7 @@ import click
 from celery import Celery
 
 from .errors import ConfigurationError
-from .health import get_tree_health, knowledge_view, lessons_view, recent_events
+from .health import get_tree_health, recent_events
 from .health import tree_state as _tree_state
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
@@ -306,33 +306,6 @@ def circuits(ctx: click.Context, as_json: bool) -> None:
     _emit(found, as_json, render_circuits(found) if found else "no circuits")
 
 
-@supervision.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Lessons listed.")
-@click.pass_context
-def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """Lessons learned (most recently seen first) and the knowledge metrics; n/a when not enabled."""
-    runtime = _runtime(ctx)
-    found = lessons_view(runtime, limit)
-    knowledge = knowledge_view(runtime)
-    data = {"knowledge": knowledge, "lessons": found}
-    lines = ["knowledge: " + ("n/a" if knowledge is None else render_knowledge_line(knowledge))]
-    if found is None:
-        lines.append("lessons: n/a")
-    elif not found:
-        lines.append("no lessons recorded")
-    else:
-        rows = []
-        for lesson in found:
-            remediations = lesson.get("remediations") or {}
-            tried = ", ".join(f"{name} {s.get('succeeded', 0)}/{s.get('tried', 0)}"
-                              for name, s in sorted(remediations.items()))
-            rows.append([str(lesson.get("fingerprint", ""))[:12], lesson.get("failure_class"), lesson.get("count"),
-                         str(lesson.get("exc_type")), str(lesson.get("message", ""))[:60], tried])
-        lines.append(table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "MESSAGE", "REMEDIATIONS (ok/tried)"], rows))
-    _emit(data, as_json, "\n".join(lines))
-
-
 def render_events(events: Sequence[Mapping[str, Any]]) -> str:
     """Recent supervision events, newest first."""
     if not events:
@@ -461,8 +434,9 @@ def flowerconfig() -> None:
 
 
 def _add_optional_groups() -> None:
-    """Subcommand groups built elsewhere (``dlq``, ``shed``), added when their modules exist."""
-    for module, attr in (("prismatic_celery.remediation.cli", "dlq"), ("prismatic_celery.shedding_cli", "shed")):
+    """Subcommand groups built elsewhere (``dlq``, ``shed``, ``lessons``), added when their modules exist."""
+    for module, attr in (("prismatic_celery.remediation.cli", "dlq"), ("prismatic_celery.shedding_cli", "shed"),
+                         ("prismatic_celery.lessons.cli", "lessons")):
         try:
             if importlib.util.find_spec(module) is None:
                 continue

@@ -168,6 +168,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Outcomes a remediation needs before a lesson applies it automatically."),
     Setting("lesson_min_success_rate", 0.8, _rate, "0..1",
             "Success rate a remediation needs before a lesson applies it automatically."),
+    Setting("lesson_exploration", 0.1, _rate, "0..1",
+            "Chance that a message's first crash tries a candidate remediation not yet proven, instead of the best."),
+    Setting("lesson_demotion_s", 600.0, as_seconds, "s",
+            "How long a remediation that keeps failing for a fingerprint is not chosen again."),
     Setting("in_app_modules", None, _optional_str_list, "list",
             "Module prefixes whose frames fingerprint a crash. Default: every frame outside the standard "
             "library, site-packages and Celery."),
@@ -247,6 +251,8 @@ class Settings:
     lessons_max: int
     lesson_min_observations: int
     lesson_min_success_rate: float
+    lesson_exploration: float
+    lesson_demotion_s: float
     in_app_modules: tuple[str, ...] | None
     failure_class_overrides: Any
     bulkhead_defer_s: float

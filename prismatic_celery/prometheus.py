@@ -35,8 +35,9 @@ Every metric has the label ``namespace`` (``prismatic_namespace``).
 | ``prismatic_lessons`` | gauge | | lessons recorded (when lessons are enabled) |
 | ``prismatic_knowledge_<counter>_total`` | counter | | one per counter of ``KNOWLEDGE_COUNTERS`` (below) |
 | ``prismatic_knowledge_remediations_total`` | counter | ``action`` | remediations applied by action |
+| ``prismatic_knowledge_recoveries_total`` | counter | ``action`` | successful re-runs, by remediation |
 | ``prismatic_knowledge_auto_remediated_percent`` | gauge | | auto-remediated % of known-pattern crashes |
-| ``prismatic_knowledge_mean_time_to_recovery_seconds`` | gauge | | mean time from a task's first crash to its success |
+| ``prismatic_knowledge_mean_time_to_recovery_seconds`` | gauge | | auto-remediated crash to re-run success |
 | ``prismatic_knowledge_escalation_rate`` | gauge | | escalations per crash (0..1) |
 | ``prismatic_knowledge_false_positive_rate`` | gauge | | remediations followed by a final failure, per remediation |
 """
@@ -67,11 +68,12 @@ logger = get_logger("prometheus")
 STATES = ("healthy", "degraded", "critical", "escalated")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 #: Knowledge counters, each exported as ``prismatic_knowledge_<name>_total``.
-KNOWLEDGE_COUNTERS = ("crashes", "known_pattern_crashes", "auto_remediated", "remediations_applied", "recoveries",
-                      "escalations", "failed_for_good", "false_positives")
+KNOWLEDGE_COUNTERS = ("crashes", "known_pattern_crashes", "recurring_crashes", "auto_remediated",
+                      "remediations_applied", "recoveries", "escalations", "failed_for_good", "false_positives")
 KNOWLEDGE_GAUGES = {
     "auto_remediated_pct": ("auto_remediated_percent", "Auto-remediated known-pattern crashes, in percent."),
-    "mean_time_to_recovery_s": ("mean_time_to_recovery_seconds", "Mean seconds from a task's first crash to success."),
+    "mean_time_to_recovery_s": ("mean_time_to_recovery_seconds",
+                                "Mean seconds from an auto-remediated crash to its re-run's success."),
     "escalation_rate": ("escalation_rate", "Escalations per crash (0..1)."),
     "false_positive_rate": ("false_positive_rate", "Remediations followed by a final failure, per remediation."),
 }
@@ -170,6 +172,11 @@ def _knowledge_families(ns: str, knowledge: Mapping[str, Any]) -> list[Metric]:
     for action, count in sorted((knowledge.get("remediations_by_action") or {}).items()):
         by_action.add_metric([ns, str(action)], float(count))
     out.append(by_action)
+    recovered = _counter("knowledge_recoveries", "Re-runs that succeeded, by the remediation that gave them.",
+                         ["action"])
+    for action, count in sorted((knowledge.get("recoveries_by_action") or {}).items()):
+        recovered.add_metric([ns, str(action)], float(count))
+    out.append(recovered)
     for key, (name, doc) in KNOWLEDGE_GAUGES.items():
         value = knowledge.get(key)
         if value is not None:

@@ -98,3 +98,24 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
     assert plugin["max_countdown_s"] < 8, "the plugin's countdowns stay below the quick run's visibility timeout"
     assert plugin["duplicate_successes"] == 0, proc.stdout
     assert "targets: " in proc.stdout
+
+
+LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_s", "escalation_rate",
+                 "false_positive_rate", "attempts_per_recovery", "rounds", "seed", "overall"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures() -> None:
+    """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; every pattern became a lesson,
+    the bug was never re-run (escalated once), and remediations kept most known-pattern crashes from failing."""
+    proc, report = _quick("benchmarks.learning", 220)
+    assert set(report) == LEARNING_KEYS, proc.stdout
+    lines = proc.stdout.splitlines()[:-1]
+    assert [line.split(":")[0] for line in lines if line.startswith("round")] == [f"round {i}" for i in (1, 2, 3)]
+    assert len([line for line in lines if line.startswith("lesson ")]) == 7, proc.stdout
+    assert report["total_lessons"] == 7, proc.stdout  # one per pattern: hosts, ids and generations do not split them
+    assert report["escalation_rate"] is not None and 0 < report["escalation_rate"] < 0.1, proc.stdout
+    assert report["auto_remediated_pct"] is not None and report["auto_remediated_pct"] >= 60, proc.stdout
+    assert report["false_positive_rate"] is not None and report["false_positive_rate"] <= 0.1, proc.stdout
+    assert report["overall"]["recovery_rate_by_action"].get("recycle_process", 0) > 0, proc.stdout

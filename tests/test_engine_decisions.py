@@ -65,9 +65,9 @@ def _app(store_url: str | None = None, **conf: Any) -> tuple[Celery, Runtime, Re
 
 
 def _crash(app: Celery, runtime: Runtime, queue: str, exc: BaseException, retries: int = 0,
-           task_id: str = "t-1", attempt: int = 0) -> Retry | None:
+           task_id: str = "t-1", attempt: int = 0, history: dict[str, Any] | None = None) -> Retry | None:
     task = app.tasks["dec.work"]
-    headers = {HEADER: {"attempt": attempt}} if attempt else {}
+    headers = {HEADER: history} if history else {HEADER: {"attempt": attempt}} if attempt else {}
     task.push_request(id=task_id, delivery_info={"routing_key": queue}, retries=retries, called_directly=False,
                       hostname="w@test", args=("boom",), kwargs={}, **headers)
     try:
@@ -296,3 +296,120 @@ def test_an_open_circuit_defers_without_a_failure_and_can_pause_the_child() -> N
     assert runtime.store.hgetall(runtime.keys.key("executions", "cache")) == {}
     pause = read_pauses(runtime.store, runtime.keys, runtime.supervisor, ["cache"])["cache"]
     assert pause.reason == "circuit" and pause.by == "api"
+
+
+# lessons: candidates, per-attempt outcomes, operators ------------------------------------------------
+def _rerun_history(sent: list[dict[str, Any]]) -> dict[str, Any]:
+    history = sent[-1]["headers"][HEADER]
+    assert isinstance(history, dict)
+    return history
+
+
+def test_a_failed_remediation_makes_the_re_run_climb_the_ladder_and_is_recorded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ConnectionError: the network rule's backoff first; its re-run fails again, so that attempt's failure
+    is recorded in the lesson and the next candidate (a fresh process) is applied, then a quick retry; a
+    message that failed again never comes back sooner than the default backoff for its attempt."""
+    app, runtime, recorder = _app(prismatic_lesson_exploration=0)
+    sent = _published(app, monkeypatch)
+    _crash(app, runtime, "storage", ConnectionError("reset by peer"), task_id="m-1")
+    first = _rerun_history(sent)
+    assert first["action"] == "retry_with_backoff" and first["rule"] == "default.network"
+    retry = _crash(app, runtime, "storage", ConnectionError("reset by peer"), task_id="m-1", history=first)
+    second = _rerun_history(sent)
+    assert second["label"] == "recycle_process" and second["rule"] == "lesson.ladder"
+    assert retry is not None and float(retry.when) >= 0.2, "attempt 2: at least the default backoff (0.1 s x 2)"
+    _crash(app, runtime, "storage", ConnectionError("reset by peer"), task_id="m-1", history=second)
+    third = _rerun_history(sent)
+    assert third["label"] == "retry_with_backoff(100,400,100)" and third["attempt"] == 3
+    assert runtime.learning is not None
+    lesson = runtime.learning.lessons.get(third["fp"])
+    assert lesson is not None
+    assert {label: (s.failed, s.succeeded) for label, s in lesson.remediations.items()} == {
+        first["label"]: (1, 0), second["label"]: (1, 0)}
+    assert [e.fields["rule"] for e in recorder.events] == ["default.network", "lesson.ladder", "lesson.ladder"]
+
+
+def test_a_re_run_that_succeeds_records_the_recovery_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The success of a re-run counts its remediation as recovered, with the time from its crash; a crash of a
+    known pattern (its lesson held a remediation that qualified) whose re-run succeeded is auto-remediated."""
+    app, runtime, _ = _app(prismatic_lesson_exploration=0)
+    sent = _published(app, monkeypatch)
+    _crash(app, runtime, "storage", ConnectionError("refused"), task_id="warm")
+    assert _rerun_history(sent)["known"] is False, "seen once, no remediation proven yet"
+    assert runtime.learning is not None
+    fp, label = _rerun_history(sent)["fp"], _rerun_history(sent)["label"]
+    for _ in range(3):
+        runtime.learning.lessons.record_outcome(fp, label, True, recovery_s=0.5)
+    _crash(app, runtime, "storage", ConnectionError("refused"), task_id="m-2")
+    history = _rerun_history(sent)
+    assert history["known"] is True and history["label"] == label
+    task = app.tasks["dec.work"]
+    task.push_request(id="m-2", delivery_info={"routing_key": "storage"}, called_directly=False, **{HEADER: history})
+    try:
+        runtime.engine.after_success(task)
+    finally:
+        task.pop_request()
+    assert runtime.learning is not None
+    metrics = runtime.learning.metrics.snapshot()
+    assert (metrics.known_pattern_crashes, metrics.recurring_crashes, metrics.auto_remediated) == (1, 1, 1)
+    assert metrics.recoveries_by_action == {"retry_with_backoff": 1}
+    assert metrics.mean_time_to_recovery_s is not None and 0 <= metrics.mean_time_to_recovery_s < 60
+    lesson = runtime.learning.lessons.get(history["fp"])
+    assert lesson is not None and lesson.remediations[history["label"]].succeeded == 4
+
+
+def test_state_corruption_no_rule_names_is_remediated_by_a_fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rule matches an AssertionError about broken state; its class's ladder recycles the process instead of
+    dead-lettering it as an unknown pattern; a logic error is still dead-lettered."""
+    app, runtime, recorder = _app()
+    sent = _published(app, monkeypatch)
+    assert _crash(app, runtime, "storage", AssertionError("cache invariant violated"), task_id="s-1") is not None
+    assert _rerun_history(sent)["action"] == "recycle_process"
+    assert _crash(app, runtime, "storage", ValueError("bad payload"), task_id="s-2") is None
+    assert recorder.types()[-2:] == ["dead_letter", "escalation"]
+
+
+def test_an_operator_taught_action_wins_over_a_default_rule_but_not_a_user_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app, runtime, _ = _app(prismatic_remediation_rules=[
+        {"match": {"message": "pinned"}, "action": "dead_letter", "name": "pin"}])
+    sent = _published(app, monkeypatch)
+    _crash(app, runtime, "storage", ConnectionError("refused"), task_id="warm")
+    assert runtime.learning is not None
+    fp = _rerun_history(sent)["fp"]
+    assert runtime.learning.lessons.teach(fp, {"action": "recycle_process"}) is not None
+    _crash(app, runtime, "storage", ConnectionError("refused"), task_id="t-taught")
+    assert _rerun_history(sent)["rule"] == "lesson.taught" and _rerun_history(sent)["action"] == "recycle_process"
+    _crash(app, runtime, "storage", ConnectionError("pinned"), task_id="t-pin")
+    pinned_fp = runtime.dlq.list("core")[-1]["fingerprint"]
+    runtime.learning.lessons.teach(pinned_fp, {"action": "recycle_process"})
+    assert _crash(app, runtime, "storage", ConnectionError("pinned"), task_id="t-pin-2") is None, "the rule pins"
+
+
+def test_an_operators_successful_replay_of_a_dead_letter_is_recorded_in_its_lesson(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dead letter replayed by an operator carries its fingerprint; its success is the lesson's resolution
+    ``operator_replay`` (not an automatic remediation), and a replay that fails again counts against it."""
+    app, runtime, _ = _app()
+    assert _crash(app, runtime, "storage", ValueError("bad payload"), task_id="d-1") is None
+    [letter] = runtime.dlq.list("core")
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append(options))
+    assert runtime.dlq.replay(app, "core", "d-1") == "d-1"
+    history = sent[0]["headers"][HEADER]
+    assert history["fp"] == letter["fingerprint"] and history["label"] == "operator_replay"
+    task = app.tasks["dec.work"]
+    task.push_request(id="d-1", delivery_info={"routing_key": "storage"}, called_directly=False, **{HEADER: history})
+    try:
+        runtime.engine.after_success(task)
+    finally:
+        task.pop_request()
+    assert runtime.learning is not None
+    lesson = runtime.learning.lessons.get(letter["fingerprint"])
+    assert lesson is not None and lesson.remediations["operator_replay"].succeeded == 1
+    metrics = runtime.learning.metrics.snapshot()
+    assert metrics.auto_remediated == 0 and metrics.recoveries_by_action == {"operator_replay": 1}
+    _crash(app, runtime, "storage", ValueError("bad payload"), task_id="d-2", history=history)
+    lesson = runtime.learning.lessons.get(letter["fingerprint"])
+    assert lesson is not None and lesson.remediations["operator_replay"].failed == 1

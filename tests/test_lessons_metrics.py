@@ -48,16 +48,16 @@ def test_an_empty_snapshot_has_zero_counts_and_no_rates(recorder: MetricsRecorde
 
 
 def test_metrics_of_a_scripted_story_equal_the_hand_counted_values(recorder: MetricsRecorder) -> None:
-    """Seven tasks with known fates; every metric is checked against numbers counted by hand."""
+    """Seven tasks with known fates; every metric is checked against numbers counted by hand, per attempt."""
     m = recorder
     # t1: unknown crash, remediated, recovers after 3 s (not auto: the pattern was unknown)
     m.crash("t1", False, 100.0)
     assert m.remediated("t1", "retry_with_backoff") is False
-    assert m.succeeded("t1", 103.0) == 3.0
-    # t2: known crash, remediated, recovers after 1.5 s (auto)
+    assert m.succeeded("t1", 103.0, applied_at=100.0, known=False, action="retry_with_backoff") == 3.0
+    # t2: known crash, remediated, its re-run succeeds 1.5 s later (auto)
     m.crash("t2", True, 200.0)
     assert m.remediated("t2", "retry_with_backoff") is True
-    assert m.succeeded("t2", 201.5) == 1.5
+    assert m.succeeded("t2", 201.5, applied_at=200.0, known=True, action="retry_with_backoff") == 1.5
     # t3: two known crashes, two remediations, fails for good: 2 false positives
     m.crash("t3", True, 300.0)
     m.remediated("t3", "recycle_process")
@@ -73,18 +73,24 @@ def test_metrics_of_a_scripted_story_equal_the_hand_counted_values(recorder: Met
     m.escalated("t5")
     # t6: never crashed
     assert m.succeeded("t6", 600.0) is None
-    # t7: known crash + remediation, then an unknown crash + remediation, recovers after 10 s
+    # t7: known crash + retry that fails again (not auto-remediated), then a known crash + recycle
+    #     whose re-run succeeds 0.5 s later (auto); the message recovers 10 s after its first crash
     m.crash("t7", True, 700.0)
     m.remediated("t7", "retry_with_backoff")
-    m.crash("t7", False, 705.0)
-    m.remediated("t7", "retry_with_backoff")
-    assert m.succeeded("t7", 710.0) == 10.0
+    m.crash("t7", True, 709.5)
+    m.remediated("t7", "recycle_process")
+    assert m.succeeded("t7", 710.0, applied_at=709.5, known=True, action="recycle_process") == 10.0
 
     s = m.snapshot()
-    assert (s.crashes, s.known_pattern_crashes, s.remediations_applied) == (8, 5, 6)
-    assert s.remediations_by_action == {"retry_with_backoff": 4, "recycle_process": 2}
-    assert (s.auto_remediated, s.auto_remediated_pct) == (2, 40.0)
-    assert (s.recoveries, s.mean_time_to_recovery_s) == (3, pytest.approx(14.5 / 3))
+    assert (s.crashes, s.known_pattern_crashes, s.remediations_applied) == (8, 6, 6)
+    assert s.remediations_by_action == {"retry_with_backoff": 3, "recycle_process": 3}
+    assert s.recoveries_by_action == {"retry_with_backoff": 2, "recycle_process": 1}
+    assert s.recovery_rate_by_action == {"recycle_process": pytest.approx(1 / 3),
+                                         "retry_with_backoff": pytest.approx(2 / 3)}
+    assert (s.auto_remediated, s.auto_remediated_pct) == (2, pytest.approx(100 * 2 / 6))
+    assert s.mean_time_to_recovery_s == pytest.approx((1.5 + 0.5) / 2)
+    assert (s.recoveries, s.task_recovery_s) == (3, pytest.approx(14.5 / 3))
+    assert s.attempts_per_recovery == pytest.approx(4 / 3)
     assert (s.escalations, s.escalation_rate) == (2, 0.25)
     assert (s.failed_for_good, s.false_positives, s.false_positive_rate) == (2, 2, pytest.approx(2 / 6))
     assert s.total_lessons == 0
@@ -207,6 +213,7 @@ class Tally:
     auto: int = 0
     recoveries: int = 0
     recovery_s: float = 0.0
+    auto_recovery_s: float = 0.0
     escalations: int = 0
     failed_for_good: int = 0
     false_positives: int = 0
@@ -217,7 +224,7 @@ class Tally:
 def run_task(task_id: str, fault: str, i: int, start: float, lessons: LessonStore, metrics: MetricsRecorder,
              tally: Tally) -> None:
     """One task's story as the engine would drive it: crash, record, pick a remediation, outcome."""
-    now, tried, auto_pending, first = start, 0, 0, start
+    now, tried, first = start, 0, start
     while True:
         try:
             FAULTS[fault](i)
@@ -246,15 +253,16 @@ def run_task(task_id: str, fault: str, i: int, start: float, lessons: LessonStor
         metrics.remediated(task_id, action)
         tally.remediations += 1
         tally.by_action[action] = tally.by_action.get(action, 0) + 1
-        auto_pending += known
         cured = action in CURES[fault]
-        lessons.record_outcome(fp.hash, action, cured)
+        crashed_at = now
         now += 2.0
+        lessons.record_outcome(fp.hash, action, cured, recovery_s=now - crashed_at if cured else None, when=now)
         if cured:
-            metrics.succeeded(task_id, now)
+            metrics.succeeded(task_id, now, applied_at=crashed_at, known=known, action=action)
             tally.recoveries += 1
             tally.recovery_s += now - first
-            tally.auto += auto_pending
+            tally.auto += known  # per attempt: this known crash's re-run succeeded
+            tally.auto_recovery_s += (now - crashed_at) if known else 0.0
             return
         if fault == "sync":  # its one retry is all it gets: dead-lettered, the remediation was a false positive
             metrics.failed_for_good(task_id)
@@ -296,7 +304,8 @@ def test_a_fault_mix_run_twice_is_auto_remediated_the_second_time(store: Store, 
     assert s.auto_remediated == total.auto
     assert s.auto_remediated_pct == pytest.approx(100.0 * total.auto / total.known)
     assert s.recoveries == total.recoveries
-    assert s.mean_time_to_recovery_s == pytest.approx(total.recovery_s / total.recoveries)
+    assert s.mean_time_to_recovery_s == pytest.approx(total.auto_recovery_s / total.auto)
+    assert s.task_recovery_s == pytest.approx(total.recovery_s / total.recoveries)
     assert s.escalations == total.escalations
     assert s.escalation_rate == pytest.approx(total.escalations / total.crashes)
     assert s.failed_for_good == total.failed_for_good

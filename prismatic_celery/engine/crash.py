@@ -57,7 +57,12 @@ class Crash:
     failure_class: str
     first_crash: float
     remediations: tuple[str, ...] = ()
-    known: bool = field(default=False, compare=False)
+    """Labels of the remediations this message got so far, oldest first."""
+    circuits: tuple[str, ...] = ()
+    """The circuits the task declares (``circuits=[...]``)."""
+    previous: tuple[str, str] | None = None
+    """(fingerprint, remediation label) of the attempt this crash ends, when the message was re-run."""
+    at: float = field(default_factory=time.time, compare=False)
 
     @property
     def fingerprint(self) -> str:
@@ -74,6 +79,8 @@ class Crash:
         settings = runtime.settings
         first = history.get("first_crash")
         remediations = history.get("remediations")
+        previous_fp, previous_label = history.get("fp"), history.get("label") or history.get("action")
+        circuits = getattr(task, "circuits", None) or ()
         try:
             text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
         except Exception:  # formatting calls the exception's own methods; they may raise
@@ -92,17 +99,24 @@ class Crash:
             failure_class=classify(exc, overrides=settings.failure_class_overrides),
             first_crash=float(first) if isinstance(first, (int, float)) else time.time(),
             remediations=tuple(str(r) for r in remediations)[-20:] if isinstance(remediations, list) else (),
+            circuits=tuple(str(c) for c in circuits) if isinstance(circuits, (list, tuple)) else (),
+            previous=(previous_fp, previous_label) if isinstance(previous_fp, str) and isinstance(previous_label, str)
+            and previous_label else None,
         )
 
-    def tracking(self, decision: Decision) -> dict[str, Any]:
-        """The header a re-run carries: its attempt, fingerprint, the action applied, first crash time, history."""
+    def tracking(self, decision: Decision, *, known: bool) -> dict[str, Any]:
+        """The header a re-run carries: its attempt, this crash's fingerprint and time, the remediation applied
+        (name and label), whether the pattern was known, the first crash's time and the history."""
         return {
             "attempt": self.attempt + 1,
             "fp": self.fingerprint,
             "action": decision.action.name,
+            "label": decision.action.label,
             "rule": decision.rule_name or "",
+            "known": known,
+            "applied_at": round(self.at, 3),
             "first_crash": self.first_crash,
-            "remediations": [*self.remediations, decision.action.name][-20:],
+            "remediations": [*self.remediations, decision.action.label][-20:],
         }
 
 

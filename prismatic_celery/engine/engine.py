@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -31,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from celery import Task
 
 from ..circuits import CircuitOpenError
+from ..lessons.ladder import RERUN_ACTIONS, process_random, quick_retry
+from ..lessons.learning import LESSON_RULE
 from ..log import get_logger, log_event
 from ..remediation.actions import CircuitBreak, Escalate, RecycleProcess, RetryWithBackoff
 from ..remediation.backoff import delay_s, escalating_cooldown_s
@@ -60,8 +61,6 @@ PATTERN_TTL_S = 86_400.0
 #: A message deferred because its queue is paused comes back at least this often (seconds), so it runs
 #: within about a second of the pause ending, however long the pause was meant to last.
 DEFER_MAX_S = 1.0
-# Actions that run the message again.
-RERUN_ACTIONS = frozenset({"retry_with_backoff", "restart_child", "recycle_process", "circuit_break"})
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class Engine:
         self.pauses = PauseCache(runtime.store, runtime.keys, runtime.supervisor.queues,
                                  max_age_s=settings.reconcile_interval_s, supervisor=runtime.supervisor)
         self.hostname = socket.gethostname()
-        self.random = random.Random()
+        self.random = process_random()
         cooldowns = [escalating_cooldown_s(settings.cooldown_initial_s, settings.cooldown_max_s, n)
                      for n in range(1, COOLDOWN_ATTEMPTS + 1)]
         self._policy = {strategy: ChildPolicy(
@@ -186,11 +185,13 @@ class Engine:
         fate = self.fate(crash, decision)
         context = self._context(task, exc, child)
         entry = self._dead_letter(task, crash, fate.reason) if fate.outcome == "dead_letter" else None
-        outcome = self._commit(crash, decision, fate, context, lesson=lesson, entry=entry)
+        known = learning.knows(lesson) if learning is not None else False
+        outcome = self._commit(crash, decision, fate, context, known=known,
+                               recurring=lesson is not None and lesson.count > 1, entry=entry)
         if fate.outcome == "rerun":
             self._apply_side_effect(crash, decision)
             requeue(task, countdown_s=outcome.countdown_s, retries=int(task.request.retries or 0), exc=exc,
-                    headers={HEADER: crash.tracking(decision)})
+                    headers={HEADER: crash.tracking(decision, known=known)})
 
     def decide(self, crash: Crash, lesson: Lesson | None = None) -> Decision:
         """The remediation for a crash: a user rule, else a lesson whose remediation worked, else a default."""
@@ -199,7 +200,7 @@ class Engine:
         if ruled.rule_name in DEFAULT_RULE_NAMES and isinstance(ruled.action, RetryWithBackoff):
             ruled = Decision(ruled.rule_name, self.backoff)  # built-in rules back off as the settings say
         learning = self.runtime.learning
-        return learning.lookup(crash, ruled, lesson) if learning is not None else ruled
+        return learning.lookup(crash, ruled, lesson, backoff=self.backoff) if learning is not None else ruled
 
     def fate(self, crash: Crash, decision: Decision) -> Fate:
         """What the restart type and the decision make of the failed message."""
@@ -215,8 +216,14 @@ class Engine:
             countdown = delay_s(action, attempt)
         elif isinstance(action, CircuitBreak):
             countdown = action.duration_ms / 1000
-        else:  # restart_child and recycle_process use the default backoff
+        elif isinstance(action, RecycleProcess):  # the fresh process is the fix: no need to wait long
+            countdown = delay_s(quick_retry(self.backoff), attempt)
+        else:  # restart_child uses the default backoff
             countdown = delay_s(self.backoff, attempt)
+        if attempt > 1 and (decision.rule_name or "").startswith(f"{LESSON_RULE}."):
+            # a message that failed again never comes back sooner than the default backoff says, whatever a
+            # lesson chose (a rule's own schedule is the rule's)
+            countdown = max(countdown, delay_s(self.backoff, attempt))
         return Fate("rerun", action.name, countdown, remediation=action.name)
 
     def _apply_side_effect(self, crash: Crash, decision: Decision) -> None:
@@ -232,7 +239,7 @@ class Engine:
                       detail="this pool runs tasks in the worker process; in-process state is not reset")
 
     def _commit(self, crash: Crash, decision: Decision, fate: Fate, context: dict[str, str], *,
-                lesson: Lesson | None, entry: dict[str, Any] | None) -> RestartOutcome:
+                known: bool, recurring: bool, entry: dict[str, Any] | None) -> RestartOutcome:
         """Record the failure, the child's verdict, the message's fate, lesson and knowledge (one round trip)."""
         domain, child = crash.domain, crash.child
         fields = {"domain": domain.name, **context, "action": decision.action.name, "rule": decision.rule_name or "",
@@ -252,8 +259,8 @@ class Engine:
         calls = [call]
         learning = self.runtime.learning
         if learning is not None:
-            calls += learning.calls(crash, known=lesson is not None and lesson.count > 1,
-                                    remediation=fate.remediation, dead_lettered=entry is not None, final=fate.final)
+            calls += learning.calls(crash, known=known, recurring=recurring, remediation=fate.remediation,
+                                    dead_lettered=entry is not None, final=fate.final)
         if entry is not None:
             calls.append(self.runtime.dlq.push_call(entry))
         replies = self.runtime.store.run_many(calls)
@@ -377,7 +384,7 @@ class Engine:
         learning = self.runtime.learning
         if learning is not None:
             metrics = learning.metrics
-            calls.append(metrics.crash_call(task_id, deaths > 1))
+            calls.append(metrics.crash_call(task_id, False, recurring=deaths > 1))
             if fate.outcome == "dead_letter":
                 calls += [metrics.count_call(task_id, "dead_letters"), metrics.failed_call(task_id)]
         if fate.outcome == "dead_letter":

@@ -1,36 +1,40 @@
-"""Applying lessons: the bridge between the engine and the lesson store and knowledge metrics.
+"""Applying lessons: the bridge between the engine, the lesson store and the knowledge metrics.
 
-* ``record``: count a crash in its lesson (the crash path's first round trip) and return
-  the lesson, which ``lookup`` then reads without another round trip.
-* ``lookup``: a crash whose fingerprint has a lesson whose remediation worked
-  (``prismatic_lesson_min_observations`` outcomes, success rate at least
-  ``prismatic_lesson_min_success_rate``) gets that remediation, ahead of the
-  default rules; a user rule still pins its action.
-* ``calls`` / ``succeeded``: what happened, as script calls the engine batches into one
-  round trip, so the lessons and the knowledge metrics come from real outcomes.
+* ``record``: count a crash in its lesson together with the outcome of the attempt it ends
+  (the crash path's first round trip) and return the lesson, which ``lookup`` then reads
+  without another round trip;
+* ``lookup``: the remediation for a crash: a user rule pins its action; else what an operator
+  taught; else the lesson's choice among the candidates (:mod:`.ladder`); else the rules';
+* ``calls`` / ``succeeded``: what happened, as script calls the engine batches into one round
+  trip, so lessons and knowledge metrics come from real outcomes, one per attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..log import get_logger, log_event
-from ..remediation.actions import ACTIONS, Action, CircuitBreak, RetryWithBackoff
+from ..remediation.actions import RetryWithBackoff
 from ..remediation.defaults import DEFAULT_RULE_NAMES
 from ..remediation.rules import Decision
 from ..store.base import ScriptCall
+from .ladder import RERUN_ACTIONS, ChoicePolicy, candidates, choose, knows, process_random
 from .metrics import MetricsRecorder
-from .store import Lesson, LessonStore, best_action
+from .store import Lesson, LessonStore, taught_action
 
 if TYPE_CHECKING:
     from ..engine.crash import Crash
     from ..runtime import Runtime
 
-__all__ = ["LESSON_RULE", "Learning"]
+__all__ = ["LESSON_RULE", "OPERATOR_REPLAY", "Learning"]
 
 logger = get_logger("lessons")
 LESSON_RULE = "lesson"
+#: The label under which an operator's successful replay of a dead letter is recorded in its lesson.
+OPERATOR_REPLAY = "operator_replay"
+CIRCUIT_OPEN_MS = 30_000
 
 
 class Learning:
@@ -41,66 +45,80 @@ class Learning:
         self.runtime = runtime
         self.lessons = LessonStore(runtime.store, runtime.keys, max_lessons=settings.lessons_max)
         self.metrics = MetricsRecorder(runtime.store, runtime.keys)
-        self.min_observations = settings.lesson_min_observations
-        self.min_success_rate = settings.lesson_min_success_rate
+        self.policy = ChoicePolicy(
+            min_observations=settings.lesson_min_observations, min_success_rate=settings.lesson_min_success_rate,
+            exploration=settings.lesson_exploration, demotion_s=settings.lesson_demotion_s,
+        )
+        self.random = process_random()
 
     def record(self, crash: Crash) -> Lesson:
-        """Count the crash in its lesson (one round trip) and return the lesson as stored."""
+        """Count the crash in its lesson and, when it ends a re-run, that remediation's failure (one round trip)."""
+        before: list[ScriptCall] = []
+        if crash.previous is not None:
+            outcome = self.lessons.outcome_call(crash.previous[0], crash.previous[1], False, when=crash.at)
+            before += [outcome] if outcome is not None else []
         return self.lessons.record_crash(crash.fp, task=crash.task_name, domain=crash.domain.name,
                                          failure_class=crash.failure_class, exc_type=crash.exc_type,
-                                         message=crash.message)
+                                         message=crash.message, before=before)
 
-    def lookup(self, crash: Crash, ruled: Decision, lesson: Lesson | None) -> Decision:
-        """The learned remediation for ``crash``, else ``ruled`` (a user rule always wins)."""
+    def knows(self, lesson: Lesson | None) -> bool:
+        """Whether ``lesson`` holds a remediation known to work (its crash is a known-pattern crash)."""
+        return knows(lesson, self.policy, time.time())
+
+    def lookup(self, crash: Crash, ruled: Decision, lesson: Lesson | None, *, backoff: RetryWithBackoff) -> Decision:
+        """The remediation for ``crash`` (see the module docstring); ``ruled`` is what the rules say."""
         if lesson is None or (ruled.rule_name is not None and ruled.rule_name not in DEFAULT_RULE_NAMES):
             return ruled  # an explicit rule pins its action
-        best = best_action(lesson, min_observations=self.min_observations, min_success_rate=self.min_success_rate)
-        action = self._action(best, ruled.action) if best else None
-        if action is None:
+        taught = taught_action(lesson.taught)
+        if taught is not None:
+            return self._applied(crash, Decision(f"{LESSON_RULE}.taught", taught))
+        if ruled.matched and ruled.action.name not in RERUN_ACTIONS:
+            return ruled  # a built-in rule that ends the message (a full disk) is followed as it is
+        options = candidates(ruled.action if ruled.matched else None, crash.failure_class, backoff=backoff,
+                             circuits=crash.circuits, circuit_ms=self._circuit_ms(crash.circuits))
+        choice = choose(options, lesson, tried=crash.remediations, policy=self.policy, now=time.time(),
+                        rng=self.random)
+        if choice is None or (ruled.matched and choice.reason == "ladder" and choice.action == ruled.action):
             return ruled
-        log_event(logging.INFO, "lesson-applied", logger, fingerprint=crash.fingerprint, action=action.name,
-                  task=crash.task_name)
-        return Decision(LESSON_RULE, action)
+        return self._applied(crash, Decision(f"{LESSON_RULE}.{choice.reason}", choice.action))
 
-    def _action(self, name: str, ruled: Action) -> Action | None:
-        """A registered action from a stored name (stored data never selects anything else)."""
-        if name == ruled.name:
-            return ruled  # keep the rule's parameters
-        cls = ACTIONS.get(name)
-        if cls is None:
-            return None
-        if cls is RetryWithBackoff:
-            return self.runtime.engine.backoff
-        if cls is CircuitBreak:
-            return None  # needs a target only a rule knows
-        try:
-            return cls()
-        except Exception:  # an action that needs parameters cannot come from a bare name
-            return None
+    def _applied(self, crash: Crash, decision: Decision) -> Decision:
+        log_event(logging.INFO, "lesson-applied", logger, fingerprint=crash.fingerprint,
+                  action=decision.action.label, rule=decision.rule_name, task=crash.task_name)
+        return decision
 
-    def calls(self, crash: Crash, *, known: bool, remediation: str | None, dead_lettered: bool,
+    def _circuit_ms(self, circuits: tuple[str, ...]) -> int:
+        """How long the ``circuit_break`` candidate keeps the task's first circuit open: its reset timeout."""
+        if not circuits or circuits[0] not in self.runtime.circuits:
+            return CIRCUIT_OPEN_MS
+        timeout = getattr(self.runtime.circuits.get(circuits[0]), "reset_timeout", None)
+        return int(timeout * 1000) if isinstance(timeout, (int, float)) and timeout > 0 else CIRCUIT_OPEN_MS
+
+    def calls(self, crash: Crash, *, known: bool, recurring: bool, remediation: str | None, dead_lettered: bool,
               final: bool) -> list[ScriptCall]:
-        """The crash's facts as script calls: counted, remediated (a re-run), dead-lettered, given up for good
-        (its last remediation did not work)."""
+        """The crash's facts as script calls: counted, remediated (a re-run), dead-lettered, given up for good."""
         metrics = self.metrics
-        calls = [metrics.crash_call(crash.task_id, known)]
+        calls = [metrics.crash_call(crash.task_id, known, recurring=recurring)]
         if remediation is not None:
             calls.append(metrics.remediated_call(crash.task_id, remediation))
         if dead_lettered:
             calls.append(metrics.count_call(crash.task_id, "dead_letters"))
         if final:
-            if crash.remediations:
-                outcome = self.lessons.outcome_call(crash.fingerprint, crash.remediations[-1], False)
-                calls.extend([outcome] if outcome is not None else [])
             calls.append(metrics.failed_call(crash.task_id))
         return calls
 
     def succeeded(self, tracking: dict[str, Any], task_id: str) -> None:
-        """A task that had crashed succeeded: its last remediation worked (one round trip)."""
+        """A re-run (or an operator's replay) succeeded: its remediation worked for its fingerprint (one round trip)."""
         fp, action = tracking.get("fp"), tracking.get("action")
-        calls = [self.metrics.succeeded_call(task_id)]
-        if isinstance(fp, str) and isinstance(action, str) and action:
-            outcome = self.lessons.outcome_call(fp, action, True)
+        label = tracking.get("label") or action
+        applied = tracking.get("applied_at")
+        applied_at = float(applied) if isinstance(applied, (int, float)) and not isinstance(applied, bool) else None
+        now = time.time()
+        calls = [self.metrics.succeeded_call(task_id, applied_at=applied_at, known=tracking.get("known") is True,
+                                             action=action if isinstance(action, str) else "")]
+        if isinstance(fp, str) and isinstance(label, str) and label:
+            recovery = now - applied_at if applied_at is not None else None
+            outcome = self.lessons.outcome_call(fp, label, True, recovery_s=recovery)
             calls.extend([outcome] if outcome is not None else [])
         replies = self.runtime.store.run_many(calls)
         self.metrics.reply(calls[0], replies[0] if replies else None)

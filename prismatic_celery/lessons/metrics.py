@@ -5,18 +5,25 @@ turns the counters into :class:`KnowledgeMetrics`. Keys:
 
 * ``prismatic:<ns>:knowledge``: a hash of counters (``redis-cli HGETALL prismatic:<ns>:knowledge``):
   ``crashes``, ``known_pattern_crashes``, ``remediations_applied``, ``action:<name>``,
-  ``auto_remediated``, ``recoveries``, ``recovery_ms_total``, ``escalations``, ``dead_letters``,
+  ``recovered:<name>``, ``auto_remediated``, ``auto_recovery_ms_total``, ``recoveries``,
+  ``recovery_ms_total``, ``recovered_crashes``, ``escalations``, ``dead_letters``,
   ``failed_for_good``, ``false_positives``;
 * ``prismatic:<ns>:recovery:<task_id>``: a small JSON record per task that crashed and has not
   yet succeeded or failed for good (first crash time, crashes, remediations), expiring
   ``recovery_ttl_s`` (one day) after its last update.
 
-Definitions:
+Definitions, per attempt (one crash, one remediation, one re-run):
 
-* **known-pattern crash**: a crash whose fingerprint already had a lesson (``crash(known=True)``);
-* **auto-remediated**: a known-pattern crash that received a remediation and whose task then
-  succeeded (counted when it succeeds); the percentage is of known-pattern crashes;
-* **mean time to recovery**: from a task's first crash to its eventual success;
+* **known-pattern crash**: a crash whose lesson already held a remediation known to work, one that
+  qualified (see :mod:`.ladder`) or one an operator taught (``crash(known=True)``); a crash whose
+  fingerprint was merely seen before is a **recurring crash** (``recurring=True``), counted apart;
+* **auto-remediated**: a known-pattern crash whose remediation's re-run succeeded (the very next
+  execution, not some later one); the percentage is of known-pattern crashes;
+* **mean time to recovery**: over auto-remediated crashes, from the crash to the re-run's success;
+* **recovery rate of an action**: re-runs it gave that succeeded / times it was applied
+  (``recovered:<name>`` / ``action:<name>``);
+* **attempts per recovery**: crashes of the messages that eventually succeeded / those messages;
+* **task recovery time**: from a message's first crash to its eventual success;
 * **escalation rate**: escalations / crashes, where an escalation is a call for a person: a new
   failure pattern the rules escalate (once per pattern) or a domain whose supervisor budget is
   exhausted, never one per message;
@@ -52,10 +59,11 @@ __all__ = ["COUNTERS", "SCRIPT", "KnowledgeMetrics", "MetricsRecorder", "knowled
 
 logger = get_logger("lessons")
 
-#: The counter fields of ``prismatic:<ns>:knowledge`` (besides ``action:<name>``).
+#: The counter fields of ``prismatic:<ns>:knowledge`` (besides ``action:<name>`` and ``recovered:<name>``).
 COUNTERS = (
-    "crashes", "known_pattern_crashes", "remediations_applied", "auto_remediated", "recoveries",
-    "recovery_ms_total", "escalations", "dead_letters", "failed_for_good", "false_positives",
+    "crashes", "known_pattern_crashes", "recurring_crashes", "remediations_applied", "auto_remediated",
+    "auto_recovery_ms_total", "recoveries", "recovery_ms_total", "recovered_crashes", "escalations",
+    "dead_letters", "failed_for_good", "false_positives",
 )
 _RECORD_INTS = ("auto", "crashes", "known", "last_known", "remediations")
 _ID_LIMIT = 200
@@ -100,7 +108,9 @@ def knowledge_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Sca
     counters, record_key = keys[0], keys[1]
     if op == "crash":
         known = str(args[1]) == "1"
-        store.hincr(counters, {"crashes": 1, **({"known_pattern_crashes": 1} if known else {})})
+        recurring = len(args) > 4 and str(args[4]) == "1"
+        store.hincr(counters, {"crashes": 1, **({"known_pattern_crashes": 1} if known else {}),
+                               **({"recurring_crashes": 1} if recurring else {})})
         record, corrupt = _load(store, record_key)
         if record is None:
             record = {"auto": 0, "crashes": 0, "first_crash": _now(store, args[2]), "known": 0, "last_known": 0,
@@ -121,12 +131,18 @@ def knowledge_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Sca
         _save(store, record_key, record, int(args[2]))
         return [auto, corrupt]
     if op == "succeeded":
+        now = _now(store, args[1])
+        applied, was_known, action = (str(args[2]), str(args[3]), str(args[4])) if len(args) > 4 else ("", "0", "")
+        if action:
+            store.hincr(counters, {f"recovered:{action}": 1})
+            if was_known == "1" and applied:
+                attempt_ms = max(0, math.floor((now - float(applied)) * 1000 + 0.5))
+                store.hincr(counters, {"auto_remediated": 1, "auto_recovery_ms_total": attempt_ms})
         record, corrupt = _load(store, record_key)
         if record is None:
             return [-1, corrupt]
-        ms = max(0, math.floor((_now(store, args[1]) - float(record["first_crash"])) * 1000 + 0.5))
-        store.hincr(counters, {"recoveries": 1, "recovery_ms_total": ms,
-                               **({"auto_remediated": int(record["auto"])} if record["auto"] else {})})
+        ms = max(0, math.floor((now - float(record["first_crash"])) * 1000 + 0.5))
+        store.hincr(counters, {"recoveries": 1, "recovery_ms_total": ms, "recovered_crashes": int(record["crashes"])})
         store.delete(record_key)
         return [ms, corrupt]
     if op == "count":
@@ -162,7 +178,11 @@ class KnowledgeMetrics:
     dead_letters: int = 0
     failed_for_good: int = 0
     false_positives: int = 0
+    auto_recovery_ms_total: int = 0
+    recovered_crashes: int = 0
+    recurring_crashes: int = 0
     remediations_by_action: dict[str, int] = field(default_factory=dict, hash=False)
+    recoveries_by_action: dict[str, int] = field(default_factory=dict, hash=False)
 
     @property
     def auto_remediated_pct(self) -> float | None:
@@ -171,8 +191,24 @@ class KnowledgeMetrics:
 
     @property
     def mean_time_to_recovery_s(self) -> float | None:
-        """Mean seconds from a task's first crash to its eventual success."""
+        """Mean seconds from an auto-remediated crash to its re-run's success."""
+        return self.auto_recovery_ms_total / self.auto_remediated / 1000.0 if self.auto_remediated else None
+
+    @property
+    def task_recovery_s(self) -> float | None:
+        """Mean seconds from a message's first crash to its eventual success."""
         return self.recovery_ms_total / self.recoveries / 1000.0 if self.recoveries else None
+
+    @property
+    def attempts_per_recovery(self) -> float | None:
+        """Crashes per message that eventually succeeded."""
+        return self.recovered_crashes / self.recoveries if self.recoveries else None
+
+    @property
+    def recovery_rate_by_action(self) -> dict[str, float]:
+        """Per action: re-runs that succeeded / times applied."""
+        return {name: min(1.0, self.recoveries_by_action.get(name, 0) / applied)
+                for name, applied in sorted(self.remediations_by_action.items()) if applied}
 
     @property
     def escalation_rate(self) -> float | None:
@@ -190,12 +226,17 @@ class KnowledgeMetrics:
             "total_lessons": self.total_lessons,
             "crashes": self.crashes,
             "known_pattern_crashes": self.known_pattern_crashes,
+            "recurring_crashes": self.recurring_crashes,
             "auto_remediated": self.auto_remediated,
             "auto_remediated_pct": self.auto_remediated_pct,
             "remediations_applied": self.remediations_applied,
             "remediations_by_action": dict(sorted(self.remediations_by_action.items())),
+            "recoveries_by_action": dict(sorted(self.recoveries_by_action.items())),
+            "recovery_rate_by_action": self.recovery_rate_by_action,
             "recoveries": self.recoveries,
             "mean_time_to_recovery_s": self.mean_time_to_recovery_s,
+            "task_recovery_s": self.task_recovery_s,
+            "attempts_per_recovery": self.attempts_per_recovery,
             "escalations": self.escalations,
             "escalation_rate": self.escalation_rate,
             "dead_letters": self.dead_letters,
@@ -233,9 +274,13 @@ class MetricsRecorder:
         """``prismatic:<ns>:recovery:<task_id>``."""
         return self.keys.key("recovery", self._task_id(task_id))
 
-    def crash(self, task_id: str, known: bool, when: float | None = None) -> int:
-        """Count a crash; the first one of a task starts its recovery clock. Returns the task's crash count."""
-        return self._run("crash", task_id, ["1" if known else "0", time_arg(when), self._ttl_ms])
+    def crash(self, task_id: str, known: bool, when: float | None = None, *, recurring: bool = False) -> int:
+        """Count a crash; the first one of a task starts its recovery clock. Returns the task's crash count.
+
+        ``known``: its lesson held a remediation known to work; ``recurring``: its fingerprint was seen before.
+        """
+        return self._run("crash", task_id, ["1" if known else "0", time_arg(when), self._ttl_ms,
+                                            "1" if recurring else "0"])
 
     def remediated(self, task_id: str, action: str) -> bool:
         """Count a remediation applied to the task; True when it follows a known-pattern crash."""
@@ -248,9 +293,11 @@ class MetricsRecorder:
         self.store.run(SCRIPT, [self.counters_key, self.recovery_key(task_id)], ["count", "escalations", 1])
 
     # script calls, to batch several facts of one crash in one round trip (Store.run_many) ----------
-    def crash_call(self, task_id: str, known: bool, when: float | None = None) -> ScriptCall:
+    def crash_call(self, task_id: str, known: bool, when: float | None = None, *,
+                   recurring: bool = False) -> ScriptCall:
         """:meth:`crash` as a script call."""
-        return self._call("crash", task_id, ["1" if known else "0", time_arg(when), self._ttl_ms])
+        return self._call("crash", task_id, ["1" if known else "0", time_arg(when), self._ttl_ms,
+                                             "1" if recurring else "0"])
 
     def remediated_call(self, task_id: str, action: str) -> ScriptCall:
         """:meth:`remediated` as a script call."""
@@ -266,16 +313,23 @@ class MetricsRecorder:
         """:meth:`failed_for_good` as a script call."""
         return self._call("failed", task_id, [])
 
-    def succeeded_call(self, task_id: str, when: float | None = None) -> ScriptCall:
+    def succeeded_call(self, task_id: str, when: float | None = None, *, applied_at: float | None = None,
+                       known: bool = False, action: str = "") -> ScriptCall:
         """:meth:`succeeded` as a script call."""
-        return self._call("succeeded", task_id, [time_arg(when)])
+        return self._call("succeeded", task_id, [time_arg(when), time_arg(applied_at) if applied_at is not None
+                                                 else "", "1" if known else "0", sanitize(action, limit=_ID_LIMIT)])
 
-    def succeeded(self, task_id: str, when: float | None = None) -> float | None:
+    def succeeded(self, task_id: str, when: float | None = None, *, applied_at: float | None = None,
+                  known: bool = False, action: str = "") -> float | None:
         """The task succeeded: if it had crashed, count a recovery and return its duration in seconds.
 
-        None when the task had no recovery record (it never crashed, or the record expired).
+        ``action`` is the remediation its last re-run got, applied at ``applied_at`` (the last crash)
+        after a crash of a known pattern when ``known``: that attempt is counted per action and,
+        when known, as auto-remediated. None when the task had no recovery record (it never
+        crashed, or the record expired).
         """
-        ms = self._run("succeeded", task_id, [time_arg(when)])
+        call = self.succeeded_call(task_id, when, applied_at=applied_at, known=known, action=action)
+        ms = self.reply(call, self.store.run(call.script, call.keys, call.args))
         return None if ms < 0 else ms / 1000.0
 
     def failed_for_good(self, task_id: str) -> int:
@@ -287,6 +341,7 @@ class MetricsRecorder:
         raw = self.store.hgetall(self.counters_key)
         values: dict[str, int] = {}
         by_action: dict[str, int] = {}
+        recovered: dict[str, int] = {}
         for name, text in raw.items():
             try:
                 number = int(text)
@@ -295,11 +350,14 @@ class MetricsRecorder:
                 continue
             if name.startswith("action:"):
                 by_action[name[len("action:"):]] = number
+            elif name.startswith("recovered:"):
+                recovered[name[len("recovered:"):]] = number
             elif name in COUNTERS:
                 values[name] = number
         lessons = self.store.run(LESSON_SCRIPT, [self.keys.key("lessons")], ["count"])
         return KnowledgeMetrics(
-            total_lessons=int(lessons) if isinstance(lessons, int) else 0, remediations_by_action=by_action, **values
+            total_lessons=int(lessons) if isinstance(lessons, int) else 0, remediations_by_action=by_action,
+            recoveries_by_action=recovered, **values
         )
 
     # helpers ------------------------------------------------------------------------------------

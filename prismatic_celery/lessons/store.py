@@ -34,6 +34,7 @@ from typing import Any
 
 from ..keys import Keys
 from ..log import get_logger, log_event
+from ..remediation.actions import Action, action_from_json
 from ..store import MemoryStore, Script, Store, encode_json
 from ..store.base import Scalar, ScriptCall
 from ..validate import as_int
@@ -41,7 +42,10 @@ from .classify import FAILURE_CLASSES
 from .fingerprint import Fingerprint, normalize_message
 from .redact import redact, sanitize
 
-__all__ = ["FINGERPRINT_PATTERN", "SCRIPT", "Lesson", "LessonStore", "RemediationStats", "best_action", "lesson_script"]
+__all__ = [
+    "FINGERPRINT_PATTERN", "SCRIPT", "Lesson", "LessonStore", "RemediationStats", "best_action", "lesson_script",
+    "taught_action",
+]
 
 logger = get_logger("lessons")
 
@@ -86,12 +90,18 @@ def _check_strings(name: str, value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RemediationStats:
-    """How one remediation action fared on a lesson's crashes (one outcome per attempt)."""
+    """How one remediation fared on a lesson's crashes, one outcome per attempt.
+
+    ``recovery_ms`` sums the time from each successful attempt's crash to the re-run's success;
+    ``last_failed`` is when it last failed (seconds since the epoch, 0 never).
+    """
 
     tried: int = 0
     succeeded: int = 0
     failed: int = 0
     consecutive_failures: int = 0
+    recovery_ms: int = 0
+    last_failed: float = 0.0
 
     @property
     def observations(self) -> int:
@@ -103,9 +113,15 @@ class RemediationStats:
         """Fraction of outcomes that succeeded; None before any outcome."""
         return self.succeeded / self.observations if self.observations else None
 
-    def to_json(self) -> dict[str, int]:
+    @property
+    def mean_recovery_s(self) -> float | None:
+        """Mean seconds from a crash to the success of the re-run this remediation gave it; None before one."""
+        return self.recovery_ms / self.succeeded / 1000.0 if self.succeeded else None
+
+    def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"consecutive_failures": self.consecutive_failures, "failed": self.failed,
+                "last_failed": round(self.last_failed, 3), "recovery_ms": self.recovery_ms,
                 "succeeded": self.succeeded, "tried": self.tried}
 
     @classmethod
@@ -118,6 +134,8 @@ class RemediationStats:
             succeeded=_check_int(f"{name}.succeeded", data.get("succeeded")),
             failed=_check_int(f"{name}.failed", data.get("failed")),
             consecutive_failures=_check_int(f"{name}.consecutive_failures", data.get("consecutive_failures", 0)),
+            recovery_ms=_check_int(f"{name}.recovery_ms", data.get("recovery_ms", 0)),
+            last_failed=_check_time(f"{name}.last_failed", data.get("last_failed", 0)),
         )
 
 
@@ -128,7 +146,10 @@ class Lesson:
     ``message`` is the normalized, redacted message; ``root_cause`` names the innermost in-app
     frame (``module:function``), the exception type and the latest redacted message. Times are
     seconds since the epoch (store clock), kept to the millisecond. ``tasks`` and ``domains``
-    are bounded sets, most recent last.
+    are bounded sets, most recent last. ``remediations`` holds the outcomes per remediation
+    label (:attr:`~prismatic_celery.remediation.actions.Action.label`); ``taught`` is the action
+    an operator pinned (its JSON, ``""`` when none). Version 1 documents (without ``taught``,
+    ``recovery_ms`` and ``last_failed``) are read with those as empty.
     """
 
     fingerprint: str
@@ -142,6 +163,7 @@ class Lesson:
     tasks: tuple[str, ...] = ()
     domains: tuple[str, ...] = ()
     remediations: Mapping[str, RemediationStats] = field(default_factory=dict, hash=False)
+    taught: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict, the same document the store holds."""
@@ -156,8 +178,9 @@ class Lesson:
             "message": self.message,
             "remediations": {name: stats.to_json() for name, stats in sorted(self.remediations.items())},
             "root_cause": self.root_cause,
+            "taught": self.taught,
             "tasks": list(self.tasks),
-            "version": 1,
+            "version": 2,
         }
 
     @classmethod
@@ -186,6 +209,7 @@ class Lesson:
             tasks=_check_strings("tasks", data.get("tasks")),
             domains=_check_strings("domains", data.get("domains")),
             remediations=stats,
+            taught=_check_str("taught", data.get("taught", "")),
         )
 
 
@@ -248,6 +272,7 @@ def lesson_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar
             root_cause=str(args[5]), first_seen=min(lesson.first_seen, when), last_seen=max(lesson.last_seen, when),
             count=lesson.count + 1, tasks=_add_bounded(lesson.tasks, str(args[7]), max_items),
             domains=_add_bounded(lesson.domains, str(args[8]), max_items), remediations=lesson.remediations,
+            taught=lesson.taught,
         )
         encoded = encode_json(lesson.to_json())
         store.set_raw(key, encoded)
@@ -258,14 +283,28 @@ def lesson_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar
         if lesson is None:
             return ["", corrupt]
         old = lesson.remediations.get(action, RemediationStats())
+        recovery = str(args[4]) if len(args) > 4 else ""
         new = RemediationStats(
             tried=old.tried + 1,
             succeeded=old.succeeded + (1 if succeeded else 0),
             failed=old.failed + (0 if succeeded else 1),
             consecutive_failures=0 if succeeded else old.consecutive_failures + 1,
+            recovery_ms=old.recovery_ms + (max(0, math.floor(float(recovery))) if succeeded and recovery else 0),
+            last_failed=old.last_failed if succeeded else round(
+                store.time() if len(args) < 6 or str(args[5]) == "" else float(args[5]), 3),
         )
         lesson = _replace_remediations(lesson, {**lesson.remediations, action: new})
         encoded = encode_json(lesson.to_json())
+        store.set_raw(key, encoded)
+        return [encoded, corrupt]
+    if op == "teach":
+        key, fp = keys[1], str(args[1])
+        lesson, corrupt = _load(store, key, fp)
+        if lesson is None:
+            return ["", corrupt]
+        data = lesson.to_json()
+        data["taught"] = str(args[2])
+        encoded = encode_json(Lesson.from_json(data).to_json())
         store.set_raw(key, encoded)
         return [encoded, corrupt]
     if op == "put":
@@ -330,17 +369,18 @@ def best_action(
     An action qualifies with at least ``min_observations`` outcomes, a success rate of at
     least ``min_success_rate`` and fewer than ``max_consecutive_failures`` failures in a row
     (so an action that keeps failing stops being returned even with a good history). Among
-    qualifying actions the highest rate wins, then the most observations, then the name.
+    qualifying actions the highest rate wins, then the fastest mean recovery, then the most
+    observations, then the name.
     """
     ranked = sorted(
-        (-rate, -stats.observations, name)
+        (-rate, stats.mean_recovery_s or 0.0, -stats.observations, name)
         for name, stats in lesson.remediations.items()
         if (rate := stats.success_rate) is not None
         and stats.observations >= min_observations
         and rate >= min_success_rate
         and stats.consecutive_failures < max_consecutive_failures
     )
-    return ranked[0][2] if ranked else None
+    return ranked[0][3] if ranked else None
 
 
 class LessonStore:
@@ -376,16 +416,35 @@ class LessonStore:
         exc_type: str,
         message: str | bytes,
         when: float | None = None,
+        before: Sequence[ScriptCall] = (),
     ) -> Lesson:
         """Count one crash of ``fp`` atomically and return the lesson as stored.
 
         ``fp`` is a :class:`Fingerprint` (its normalized message and innermost in-app frame are
         used) or a bare fingerprint string (the message is normalized here). ``message`` is the
         raw exception message: it is redacted and bounded before it is stored. ``when`` (seconds
-        since the epoch) defaults to the store's clock, as does a non-finite value. Raises
-        ValueError only for a malformed fingerprint or failure class (programming errors); a
-        store outage never raises.
+        since the epoch) defaults to the store's clock, as does a non-finite value. ``before``
+        are script calls sent first in the same round trip (the previous attempt's outcome, so
+        the lesson returned already holds it). Raises ValueError only for a malformed
+        fingerprint or failure class (programming errors); a store outage never raises.
         """
+        call = self.crash_call(fp, task=task, domain=domain, failure_class=failure_class, exc_type=exc_type,
+                               message=message, when=when)
+        replies = self.store.run_many([*before, call])
+        reply = replies[-1] if replies else None
+        lesson = self._lesson_from_reply(str(call.args[1]), reply, "crash")
+        if lesson is None:  # an unreadable reply: answer from what we know, never raise
+            args = call.args
+            now = self.store.time() if str(args[6]) == "" else float(args[6])
+            task_label, domain_label = str(args[7]), str(args[8])
+            lesson = Lesson(str(args[1]), failure_class, str(args[3]), str(args[4]), str(args[5]), now, now, 1,
+                            (task_label,) if task_label else (), (domain_label,) if domain_label else ())
+        self._evict(reply)
+        return lesson
+
+    def crash_call(self, fp: Fingerprint | str, *, task: str, domain: str = "", failure_class: str, exc_type: str,
+                   message: str | bytes, when: float | None = None) -> ScriptCall:
+        """The script call that counts one crash (see :meth:`record_crash`)."""
         fp_hash = fp.hash if isinstance(fp, Fingerprint) else fp
         self._check_fingerprint(fp_hash)
         if failure_class not in FAILURE_CLASSES:
@@ -402,35 +461,42 @@ class LessonStore:
             time_arg(when), sanitize(task, limit=_LABEL_LIMIT),
             sanitize(domain, limit=_LABEL_LIMIT), self.max_items, self.max_lessons,
         ]
-        reply = self.store.run(SCRIPT, [self.index_key, self.key(fp_hash)], args)
-        lesson = self._lesson_from_reply(fp_hash, reply, "crash")
-        if lesson is None:  # an unreadable reply: answer from what we know, never raise
-            now = self.store.time() if time_arg(when) == "" else float(time_arg(when))
-            task_label, domain_label = str(args[7]), str(args[8])
-            lesson = Lesson(fp_hash, failure_class, exc_label, str(args[4]), root_cause, now, now, 1,
-                            (task_label,) if task_label else (), (domain_label,) if domain_label else ())
-        self._evict(reply)
-        return lesson
+        return ScriptCall(SCRIPT, [self.index_key, self.key(fp_hash)], args)
 
-    def record_outcome(self, fingerprint: str, action_name: str, succeeded: bool) -> Lesson | None:
-        """Record whether ``action_name``, applied to a crash of ``fingerprint``, led to success.
+    def record_outcome(self, fingerprint: str, action_name: str, succeeded: bool, *,
+                       recovery_s: float | None = None, when: float | None = None) -> Lesson | None:
+        """Record whether the remediation ``action_name`` (a label), applied to one crash of ``fingerprint``,
+        made the re-run succeed; ``recovery_s`` is the time from that crash to the success.
 
         Returns the updated lesson; None (nothing recorded) when there is no readable lesson.
         """
-        call = self.outcome_call(fingerprint, action_name, succeeded)
+        call = self.outcome_call(fingerprint, action_name, succeeded, recovery_s=recovery_s, when=when)
         if call is None:
             return None
         return self._lesson_from_reply(fingerprint, self.store.run(call.script, call.keys, call.args), "outcome")
 
-    def outcome_call(self, fingerprint: str, action_name: str, succeeded: bool) -> ScriptCall | None:
+    def outcome_call(self, fingerprint: str, action_name: str, succeeded: bool, *,
+                     recovery_s: float | None = None, when: float | None = None) -> ScriptCall | None:
         """The script call of :meth:`record_outcome` (to batch with others); None for a malformed fingerprint."""
         if not self._valid_fingerprint(fingerprint):
             return None
         action = sanitize(action_name, limit=_LABEL_LIMIT)
         if not action:
             raise ValueError("action_name must not be empty")
+        recovery = ""
+        if succeeded and recovery_s is not None and math.isfinite(recovery_s):
+            recovery = str(max(0, min(int(recovery_s * 1000), _MAX_INT - 1)))
         return ScriptCall(SCRIPT, [self.index_key, self.key(fingerprint)],
-                          ["outcome", fingerprint, action, "1" if succeeded else "0"])
+                          ["outcome", fingerprint, action, "1" if succeeded else "0", recovery, time_arg(when)])
+
+    def teach(self, fingerprint: str, action: Mapping[str, Any] | None) -> Lesson | None:
+        """Pin ``action`` (``{"action": name, **params}``, validated by the caller) for this fingerprint, or
+        forget what was taught (None). Returns the lesson; None when there is no readable lesson."""
+        if not self._valid_fingerprint(fingerprint):
+            return None
+        taught = encode_json(dict(action)) if action is not None else ""
+        reply = self.store.run(SCRIPT, [self.index_key, self.key(fingerprint)], ["teach", fingerprint, taught])
+        return self._lesson_from_reply(fingerprint, reply, "teach")
 
     # reading --------------------------------------------------------------------------------
     def get(self, fingerprint: str) -> Lesson | None:
@@ -566,7 +632,19 @@ class LessonStore:
         data["remediations"] = {
             sanitize(name, limit=_LABEL_LIMIT): stats.to_json() for name, stats in lesson.remediations.items() if name
         }
+        data["taught"] = taught_json(lesson.taught)
         return Lesson.from_json(data)
+
+
+def taught_action(taught: str) -> Action | None:
+    """The action a lesson's ``taught`` field pins: a registered action with validated parameters, else None."""
+    return action_from_json(taught) if taught else None
+
+
+def taught_json(taught: str) -> str:
+    """``taught`` re-encoded from its validated action, or ``""`` when it names no valid action."""
+    action = taught_action(taught)
+    return encode_json(action.to_json()) if action is not None else ""
 
 
 def _merge(existing: Lesson, incoming: Lesson, max_items: int) -> Lesson:
@@ -577,6 +655,7 @@ def _merge(existing: Lesson, incoming: Lesson, max_items: int) -> Lesson:
         remediations[name] = RemediationStats(
             tried=old.tried + stats.tried, succeeded=old.succeeded + stats.succeeded, failed=old.failed + stats.failed,
             consecutive_failures=max(old.consecutive_failures, stats.consecutive_failures),
+            recovery_ms=old.recovery_ms + stats.recovery_ms, last_failed=max(old.last_failed, stats.last_failed),
         )
     tasks: tuple[str, ...] = existing.tasks
     for task in incoming.tasks:
@@ -588,5 +667,5 @@ def _merge(existing: Lesson, incoming: Lesson, max_items: int) -> Lesson:
         fingerprint=existing.fingerprint, failure_class=newer.failure_class, exc_type=newer.exc_type,
         message=newer.message, root_cause=newer.root_cause, first_seen=min(existing.first_seen, incoming.first_seen),
         last_seen=max(existing.last_seen, incoming.last_seen), count=existing.count + incoming.count,
-        tasks=tasks, domains=domains, remediations=remediations,
+        tasks=tasks, domains=domains, remediations=remediations, taught=newer.taught or existing.taught,
     )

@@ -62,6 +62,13 @@ class Action:
         """The parameters, by field name (JSON-ready)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @property
+    def label(self) -> str:
+        """The name with the parameter values, e.g. ``retry_with_backoff(1000,30000,1000)``: how lessons tell
+        two settings of one action apart."""
+        params = self.params()
+        return f"{self.name}({','.join(str(v) for v in params.values())})" if params else self.name
+
     def to_json(self) -> dict[str, Any]:
         """``{"action": name, **params}``: the shape :func:`action_from_json` and the config accept."""
         return {"action": self.name, **self.params()}

@@ -164,6 +164,9 @@ class DeadLetterQueue:
     def replay(self, app: Celery, domain: str, task_id: str, *, force: bool = False) -> str | None:
         """Publish one dead letter again, exactly once; the new task id (None when absent).
 
+        The message carries its fingerprint, so when it succeeds the operator's resolution is
+        recorded in its lesson (as the remediation ``operator_replay``).
+
         The replayed message keeps its task id (a result waiter still sees it) and
         starts with a fresh restart budget. An entry whose arguments could not be
         stored as JSON, whose arguments are malformed, or whose task this app does
@@ -181,9 +184,22 @@ class DeadLetterQueue:
             if isinstance(entry.get("priority"), int):
                 options["priority"] = entry["priority"]
             app.send_task(entry["task"], args=list(entry.get("args") or []), kwargs=dict(entry.get("kwargs") or {}),
-                          headers={"prismatic_replayed": True}, **options)
+                          headers={"prismatic_replayed": True, **_resolution_header(entry)}, **options)
         except Exception:
             self.store.list_push(self.key(domain), entry, cap=self.max_entries)
             raise
         log_event(logging.WARNING, "dead-letter-replayed", logger, domain=domain, task=entry["task"], id=task_id)
         return str(entry["id"])
+
+
+def _resolution_header(entry: dict[str, Any]) -> dict[str, Any]:
+    """The plugin's tracking header for a replayed dead letter: its success is an operator's resolution."""
+    from ..engine.crash import HEADER  # the engine imports this module
+    from ..lessons.learning import OPERATOR_REPLAY
+
+    fingerprint = entry.get("fingerprint")
+    if not isinstance(fingerprint, str) or not fingerprint:
+        return {}
+    now = round(time.time(), 3)
+    return {HEADER: {"attempt": 0, "fp": fingerprint, "action": OPERATOR_REPLAY, "label": OPERATOR_REPLAY,
+                     "rule": "operator", "known": False, "applied_at": now, "first_crash": now, "remediations": []}}

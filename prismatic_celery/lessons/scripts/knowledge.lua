@@ -3,15 +3,20 @@
 -- KEYS[1]  the counters hash                  prismatic:<ns>:knowledge
 -- KEYS[2]  the task's recovery record (JSON)  prismatic:<ns>:recovery:<task_id>
 -- ARGV[1]  op, then per op:
---   crash       known ('1'/'0'), when ('' = server TIME), ttl_ms  -> {crashes of this task, corrupt}
+--   crash       known ('1'/'0'), when ('' = server TIME), ttl_ms, recurring ('1'/'0', optional)
+--                                            -> {crashes of this task, corrupt}
 --   remediated  action, ttl_ms                                    -> {1 if it counts as automatic, corrupt}
---   succeeded   when ('' = server TIME)       -> {recovery ms or -1 when the task never crashed, corrupt}
+--   succeeded   when ('' = server TIME), applied_at (the last crash's time, '' unknown), known ('1'/'0'),
+--               action (the last remediation's name, '' none)
+--                                            -> {recovery ms or -1 when the task never crashed, corrupt}
 --   failed      -                            -> {remediations applied to this task, corrupt}
 --   count       counter, amount               -> {new value, 0}  (escalations, dead_letters)
 --
--- Counters (HINCRBY): crashes, known_pattern_crashes, remediations_applied, action:<name>,
--- auto_remediated, recoveries, recovery_ms_total, escalations and dead_letters (op count),
--- failed_for_good, false_positives.
+-- Counters (HINCRBY): crashes, known_pattern_crashes, recurring_crashes, remediations_applied, action:<name>,
+-- recovered:<name>, auto_remediated, auto_recovery_ms_total, recoveries, recovery_ms_total,
+-- recovered_crashes, escalations and dead_letters (op count), failed_for_good, false_positives.
+-- Per attempt: a success after a remediation counts recovered:<action>, and when the crash it
+-- followed was of a known pattern, auto_remediated and the time from that crash (applied_at).
 -- Recovery record: {"auto", "crashes", "first_crash", "known", "last_known", "remediations"};
 -- it expires ttl_ms after its last update and is deleted when the task succeeds or fails for good.
 -- A corrupt record (bad JSON, wrong types) counts as absent; corrupt = 1 lets the caller warn.
@@ -56,6 +61,7 @@ if op == 'crash' then
   local known = ARGV[2] == '1'
   redis.call('HINCRBY', counters, 'crashes', 1)
   if known then redis.call('HINCRBY', counters, 'known_pattern_crashes', 1) end
+  if ARGV[5] == '1' then redis.call('HINCRBY', counters, 'recurring_crashes', 1) end
   local r, corrupt = load()
   if r == nil then
     r = {auto = 0, crashes = 0, first_crash = now(ARGV[3]), known = 0, last_known = 0, remediations = 0}
@@ -87,13 +93,24 @@ if op == 'remediated' then
 end
 
 if op == 'succeeded' then
+  local t = now(ARGV[2])
+  local applied, action = tonumber(ARGV[3]), ARGV[5]
+  if action ~= '' then
+    redis.call('HINCRBY', counters, 'recovered:' .. action, 1)
+    if ARGV[4] == '1' and applied ~= nil then
+      local attempt_ms = math.floor((t - applied) * 1000 + 0.5)
+      if attempt_ms < 0 then attempt_ms = 0 end
+      redis.call('HINCRBY', counters, 'auto_remediated', 1)
+      redis.call('HINCRBY', counters, 'auto_recovery_ms_total', attempt_ms)
+    end
+  end
   local r, corrupt = load()
   if r == nil then return {-1, corrupt} end
-  local ms = math.floor((now(ARGV[2]) - r.first_crash) * 1000 + 0.5)
+  local ms = math.floor((t - r.first_crash) * 1000 + 0.5)
   if ms < 0 then ms = 0 end
   redis.call('HINCRBY', counters, 'recoveries', 1)
   redis.call('HINCRBY', counters, 'recovery_ms_total', ms)
-  if r.auto > 0 then redis.call('HINCRBY', counters, 'auto_remediated', r.auto) end
+  redis.call('HINCRBY', counters, 'recovered_crashes', r.crashes)
   redis.call('DEL', record_key)
   return {ms, corrupt}
 end

@@ -6,7 +6,9 @@
 --   crash    fp, failure_class, exc_type, message, root_cause, when ('' = server TIME), task, domain,
 --            max_items, max_lessons
 --            -> {lesson_json, corrupt, index_size, victim_fp, victim_score, ...}
---   outcome  fp, action, succeeded ('1' or '0')   -> {lesson_json or '', corrupt}
+--   outcome  fp, action label, succeeded ('1' or '0'), recovery_ms ('' when it failed), when ('' = server TIME)
+--            -> {lesson_json or '', corrupt}
+--   teach    fp, action_json ('' forgets what was taught)  -> {lesson_json or '', corrupt}
 --   put      fp, lesson_json (validated by the caller), max_lessons
 --            -> {lesson_json, 0, index_size, victim_fp, victim_score, ...} ({'', 1} when invalid)
 --   evict    max_lessons, fp1, score1, fp2, score2, ... (KEYS[2..] are their lesson keys)
@@ -26,7 +28,7 @@ local index = KEYS[1]
 
 local CLASSES = {state_corruption = true, external_dependency = true, resource_exhaustion = true, logic_error = true}
 local MAX_VICTIMS = 100
-local STATS = {'consecutive_failures', 'failed', 'succeeded', 'tried'}
+local STATS = {'consecutive_failures', 'failed', 'recovery_ms', 'succeeded', 'tried'}
 local ESC = {['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t', ['\b'] = '\\b',
              ['\f'] = '\\f'}
 
@@ -60,15 +62,19 @@ local function is_remediations(v)
   for name, stats in pairs(v) do
     if type(name) ~= 'string' or type(stats) ~= 'table' then return false end
     if stats.consecutive_failures == nil then stats.consecutive_failures = 0 end
+    if stats.recovery_ms == nil then stats.recovery_ms = 0 end
+    if stats.last_failed == nil then stats.last_failed = 0 end
     for _, field in ipairs(STATS) do
       if not is_int(stats[field]) then return false end
     end
+    if not is_time(stats.last_failed) then return false end
   end
   return true
 end
 
 local function valid(l, fp)
-  return type(l) == 'table' and l.fingerprint == fp and type(l.failure_class) == 'string'
+  if type(l) == 'table' and l.taught == nil then l.taught = '' end
+  return type(l) == 'table' and type(l.taught) == 'string' and l.fingerprint == fp and type(l.failure_class) == 'string'
     and CLASSES[l.failure_class] == true and type(l.exc_type) == 'string' and type(l.message) == 'string'
     and type(l.root_cause) == 'string' and is_time(l.first_seen) and is_time(l.last_seen) and is_int(l.count)
     and is_strings(l.tasks) and is_strings(l.domains) and is_remediations(l.remediations)
@@ -99,8 +105,8 @@ local function encode(l)
   for _, name in ipairs(names) do
     local s = l.remediations[name]
     table.insert(rems, jstr(name) .. string.format(
-      ':{"consecutive_failures":%d,"failed":%d,"succeeded":%d,"tried":%d}',
-      s.consecutive_failures, s.failed, s.succeeded, s.tried))
+      ':{"consecutive_failures":%d,"failed":%d,"last_failed":%.3f,"recovery_ms":%d,"succeeded":%d,"tried":%d}',
+      s.consecutive_failures, s.failed, s.last_failed, s.recovery_ms, s.succeeded, s.tried))
   end
   return '{"count":' .. string.format('%d', l.count)
     .. ',"domains":' .. strings(l.domains)
@@ -113,7 +119,8 @@ local function encode(l)
     .. ',"remediations":{' .. table.concat(rems, ',') .. '}'
     .. ',"root_cause":' .. jstr(l.root_cause)
     .. ',"tasks":' .. strings(l.tasks)
-    .. ',"version":1}'
+    .. ',"taught":' .. jstr(l.taught)
+    .. ',"version":2}'
 end
 
 local function add_bounded(list, item, cap)
@@ -125,6 +132,12 @@ local function add_bounded(list, item, cap)
   table.insert(out, item)
   while #out > cap do table.remove(out, 1) end
   return out
+end
+
+local function now(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + math.floor(tonumber(t[2]) / 1000) / 1000
 end
 
 -- appends the index size and, beyond max_lessons, the least recently seen (fp, score) pairs
@@ -143,17 +156,12 @@ end
 if op == 'crash' then
   local key, fp = KEYS[2], ARGV[2]
   local when = ARGV[7]
-  if when == '' then
-    local t = redis.call('TIME')
-    when = tonumber(t[1]) + math.floor(tonumber(t[2]) / 1000) / 1000
-  else
-    when = tonumber(when)
-  end
+  when = now(when)
   local max_items, max_lessons = tonumber(ARGV[10]), tonumber(ARGV[11])
   local l, corrupt = load(key, fp)
   if l == nil then
     l = {fingerprint = fp, first_seen = when, last_seen = when, count = 0, tasks = {}, domains = {},
-         remediations = {}}
+         remediations = {}, taught = ''}
   end
   l.failure_class, l.exc_type, l.message, l.root_cause = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
   l.count = l.count + 1
@@ -172,17 +180,29 @@ if op == 'outcome' then
   if l == nil then return {'', corrupt} end
   local s = l.remediations[action]
   if s == nil then
-    s = {tried = 0, succeeded = 0, failed = 0, consecutive_failures = 0}
+    s = {tried = 0, succeeded = 0, failed = 0, consecutive_failures = 0, recovery_ms = 0, last_failed = 0}
     l.remediations[action] = s
   end
   s.tried = s.tried + 1
   if ARGV[4] == '1' then
     s.succeeded = s.succeeded + 1
     s.consecutive_failures = 0
+    if ARGV[5] ~= '' then s.recovery_ms = s.recovery_ms + math.max(0, math.floor(tonumber(ARGV[5]))) end
   else
     s.failed = s.failed + 1
     s.consecutive_failures = s.consecutive_failures + 1
+    s.last_failed = math.floor(now(ARGV[6]) * 1000 + 0.5) / 1000
   end
+  local encoded = encode(l)
+  redis.call('SET', key, encoded)
+  return {encoded, corrupt}
+end
+
+if op == 'teach' then
+  local key, fp = KEYS[2], ARGV[2]
+  local l, corrupt = load(key, fp)
+  if l == nil then return {'', corrupt} end
+  l.taught = ARGV[3]
   local encoded = encode(l)
   redis.call('SET', key, encoded)
   return {encoded, corrupt}
