@@ -27,7 +27,7 @@ def test_the_demo_falls_back_to_the_embedded_default_and_heals() -> None:
     out = done.stdout
     assert "using the embedded default" in out
     for step in ("1. steady state", "2. dependency outage", "4. a bad deploy", "5. memory hog",
-                 "6. load spike", "7. the same outage again", "8. knowledge"):
+                 "6. load spike", "7. the same failures again", "8. knowledge"):
         assert step in out, step
     assert "auto_remediated_pct" in out and "demo finished in" in out
 

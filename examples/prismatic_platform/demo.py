@@ -152,13 +152,15 @@ class Demo:
         self.wait(self.all_done(spike), timeout_s=60, what="the spike to drain")
         print("  drained; other domains kept their own queues and slots")
 
-        self.step(7, "the same outage again: the platform has learned")
+        self.step(7, "the same failures again: the platform has learned")
         self.dependency.down = True
         again = self.send("adapter_registry", 4, "dependency", 200)
         blip_end = time.monotonic() + 3
         self.wait(lambda: time.monotonic() >= blip_end, timeout_s=6, what="the second outage")
         self.dependency.down = False
-        self.wait(self.all_done(again), timeout_s=40, what="recovery")
+        relapse = self.send("storage_coordinator", 5, "corrupt", 800)
+        self.wait(self.all_done(again + relapse), timeout_s=40, what="recovery")
+        print("  the bad deploy's failure is a known pattern now: its proven remediation is applied at once")
 
         self.step(8, "knowledge")
         from prismatic_celery.cli import render_state, tree_state
