@@ -94,7 +94,7 @@ end
 
 if op == 'succeeded' then
   local t = now(ARGV[2])
-  local applied, action = tonumber(ARGV[3]), ARGV[5]
+  local applied, action = tonumber(ARGV[3] or ''), ARGV[5] or ''
   if action ~= '' then
     redis.call('HINCRBY', counters, 'recovered:' .. action, 1)
     if ARGV[4] == '1' and applied ~= nil then
