@@ -299,6 +299,17 @@ def test_an_open_circuit_defers_without_a_failure_and_can_pause_the_child() -> N
 
 
 # lessons: candidates, per-attempt outcomes, operators ------------------------------------------------
+def _succeed(app: Celery, runtime: Runtime, task_id: str, history: dict[str, Any]) -> None:
+    """A re-run carrying ``history`` succeeds (what SupervisedTask.__call__ reports after the body returned)."""
+    task = app.tasks["dec.work"]
+    task.push_request(id=task_id, delivery_info={"routing_key": "storage"}, called_directly=False,
+                      **{HEADER: history})
+    try:
+        runtime.engine.after_success(task)
+    finally:
+        task.pop_request()
+
+
 def _rerun_history(sent: list[dict[str, Any]]) -> dict[str, Any]:
     history = sent[-1]["headers"][HEADER]
     assert isinstance(history, dict)
@@ -344,12 +355,7 @@ def test_a_re_run_that_succeeds_records_the_recovery_per_attempt(monkeypatch: py
     _crash(app, runtime, "storage", ConnectionError("refused"), task_id="m-2")
     history = _rerun_history(sent)
     assert history["known"] is True and history["label"] == label
-    task = app.tasks["dec.work"]
-    task.push_request(id="m-2", delivery_info={"routing_key": "storage"}, called_directly=False, **{HEADER: history})
-    try:
-        runtime.engine.after_success(task)
-    finally:
-        task.pop_request()
+    _succeed(app, runtime, "m-2", history)
     assert runtime.learning is not None
     metrics = runtime.learning.metrics.snapshot()
     assert (metrics.known_pattern_crashes, metrics.recurring_crashes, metrics.auto_remediated) == (1, 1, 1)
@@ -399,12 +405,7 @@ def test_an_operators_successful_replay_of_a_dead_letter_is_recorded_in_its_less
     assert runtime.dlq.replay(app, "core", "d-1") == "d-1"
     history = sent[0]["headers"][HEADER]
     assert history["fp"] == letter["fingerprint"] and history["label"] == "operator_replay"
-    task = app.tasks["dec.work"]
-    task.push_request(id="d-1", delivery_info={"routing_key": "storage"}, called_directly=False, **{HEADER: history})
-    try:
-        runtime.engine.after_success(task)
-    finally:
-        task.pop_request()
+    _succeed(app, runtime, "d-1", history)
     assert runtime.learning is not None
     lesson = runtime.learning.lessons.get(letter["fingerprint"])
     assert lesson is not None and lesson.remediations["operator_replay"].succeeded == 1

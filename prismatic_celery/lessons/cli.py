@@ -32,7 +32,9 @@ def _runtime(ctx: click.Context) -> Any:
 
 
 def _emit(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
+    from ..cli import _emit as cli_emit
+
+    cli_emit(data, as_json, human)
 
 
 def _store(ctx: click.Context) -> tuple[LessonStore, ChoicePolicy]:

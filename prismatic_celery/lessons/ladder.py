@@ -55,6 +55,7 @@ from .classify import EXTERNAL_DEPENDENCY, RESOURCE_EXHAUSTION, STATE_CORRUPTION
 from .store import Lesson, RemediationStats
 
 __all__ = [
+    "CIRCUIT_OPEN_MS",
     "QUICK_INITIAL_MS",
     "Choice",
     "ChoicePolicy",
@@ -70,6 +71,8 @@ __all__ = [
 
 #: First delay of the quick retry candidate (milliseconds); its jitter is the same.
 QUICK_INITIAL_MS = 100
+#: How long the ``circuit_break`` candidate opens a circuit whose reset timeout is unknown (milliseconds).
+CIRCUIT_OPEN_MS = 30_000
 # Actions that run the message again (the others end it).
 RERUN_ACTIONS = frozenset({"retry_with_backoff", "restart_child", "recycle_process", "circuit_break"})
 
@@ -96,7 +99,7 @@ def quick_retry(backoff: RetryWithBackoff) -> RetryWithBackoff:
 
 
 def ladder(failure_class: str, *, backoff: RetryWithBackoff, circuits: Sequence[str] = (),
-           circuit_ms: int = 30_000) -> tuple[Action, ...]:
+           circuit_ms: int = CIRCUIT_OPEN_MS) -> tuple[Action, ...]:
     """The failure class's safe candidates, in the order they are tried (see the module docstring)."""
     quick = quick_retry(backoff)
     if failure_class == STATE_CORRUPTION:
@@ -110,7 +113,7 @@ def ladder(failure_class: str, *, backoff: RetryWithBackoff, circuits: Sequence[
 
 
 def candidates(ruled: Action | None, failure_class: str, *, backoff: RetryWithBackoff,
-               circuits: Sequence[str] = (), circuit_ms: int = 30_000) -> tuple[Action, ...]:
+               circuits: Sequence[str] = (), circuit_ms: int = CIRCUIT_OPEN_MS) -> tuple[Action, ...]:
     """``ruled`` (a built-in rule's action, when it re-runs the message) then the class's ladder, each label once."""
     first = (ruled,) if ruled is not None and ruled.name in RERUN_ACTIONS else ()
     seen: set[str] = set()
@@ -145,13 +148,14 @@ def standing(stats: RemediationStats | None, policy: ChoicePolicy, now: float) -
     """``untested``, ``qualified``, ``demoted`` or ``trial`` (some outcomes, not enough to qualify or demote)."""
     if stats is None or stats.observations == 0:
         return "untested"
-    rate = stats.success_rate or 0.0
-    enough = stats.observations >= policy.min_observations
-    failing = stats.consecutive_failures >= policy.max_consecutive_failures or (enough and
-                                                                               rate < policy.min_success_rate)
+    if stats.qualifies(min_observations=policy.min_observations, min_success_rate=policy.min_success_rate,
+                       max_consecutive_failures=policy.max_consecutive_failures):
+        return "qualified"
+    failing = stats.consecutive_failures >= policy.max_consecutive_failures or (
+        stats.observations >= policy.min_observations and (stats.success_rate or 0.0) < policy.min_success_rate)
     if failing:
         return "demoted" if now - stats.last_failed < policy.demotion_s else "trial"
-    return "qualified" if enough else "trial"
+    return "trial"
 
 
 def _observations(stats: RemediationStats | None) -> int:
@@ -167,7 +171,7 @@ def knows(lesson: Lesson | None, policy: ChoicePolicy, now: float) -> bool:
 
 
 def _rank(stats: RemediationStats, index: int) -> tuple[float, float, int]:
-    return (-(stats.success_rate or 0.0), stats.mean_recovery_s or 0.0, index)
+    return (*stats.rank, index)
 
 
 def choose(options: Sequence[Action], lesson: Lesson | None, *, tried: Sequence[str], policy: ChoicePolicy,
@@ -212,25 +216,25 @@ def explain(lesson: Lesson, policy: ChoicePolicy, now: float) -> dict[str, Any]:
     (the ladder is walked); ``reason`` says which in words.
     """
     rows: list[dict[str, Any]] = []
+    stands = {label: standing(stats, policy, now) for label, stats in lesson.remediations.items()}
     for label, stats in sorted(lesson.remediations.items()):
         rate, mean = stats.success_rate, stats.mean_recovery_s
-        demoted_until = stats.last_failed + policy.demotion_s if standing(stats, policy, now) == "demoted" else None
-        rows.append({"remediation": label, "standing": standing(stats, policy, now), "tried": stats.tried,
+        rows.append({"remediation": label, "standing": stands[label], "tried": stats.tried,
                      "succeeded": stats.succeeded, "failed": stats.failed,
                      "recovery_rate": None if rate is None else round(rate, 4),
                      "mean_recovery_s": None if mean is None else round(mean, 3),
-                     "consecutive_failures": stats.consecutive_failures, "demoted_until": demoted_until})
-    qualified = sorted((r for r in rows if r["standing"] == "qualified"),
-                       key=lambda r: (-(r["recovery_rate"] or 0.0), r["mean_recovery_s"] or 0.0, r["remediation"]))
+                     "consecutive_failures": stats.consecutive_failures,
+                     "demoted_until": stats.last_failed + policy.demotion_s if stands[label] == "demoted" else None})
+    qualified = sorted((label for label, stand in stands.items() if stand == "qualified"),
+                       key=lambda label: (*lesson.remediations[label].rank, label))
     if lesson.taught:
         preferred, reason = lesson.taught, "taught by an operator (wins over every lesson; a user rule still pins)"
     elif qualified:
-        best = qualified[0]
-        preferred = best["remediation"]
-        attempts = best["succeeded"] + best["failed"]
-        reason = (f"best recovery rate {100 * (best['recovery_rate'] or 0):.0f}% over {attempts}"
-                  f" attempts, mean recovery {best['mean_recovery_s']} s; {100 * policy.exploration:.0f}% of first"
-                  " crashes try an unproven candidate")
+        preferred = qualified[0]
+        best = lesson.remediations[preferred]
+        reason = (f"best recovery rate {100 * (best.success_rate or 0):.0f}% over {best.observations}"
+                  f" attempts, mean recovery {round(best.mean_recovery_s or 0.0, 3)} s; "
+                  f"{100 * policy.exploration:.0f}% of first crashes try an unproven candidate")
     else:
         preferred, reason = None, (f"no remediation qualified yet ({policy.min_observations} outcomes at "
                                    f"{100 * policy.min_success_rate:.0f}%): the {lesson.failure_class} ladder is"

@@ -20,7 +20,7 @@ from ..remediation.actions import RetryWithBackoff
 from ..remediation.defaults import DEFAULT_RULE_NAMES
 from ..remediation.rules import Decision
 from ..store.base import ScriptCall
-from .ladder import RERUN_ACTIONS, ChoicePolicy, candidates, choose, knows, process_random
+from .ladder import CIRCUIT_OPEN_MS, RERUN_ACTIONS, ChoicePolicy, candidates, choose, knows, process_random
 from .metrics import MetricsRecorder
 from .store import Lesson, LessonStore, taught_action
 
@@ -34,7 +34,6 @@ logger = get_logger("lessons")
 LESSON_RULE = "lesson"
 #: The label under which an operator's successful replay of a dead letter is recorded in its lesson.
 OPERATOR_REPLAY = "operator_replay"
-CIRCUIT_OPEN_MS = 30_000
 
 
 class Learning:

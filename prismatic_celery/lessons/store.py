@@ -118,6 +118,18 @@ class RemediationStats:
         """Mean seconds from a crash to the success of the re-run this remediation gave it; None before one."""
         return self.recovery_ms / self.succeeded / 1000.0 if self.succeeded else None
 
+    @property
+    def rank(self) -> tuple[float, float]:
+        """Sort key putting the better remediation first: the highest recovery rate, then the fastest recovery."""
+        return (-(self.success_rate or 0.0), self.mean_recovery_s or 0.0)
+
+    def qualifies(self, *, min_observations: int, min_success_rate: float, max_consecutive_failures: int) -> bool:
+        """At least ``min_observations`` outcomes, a success rate of at least ``min_success_rate`` and fewer than
+        ``max_consecutive_failures`` failures in a row."""
+        rate = self.success_rate
+        return (rate is not None and self.observations >= min_observations and rate >= min_success_rate
+                and self.consecutive_failures < max_consecutive_failures)
+
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"consecutive_failures": self.consecutive_failures, "failed": self.failed,
@@ -373,14 +385,12 @@ def best_action(
     observations, then the name.
     """
     ranked = sorted(
-        (-rate, stats.mean_recovery_s or 0.0, -stats.observations, name)
+        (*stats.rank, -stats.observations, name)
         for name, stats in lesson.remediations.items()
-        if (rate := stats.success_rate) is not None
-        and stats.observations >= min_observations
-        and rate >= min_success_rate
-        and stats.consecutive_failures < max_consecutive_failures
+        if stats.qualifies(min_observations=min_observations, min_success_rate=min_success_rate,
+                           max_consecutive_failures=max_consecutive_failures)
     )
-    return ranked[0][3] if ranked else None
+    return str(ranked[0][3]) if ranked else None
 
 
 class LessonStore:
