@@ -27,20 +27,30 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from benchmarks.harness import HOST, ROOT, check_alive, pythonpath, redis_server, start_all
-from benchmarks.learning_apps import DONE_KEY, GENERATION_KEY, PATTERNS, PIDS_KEY, QUEUE, RESOURCES, TASK, make_app
+from benchmarks.learning_apps import (
+    DONE_KEY,
+    GENERATION_KEY,
+    PATTERNS,
+    PIDS_KEY,
+    QUEUE,
+    RESOURCES,
+    RUNS_KEY,
+    TASK,
+    make_app,
+)
 from prismatic_celery import get_runtime
 from prismatic_celery.lessons import KnowledgeMetrics
 from prismatic_celery.testing import WorkerProcess, wait_for
 
 #: Messages per round: healthy ones keep the queue busy; the faults in the proportions of a real fleet.
-FULL = {"healthy": 240, "blip": 32, "stale_redis": 20, "stale_db": 20, "corrupt_cache": 20, "overloaded": 24,
-        "leak": 16, "bug": 6}
+FULL = {"healthy": 250, "blip": 32, "stale_redis": 20, "stale_db": 20, "corrupt_cache": 20, "overloaded": 24,
+        "leak": 6, "bug": 6}
 QUICK = {"healthy": 40, "blip": 8, "stale_redis": 5, "stale_db": 5, "corrupt_cache": 5, "overloaded": 6,
          "leak": 6, "bug": 1}
 PUBLISH_RATE = 60.0  # messages per second
@@ -65,6 +75,7 @@ class Round:
     recovered_crashes: int
     seconds: float
     processes: int = 0
+    by_pattern: dict[str, float] = field(default_factory=dict)  # attempts per recovered message of each pattern
 
     @property
     def auto_pct(self) -> float | None:
@@ -90,7 +101,8 @@ class Round:
                 f"{fmt(self.auto_pct, '.1f')}%, MTTR {fmt(self.mttr_s, '.2f')}s, false positives "
                 f"{fmt(None if self.fp_rate is None else 100 * self.fp_rate, '.1f')}%, escalations {self.escalations},"
                 f" dead letters {self.dead_letters}, attempts per recovery {fmt(self.attempts, '.2f')}, "
-                f"{self.processes} pool processes, settled in {self.seconds:.1f}s")
+                f"{self.processes} pool processes, settled in {self.seconds:.1f}s"
+                + "".join(f"\n  {kind}: {value:.2f} attempts per recovery" for kind, value in self.by_pattern.items()))
 
 
 def delta(before: KnowledgeMetrics, after: KnowledgeMetrics, index: int, seconds: float) -> Round:
@@ -114,8 +126,20 @@ def summary(rounds: Sequence[Round], lessons: int, crashes_total: int, escalatio
         "escalation_rate": round(escalations_total / crashes_total, 4) if crashes_total else None,
         "false_positive_rate": round(sum(r.false_positives for r in later) / remediations, 4) if remediations else None,
         "attempts_per_recovery": [None if r.attempts is None else round(r.attempts, 3) for r in rounds],
+        "attempts_trend_per_round": trend([r.attempts for r in rounds]),
         "rounds": len(rounds),
     }
+
+
+def trend(values: Sequence[float | None]) -> float | None:
+    """The least-squares slope of ``values`` over their round numbers (negative: falling); None under two points."""
+    points = [(float(i), v) for i, v in enumerate(values, 1) if v is not None]
+    if len(points) < 2:
+        return None
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return round(sum((x - mean_x) * (y - mean_y) for x, y in points) / spread, 4)
 
 
 def plan(counts: dict[str, int], rng: random.Random) -> list[str]:
@@ -151,7 +175,20 @@ def play_round(app: Any, marks: redis.Redis, runtime: Any, kinds: list[str], ind
     after = runtime.learning.metrics.snapshot()
     result = delta(before, after, index, time.time() - started)
     result.processes = int(marks.scard(PIDS_KEY))
+    result.by_pattern = attempts_by_pattern(marks, ids)
     return result, after
+
+
+def attempts_by_pattern(marks: redis.Redis, ids: Sequence[str]) -> dict[str, float]:
+    """Crashes per recovered message of each pattern (a message that crashed, then succeeded), from the marks."""
+    runs = dict(zip(ids, marks.hmget(RUNS_KEY, list(ids)), strict=True))
+    done = {key.decode() if isinstance(key, bytes) else key for key in marks.hkeys(DONE_KEY)}
+    crashes: dict[str, list[int]] = {}
+    for task_id, value in runs.items():
+        executions = int(value or 0)
+        if task_id in done and executions > 1:
+            crashes.setdefault(task_id.rsplit("-", 1)[1], []).append(executions - 1)
+    return {kind: sum(values) / len(values) for kind, values in sorted(crashes.items())}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

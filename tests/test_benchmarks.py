@@ -101,7 +101,8 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
 
 
 LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_s", "escalation_rate",
-                 "false_positive_rate", "attempts_per_recovery", "rounds", "seed", "overall"}
+                 "false_positive_rate", "attempts_per_recovery", "attempts_trend_per_round", "rounds", "seed",
+                 "overall"}
 
 
 @pytest.mark.integration

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pytest
@@ -319,7 +320,7 @@ def _rerun_history(sent: list[dict[str, Any]]) -> dict[str, Any]:
 def test_a_failed_remediation_makes_the_re_run_climb_the_ladder_and_is_recorded(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A ConnectionError: the network rule's backoff first; its re-run fails again, so that attempt's failure
-    is recorded in the lesson and the next candidate (a fresh process) is applied, then a quick retry; a
+    is recorded in the lesson and the next candidate (a fresh process) is applied, then a patient retry; a
     message that failed again never comes back sooner than the default backoff for its attempt."""
     app, runtime, recorder = _app(prismatic_lesson_exploration=0)
     sent = _published(app, monkeypatch)
@@ -332,13 +333,37 @@ def test_a_failed_remediation_makes_the_re_run_climb_the_ladder_and_is_recorded(
     assert retry is not None and float(retry.when) >= 0.2, "attempt 2: at least the default backoff (0.1 s x 2)"
     _crash(app, runtime, "storage", ConnectionError("reset by peer"), task_id="m-1", history=second)
     third = _rerun_history(sent)
-    assert third["label"] == "retry_with_backoff(100,400,100)" and third["attempt"] == 3
+    assert third["label"] == "retry_with_backoff(400,400,0)" and third["attempt"] == 3
     assert runtime.learning is not None
     lesson = runtime.learning.lessons.get(third["fp"])
     assert lesson is not None
     assert {label: (s.failed, s.succeeded) for label, s in lesson.remediations.items()} == {
         first["label"]: (1, 0), second["label"]: (1, 0)}
     assert [e.fields["rule"] for e in recorder.events] == ["default.network", "lesson.ladder", "lesson.ladder"]
+
+
+def test_a_recycles_re_run_in_another_older_process_is_no_trial_of_the_recycle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process fixes a stale connection, but the re-run ran in a sibling that was already running (with
+    the same stale state): that failure is not counted against the recycle, and this process is recycled too.
+    The same failure in the process the recycle replaced, or in one started after it, is the recycle's failure."""
+    app, runtime, _ = _app(prismatic_lesson_exploration=0)
+    sent = _published(app, monkeypatch)
+    assert _crash(app, runtime, "storage", AssertionError("cache invariant violated"), task_id="r-1") is not None
+    recycled = _rerun_history(sent)
+    assert recycled["label"] == "recycle_process"
+    sibling = {**recycled, "pid": os.getpid() + 1}  # recycled another process; this one started before the crash
+    monkeypatch.setattr("prismatic_celery.engine.crash.process_started_at", lambda: recycled["applied_at"] - 60)
+    _crash(app, runtime, "storage", AssertionError("cache invariant violated"), task_id="r-1", history=sibling)
+    again = _rerun_history(sent)
+    assert again["label"] == "recycle_process" and again["remediations"] == ["recycle_process"]
+    assert runtime.learning is not None
+    lesson = runtime.learning.lessons.get(recycled["fp"])
+    assert lesson is not None and lesson.remediations == {}, "nothing counted against the recycle"
+    monkeypatch.setattr("prismatic_celery.engine.crash.process_started_at", lambda: recycled["applied_at"] + 1)
+    _crash(app, runtime, "storage", AssertionError("cache invariant violated"), task_id="r-1", history=sibling)
+    lesson = runtime.learning.lessons.get(recycled["fp"])
+    assert lesson is not None and lesson.remediations["recycle_process"].failed == 1, "a fresh process failed too"
 
 
 def test_a_re_run_that_succeeds_records_the_recovery_per_attempt(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,16 @@ import pytest
 
 from prismatic_celery.keys import Keys
 from prismatic_celery.lessons import LessonStore
-from prismatic_celery.lessons.ladder import ChoicePolicy, candidates, choose, explain, ladder, quick_retry, standing
+from prismatic_celery.lessons.ladder import (
+    ChoicePolicy,
+    candidates,
+    choose,
+    explain,
+    ladder,
+    patient_retry,
+    quick_retry,
+    standing,
+)
 from prismatic_celery.lessons.store import Lesson, RemediationStats
 from prismatic_celery.remediation.actions import (
     CircuitBreak,
@@ -23,6 +32,7 @@ from prismatic_celery.store import Store
 
 BACKOFF = RetryWithBackoff(initial_ms=1000, max_ms=30_000, jitter_ms=1000)
 QUICK = quick_retry(BACKOFF)
+PATIENT = patient_retry(BACKOFF)
 RECYCLE = RecycleProcess()
 POLICY = ChoicePolicy(min_observations=3, min_success_rate=0.8, max_consecutive_failures=2, exploration=0.1,
                       demotion_s=600.0)
@@ -58,23 +68,30 @@ def pick(options: tuple[object, ...], known: Lesson | None, tried: tuple[str, ..
 # the ladder -----------------------------------------------------------------------------------
 def test_each_failure_class_has_its_ladder_and_logic_errors_have_none() -> None:
     """State corruption recycles first; a dependency is retried with backoff, then its circuit is opened (only
-    when the task declares one), then the process recycled, and a quick retry comes last (found by exploration);
-    a bug gets no re-run."""
+    when the task declares one), then the process recycled, then a patient retry, and a quick retry comes last
+    (found by exploration); a bug gets no re-run."""
     assert ladder("state_corruption", backoff=BACKOFF) == (RECYCLE, BACKOFF, QUICK)
-    assert ladder("external_dependency", backoff=BACKOFF) == (BACKOFF, RECYCLE, QUICK)
+    assert ladder("external_dependency", backoff=BACKOFF) == (BACKOFF, RECYCLE, PATIENT, QUICK)
     assert ladder("external_dependency", backoff=BACKOFF, circuits=("payments",), circuit_ms=5000) == (
-        BACKOFF, CircuitBreak(target="payments", duration_ms=5000), RECYCLE, QUICK)
-    assert ladder("resource_exhaustion", backoff=BACKOFF) == (RECYCLE, BACKOFF)
+        BACKOFF, CircuitBreak(target="payments", duration_ms=5000), RECYCLE, PATIENT, QUICK)
+    assert ladder("resource_exhaustion", backoff=BACKOFF) == (RECYCLE, BACKOFF, PATIENT)
     assert ladder("logic_error", backoff=BACKOFF) == ()
 
 
 def test_a_built_in_rules_action_comes_first_and_each_label_once() -> None:
     """The rule that matched is the first candidate; an action that ends the message is not a candidate."""
-    assert candidates(BACKOFF, "external_dependency", backoff=BACKOFF) == (BACKOFF, RECYCLE, QUICK)
+    assert candidates(BACKOFF, "external_dependency", backoff=BACKOFF) == (BACKOFF, RECYCLE, PATIENT, QUICK)
     assert candidates(RestartChild(), "external_dependency", backoff=BACKOFF)[0] == RestartChild()
-    assert candidates(Escalate("disk_full"), "resource_exhaustion", backoff=BACKOFF) == (RECYCLE, BACKOFF)
+    assert candidates(Escalate("disk_full"), "resource_exhaustion", backoff=BACKOFF) == (RECYCLE, BACKOFF, PATIENT)
     assert candidates(None, "logic_error", backoff=BACKOFF) == ()
     assert QUICK.label == "retry_with_backoff(100,30000,100)" and QUICK != BACKOFF
+
+
+def test_the_patient_retry_waits_four_times_the_default_backoff_within_its_largest_delay() -> None:
+    """For a dependency out of capacity: the default schedule, its first delay and jitter four times longer."""
+    assert PATIENT.label == "retry_with_backoff(4000,30000,4000)" and PATIENT.max_ms == BACKOFF.max_ms
+    short = RetryWithBackoff(initial_ms=1000, max_ms=2000, jitter_ms=0)
+    assert patient_retry(short) == RetryWithBackoff(initial_ms=2000, max_ms=2000, jitter_ms=0)
 
 
 # the choice -----------------------------------------------------------------------------------

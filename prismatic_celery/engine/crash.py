@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import traceback as tb_module
 from dataclasses import dataclass, field
@@ -13,12 +14,13 @@ from ..lessons.classify import classify
 from ..lessons.fingerprint import Fingerprint, exception_type_name, fingerprint_exception
 from ..lessons.redact import redact
 from ..tree import Child, Domain
+from .recycle import process_started_at
 
 if TYPE_CHECKING:
     from ..remediation.rules import Decision
     from ..runtime import Runtime
 
-__all__ = ["HEADER", "Crash", "reruns"]
+__all__ = ["HEADER", "Crash", "fair_trial", "reruns"]
 
 # Message header carrying a crashed task's remediation history to its re-runs; it comes back
 # as ``task.request.prismatic`` so the outcome (later success or final failure) can be recorded.
@@ -80,6 +82,9 @@ class Crash:
         first = history.get("first_crash")
         remediations = history.get("remediations")
         previous_fp, previous_label = history.get("fp"), history.get("label") or history.get("action")
+        labels = tuple(str(r) for r in remediations)[-20:] if isinstance(remediations, list) else ()
+        if not fair_trial(history):  # another stale process ran the re-run: recycle again, count nothing
+            previous_fp, labels = None, labels[:-1]
         circuits = getattr(task, "circuits", None) or ()
         try:
             text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
@@ -98,7 +103,7 @@ class Crash:
             fp=fingerprint_exception(exc, in_app_prefixes=settings.in_app_modules),
             failure_class=classify(exc, overrides=settings.failure_class_overrides),
             first_crash=float(first) if isinstance(first, (int, float)) else time.time(),
-            remediations=tuple(str(r) for r in remediations)[-20:] if isinstance(remediations, list) else (),
+            remediations=labels,
             circuits=tuple(str(c) for c in circuits) if isinstance(circuits, (list, tuple)) else (),
             previous=(previous_fp, previous_label) if isinstance(previous_fp, str) and isinstance(previous_label, str)
             and previous_label else None,
@@ -115,9 +120,23 @@ class Crash:
             "rule": decision.rule_name or "",
             "known": known,
             "applied_at": round(self.at, 3),
+            "pid": os.getpid(),
             "first_crash": self.first_crash,
             "remediations": [*self.remediations, decision.action.label][-20:],
         }
+
+
+def fair_trial(history: dict[str, Any]) -> bool:
+    """Whether a failed re-run tested the remediation its crash got.
+
+    ``recycle_process`` replaces the process that crashed; when its re-run ran in another process
+    that was already running before the crash (a sibling with the same stale state), the recycle
+    was not tried: that failure is not the recycle's, and this process gets one too.
+    """
+    applied, pid = history.get("applied_at"), history.get("pid")
+    if history.get("action") != "recycle_process" or not isinstance(applied, (int, float)) or not isinstance(pid, int):
+        return True
+    return pid == os.getpid() or process_started_at() > applied
 
 
 def describe(exc: BaseException) -> str:

@@ -17,12 +17,28 @@ the functions return False and the caller logs it.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from celery.utils.functional import noop
 
-__all__ = ["recycle_current_process", "recycle_pool_processes"]
+__all__ = ["process_started_at", "recycle_current_process", "recycle_pool_processes"]
+
+_started = [time.time()]
+
+
+def _forked() -> None:
+    _started[0] = time.time()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def process_started_at() -> float:
+    """When this process started (a forked pool process: when it was forked), in seconds since the epoch."""
+    return _started[0]
 
 
 def recycle_current_process() -> bool:

@@ -7,12 +7,15 @@ action re-runs the message), then its failure class's ladder:
 |---|---|
 | ``state_corruption`` | ``recycle_process``, retry with the default backoff, quick retry |
 | ``external_dependency`` | retry with the default backoff, ``circuit_break`` of the task's first |
-| | circuit (when the task declares ``circuits=[...]``), ``recycle_process``, quick retry |
-| ``resource_exhaustion`` | ``recycle_process``, retry with the default backoff |
+| | circuit (when the task declares ``circuits=[...]``), ``recycle_process``, patient retry, quick retry |
+| ``resource_exhaustion`` | ``recycle_process``, retry with the default backoff, patient retry |
 | ``logic_error`` | none: the message is dead-lettered (a re-run cannot fix a bug) |
 
 A quick retry is ``retry_with_backoff`` starting at :data:`QUICK_INITIAL_MS`; it comes last, to be
-found by exploration where it recovers as well and sooner. Candidates are told apart by their
+found by exploration where it recovers as well and sooner. A patient retry is the default backoff
+with its first delay and jitter :data:`PATIENT_FACTOR` times longer: for a dependency that is
+overloaded or out of capacity, where a re-run a second later meets the same overload (its
+recovery rate then beats the faster candidates', and rate ranks first). Candidates are told apart by their
 label (the action's name and parameters). Whatever remediation a lesson chose, the engine never
 re-runs a message that already failed again sooner than the default backoff for that attempt. A
 user rule pins its action, and a built-in rule that does not re-run (``escalate("disk_full")``)
@@ -56,6 +59,7 @@ from .store import Lesson, RemediationStats
 
 __all__ = [
     "CIRCUIT_OPEN_MS",
+    "PATIENT_FACTOR",
     "QUICK_INITIAL_MS",
     "Choice",
     "ChoicePolicy",
@@ -64,6 +68,7 @@ __all__ = [
     "explain",
     "knows",
     "ladder",
+    "patient_retry",
     "process_random",
     "quick_retry",
     "standing",
@@ -71,6 +76,8 @@ __all__ = [
 
 #: First delay of the quick retry candidate (milliseconds); its jitter is the same.
 QUICK_INITIAL_MS = 100
+#: How many times longer the patient retry candidate's first delay and jitter are than the default backoff's.
+PATIENT_FACTOR = 4
 #: How long the ``circuit_break`` candidate opens a circuit whose reset timeout is unknown (milliseconds).
 CIRCUIT_OPEN_MS = 30_000
 # Actions that run the message again (the others end it).
@@ -98,6 +105,12 @@ def quick_retry(backoff: RetryWithBackoff) -> RetryWithBackoff:
                             jitter_ms=QUICK_INITIAL_MS)
 
 
+def patient_retry(backoff: RetryWithBackoff) -> RetryWithBackoff:
+    """The patient retry candidate: ``backoff`` with its first delay and jitter :data:`PATIENT_FACTOR` times longer."""
+    initial = min(backoff.initial_ms * PATIENT_FACTOR, backoff.max_ms)
+    return RetryWithBackoff(initial_ms=initial, max_ms=backoff.max_ms, jitter_ms=backoff.jitter_ms * PATIENT_FACTOR)
+
+
 def ladder(failure_class: str, *, backoff: RetryWithBackoff, circuits: Sequence[str] = (),
            circuit_ms: int = CIRCUIT_OPEN_MS) -> tuple[Action, ...]:
     """The failure class's safe candidates, in the order they are tried (see the module docstring)."""
@@ -106,9 +119,9 @@ def ladder(failure_class: str, *, backoff: RetryWithBackoff, circuits: Sequence[
         return (RecycleProcess(), backoff, quick)
     if failure_class == EXTERNAL_DEPENDENCY:
         circuit = (CircuitBreak(target=circuits[0], duration_ms=circuit_ms),) if circuits else ()
-        return (backoff, *circuit, RecycleProcess(), quick)
+        return (backoff, *circuit, RecycleProcess(), patient_retry(backoff), quick)
     if failure_class == RESOURCE_EXHAUSTION:
-        return (RecycleProcess(), backoff)
+        return (RecycleProcess(), backoff, patient_retry(backoff))
     return ()
 
 
