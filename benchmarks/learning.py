@@ -10,7 +10,7 @@ waits until every message succeeded or was dead-lettered. Two of the patterns ar
 the built-in rule's action is wrong (a stale Redis pool and a stale database connection need a
 fresh process, not a retry); for two more no rule exists.
 
-Each round prints its figures from the knowledge counters (``prismatic:<ns>:knowledge``,
+Each round prints its figures from the knowledge counters (``prismatic:{<ns>}:knowledge``,
 differences over the round); the last line is one JSON object with the seed's five figures
 over the rounds after the first (total lessons, auto-remediated %, mean time to recovery in
 seconds, escalation rate, false-positive rate) and the attempts per recovered message of each

@@ -23,7 +23,7 @@ shorter warm-up pair). Each run:
    shutdown are outside the interval, the publisher is outside it, and the measurement
    costs 2 * ``marks`` Redis writes per run, identical in both variants (no result
    backend, no per-task counter);
-4. for the plugin, waits until the plugin's own counters (``prismatic:bench:stats:<host>``,
+4. for the plugin, waits until the plugin's own counters (``prismatic:{bench}:stats:<host>``,
    flushed every ``prismatic_stats_flush_s``) show every task succeeded, stops the worker
    (warm shutdown), and reads ``INFO commandstats`` of the store server before publishing
    and after the worker exited. The difference, minus the commands of this script's own
@@ -70,6 +70,7 @@ from celery import Celery
 from benchmarks.apps import ENDS_KEY, NOOP, QUEUE, STARTS_KEY, make_app
 from benchmarks.harness import HOST, ROOT, pythonpath, redis_server
 from prismatic_celery import get_runtime
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 
 
@@ -185,7 +186,7 @@ class Bench:
 
             wait_for(finished, timeout_s=60 + n / 50, interval_s=0.05, message=f"{n} tasks on {hostname}")
             if variant == "plugin":
-                key = f"prismatic:{self.apps[variant].main}:stats:{hostname}"
+                key = Keys(self.apps[variant].main).key("stats", hostname)
 
                 def counted() -> bool:
                     nonlocal succeeded

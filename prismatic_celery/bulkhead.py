@@ -13,7 +13,7 @@ every thread of a threads pool) sees the same table. Each slot holds the
 kernel thread id of its holder (for a prefork child, its pid): a slot whose
 holder died (SIGKILL, OOM, time limit) is reclaimed, so a crash never leaks a
 slot. Cluster-wide, the slots are leases in a Redis sorted set scored by
-expiry (``prismatic:<ns>:leases:<domain>``), taken and released atomically
+expiry (``prismatic:{<ns>}:leases:<domain>``), taken and released atomically
 in Lua and renewed while the task runs: a dead worker's leases expire.
 
 Under gevent/eventlet pools every green thread shares one kernel thread: the
@@ -132,7 +132,7 @@ class SlotTable:
 
 
 def lease_key(keys: Keys, domain: str) -> str:
-    """``prismatic:<ns>:leases:<domain>``: the domain's cluster-wide slot leases (zset, score = expiry ms)."""
+    """``prismatic:{<ns>}:leases:<domain>``: the domain's cluster-wide slot leases (zset, score = expiry ms)."""
     return keys.key("leases", domain)
 
 

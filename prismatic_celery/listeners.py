@@ -111,7 +111,7 @@ class LogListener(SupervisionListener):
 
 
 class StreamListener(SupervisionListener):
-    """Appends events to the capped ``prismatic:<ns>:events`` stream (unless already recorded)."""
+    """Appends events to the capped ``prismatic:{<ns>}:events`` stream (unless already recorded)."""
 
     def __init__(self, store: Store, key: str, maxlen: int) -> None:
         self.store = store

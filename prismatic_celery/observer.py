@@ -65,7 +65,7 @@ class TaskStats:
                 threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
 
     def flush(self) -> None:
-        """Write pending counters to ``prismatic:<ns>:stats:<hostname>`` (HINCRBY, pipelined)."""
+        """Write pending counters to ``prismatic:{<ns>}:stats:<hostname>`` (HINCRBY, pipelined)."""
         with self._lock:
             pending, self._pending = self._pending, Counter()
         by_host: dict[str, dict[str, int]] = {}

@@ -16,6 +16,7 @@ import fakeredis
 import pytest
 import redis
 
+from prismatic_celery.keys import Keys
 from prismatic_celery.store import MemoryStore, RedisStore, Store
 from prismatic_celery.testing import wait_for
 
@@ -148,7 +149,7 @@ def failure_events(client: redis.Redis, namespace: str, child: str | None = None
                    exception: str | None = None) -> list[dict[str, str]]:
     """The stream entries recording failed executions (one per failure: remediation, dead letter or crash),
     of ``child`` and ``exception`` when given; oldest first."""
-    entries = client.xrange(f"prismatic:{namespace}:events")
+    entries = client.xrange(Keys(namespace).key("events"))
     found = []
     for _, fields in entries:
         decoded = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)

@@ -10,6 +10,7 @@ import pytest
 from celery.exceptions import Retry
 
 from prismatic_celery.circuits import CircuitOpenError, CircuitSpec, UnknownCircuitError
+from prismatic_celery.keys import Keys
 from prismatic_celery.listeners import SupervisionEvent, SupervisionListener
 from tests import circuits_fixtures as fx
 
@@ -193,15 +194,15 @@ def test_a_success_on_a_healthy_circuit_writes_nothing(circuit_env: CircuitEnv) 
 
 
 def test_the_record_is_one_readable_hash_under_the_namespace(circuit_env: CircuitEnv) -> None:
-    """State lives in prismatic:<ns>:circuit:<name> as plain fields an operator can HGETALL."""
+    """State lives in prismatic:{<ns>}:circuit:<name> as plain fields an operator can HGETALL."""
     circuits = circuit_env.circuits(specs={"pay": spec()}, cache_ttl_s=0)
     with pytest.raises(Boom):
         circuits.get("pay").call(fail)
-    key = f"prismatic:{circuit_env.namespace}:circuit:pay"
+    key = Keys(circuit_env.namespace).key("circuit", "pay")
     assert circuits.get("pay").storage.key == key
     fields = circuits.store.hgetall(key)
     assert fields["state"] == "closed" and fields["fail_counter"] == "1" and int(fields["seq"]) > 0
-    assert circuits.channel == f"prismatic:{circuit_env.namespace}:circuit-events"
+    assert circuits.channel == Keys(circuit_env.namespace).key("circuit-events")
 
 
 def test_a_corrupt_record_is_read_as_closed_with_a_warning(

@@ -146,13 +146,14 @@ def test_tasks_routed_by_child_globs() -> None:
 
 
 def test_keys_are_namespaced_and_parseable() -> None:
-    """Every key is prismatic:<app>:<kind>:<name>; foreign keys parse as None."""
+    """Every key is prismatic:{<app>}:<kind>:<name> (one hash tag per app); foreign keys parse as None."""
     keys = Keys("shop")
-    assert keys.key("restarts", "core", "storage") == "prismatic:shop:restarts:core:storage"
-    assert keys.key("events") == "prismatic:shop:events"
-    assert keys.parse("prismatic:shop:pause:cache") == ("pause", "cache")
-    assert keys.parse("prismatic:other:pause:cache") is None
-    assert keys.pattern("worker") == "prismatic:shop:worker*"
+    assert keys.key("restarts", "core", "storage") == "prismatic:{shop}:restarts:core:storage"
+    assert keys.key("events") == "prismatic:{shop}:events"
+    assert keys.parse("prismatic:{shop}:pause:cache") == ("pause", "cache")
+    assert keys.parse("prismatic:{other}:pause:cache") is None
+    assert keys.parse("prismatic:shop:pause:cache") is None, "the format without the hash tag is foreign"
+    assert keys.pattern("worker") == "prismatic:{shop}:worker*"
     with pytest.raises(ValueError):
         Keys("a:b")
     with pytest.raises(ValueError):

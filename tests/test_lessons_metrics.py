@@ -97,21 +97,21 @@ def test_metrics_of_a_scripted_story_equal_the_hand_counted_values(recorder: Met
 
 
 def test_counters_are_a_hash_an_operator_can_read(recorder: MetricsRecorder, store: Store) -> None:
-    """prismatic:<ns>:knowledge holds plain integer fields (redis-cli HGETALL)."""
+    """prismatic:{<ns>}:knowledge holds plain integer fields (redis-cli HGETALL)."""
     recorder.crash("t1", True, 10.0)
     recorder.remediated("t1", "shed")
     recorder.escalated("t1")
-    key = f"prismatic:{recorder.keys.namespace}:knowledge"
+    key = Keys(recorder.keys.namespace).key("knowledge")
     assert recorder.counters_key == key
     assert store.hgetall(key) == {"crashes": "1", "known_pattern_crashes": "1", "remediations_applied": "1",
                                   "action:shed": "1", "escalations": "1"}
 
 
 def test_a_crashed_task_has_a_small_expiring_recovery_record(recorder: MetricsRecorder, store: Store) -> None:
-    """The first crash time lives in prismatic:<ns>:recovery:<task_id> for a day, and goes on success."""
+    """The first crash time lives in prismatic:{<ns>}:recovery:<task_id> for a day, and goes on success."""
     recorder.crash("task-1", True, 1000.5)
     recorder.crash("task-1", False, 1003.0)
-    key = f"prismatic:{recorder.keys.namespace}:recovery:task-1"
+    key = Keys(recorder.keys.namespace).key("recovery", "task-1")
     record = json.loads(raw(store, key) or "null")
     assert record == {"auto": 0, "crashes": 2, "first_crash": 1000.5, "known": 1, "last_known": 0, "remediations": 0}
     ttl = store.ttl(key)

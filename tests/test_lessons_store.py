@@ -83,13 +83,13 @@ def test_a_crash_creates_a_lesson_and_the_next_one_counts(lessons: LessonStore) 
 
 
 def test_the_lesson_is_plain_json_an_operator_can_read(lessons: LessonStore, store: Store) -> None:
-    """The value at prismatic:<ns>:lesson:<fp> is JSON equal to Lesson.to_json(); the index is scored by last_seen."""
+    """The value at prismatic:{<ns>}:lesson:<fp> is JSON equal to Lesson.to_json(); the index is scored by last_seen."""
     lesson = record(lessons, when=1234.5)
-    key = f"prismatic:{lessons.keys.namespace}:lesson:{FP}"
+    key = Keys(lessons.keys.namespace).key("lesson", FP)
     assert lessons.key(FP) == key
     assert json.loads(raw(store, key)) == lesson.to_json()
     if isinstance(store, RedisStore):
-        assert store.client.zrange(f"prismatic:{lessons.keys.namespace}:lessons", 0, -1, withscores=True) == [
+        assert store.client.zrange(Keys(lessons.keys.namespace).key("lessons"), 0, -1, withscores=True) == [
             (FP, 1234.5)]
 
 

@@ -1,13 +1,13 @@
 """A pybreaker storage on our :class:`~prismatic_celery.store.Store`, shared by every process.
 
-One hash per breaker, ``prismatic:<ns>:circuit:<name>`` (``redis-cli HGETALL`` reads it):
+One hash per breaker, ``prismatic:{<ns>}:circuit:<name>`` (``redis-cli HGETALL`` reads it):
 ``state``, ``fail_counter``, ``success_counter``, ``opened_at_ms``, ``open_until_ms``, ``seq``,
 ``changed_at_ms``, ``reason`` and one ``permit:<token>`` field per permit in flight (the
 half-open trial), valued at its lease deadline in ms. Every operation is one atomic script
 (``scripts/circuit.lua`` on Redis, :func:`transition` in memory) timed by the store's clock
 (Redis ``TIME``), so no read-modify-write spans two round trips and no host's clock matters.
 Each change of the record is published, in the same script, as JSON on the channel
-``prismatic:<ns>:circuit-events`` (``redis-cli SUBSCRIBE`` shows them).
+``prismatic:{<ns>}:circuit-events`` (``redis-cli SUBSCRIBE`` shows them).
 
 Unlike pybreaker's ``CircuitRedisStorage``: the threshold check happens in the same script as
 the increment, keys are namespaced per app and breaker, there is no per-process lock to

@@ -1,6 +1,6 @@
 """Hotspots: children with more than N restarts within a sliding window (default 3 in 5 minutes).
 
-Each child's restarts live in a sorted set ``prismatic:<ns>:restarts:<queue>``
+Each child's restarts live in a sorted set ``prismatic:{<ns>}:restarts:<queue>``
 scored by the store's clock, trimmed on every write to the window and capped
 in size, so memory stays bounded whatever the failure rate.
 """

@@ -1,7 +1,7 @@
 """Pause records: the source of truth for which queues must not be consumed.
 
 A queue is paused while any of its *causes* holds a record. Each cause has its own
-JSON record at ``prismatic:<ns>:pause:<queue>:<cause>`` that expires when that pause
+JSON record at ``prismatic:{<ns>}:pause:<queue>:<cause>`` that expires when that pause
 ends, so a pause ends even if its author died, and no cause can shorten or remove
 another's pause:
 
@@ -60,7 +60,7 @@ def rest_cause(failed_child: str) -> str:
 
 
 def pause_key(keys: Keys, queue: str, cause: str) -> str:
-    """``prismatic:<ns>:pause:<queue>:<cause>``: one cause's pause record (JSON, expires when it ends)."""
+    """``prismatic:{<ns>}:pause:<queue>:<cause>``: one cause's pause record (JSON, expires when it ends)."""
     return keys.key("pause", queue, cause)
 
 

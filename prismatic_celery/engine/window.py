@@ -6,7 +6,7 @@ its recent executions fail at a high rate: at least ``prismatic_child_failure_ra
 of them, among at least ``prismatic_child_min_executions`` executions within the last
 ``prismatic_child_window_s`` seconds, counted across the cluster.
 
-The window is the hash ``prismatic:<ns>:executions:<queue>`` with one field per second
+The window is the hash ``prismatic:{<ns>}:executions:<queue>`` with one field per second
 and outcome (``<second>:ok``, ``<second>:fail``, store clock). Failures are added by
 the crash decision itself (``scripts/restart.lua``, one round trip it already makes);
 successes are counted in each process's memory and added once per
@@ -39,7 +39,7 @@ PRELUDE = Path(__file__).parent / "scripts" / "window.lua"
 
 
 def executions_key(keys: Keys, queue: str) -> str:
-    """``prismatic:<ns>:executions:<queue>``: the child's execution window (hash)."""
+    """``prismatic:{<ns>}:executions:<queue>``: the child's execution window (hash)."""
     return keys.key("executions", queue)
 
 

@@ -3,12 +3,12 @@
 The engine reports what happened through a :class:`MetricsRecorder`; :meth:`MetricsRecorder.snapshot`
 turns the counters into :class:`KnowledgeMetrics`. Keys:
 
-* ``prismatic:<ns>:knowledge``: a hash of counters (``redis-cli HGETALL prismatic:<ns>:knowledge``):
+* ``prismatic:{<ns>}:knowledge``: a hash of counters (``redis-cli HGETALL prismatic:{<ns>}:knowledge``):
   ``crashes``, ``known_pattern_crashes``, ``remediations_applied``, ``action:<name>``,
   ``recovered:<name>``, ``auto_remediated``, ``auto_recovery_ms_total``, ``recoveries``,
   ``recovery_ms_total``, ``recovered_crashes``, ``escalations``, ``dead_letters``,
   ``failed_for_good``, ``false_positives``;
-* ``prismatic:<ns>:recovery:<task_id>``: a small JSON record per task that crashed and has not
+* ``prismatic:{<ns>}:recovery:<task_id>``: a small JSON record per task that crashed and has not
   yet succeeded or failed for good (first crash time, crashes, remediations), expiring
   ``recovery_ttl_s`` (one day) after its last update.
 
@@ -59,7 +59,7 @@ __all__ = ["COUNTERS", "SCRIPT", "KnowledgeMetrics", "MetricsRecorder", "knowled
 
 logger = get_logger("lessons")
 
-#: The counter fields of ``prismatic:<ns>:knowledge`` (besides ``action:<name>`` and ``recovered:<name>``).
+#: The counter fields of ``prismatic:{<ns>}:knowledge`` (besides ``action:<name>`` and ``recovered:<name>``).
 COUNTERS = (
     "crashes", "known_pattern_crashes", "recurring_crashes", "remediations_applied", "auto_remediated",
     "auto_recovery_ms_total", "recoveries", "recovery_ms_total", "recovered_crashes", "escalations",
@@ -271,7 +271,7 @@ class MetricsRecorder:
         self._warning = RateLimitedWarning()
 
     def recovery_key(self, task_id: str) -> str:
-        """``prismatic:<ns>:recovery:<task_id>``."""
+        """``prismatic:{<ns>}:recovery:<task_id>``."""
         return self.keys.key("recovery", self._task_id(task_id))
 
     def crash(self, task_id: str, known: bool, when: float | None = None, *, recurring: bool = False) -> int:

@@ -2,9 +2,9 @@
 
 Keys (all built by :class:`~prismatic_celery.keys.Keys`):
 
-* ``prismatic:<ns>:lesson:<fingerprint>``: the lesson as JSON (``redis-cli GET``), see :class:`Lesson`;
-* ``prismatic:<ns>:lessons``: a sorted set of fingerprints scored by ``last_seen``
-  (``redis-cli ZREVRANGE prismatic:<ns>:lessons 0 -1 WITHSCORES``), used to evict the least
+* ``prismatic:{<ns>}:lesson:<fingerprint>``: the lesson as JSON (``redis-cli GET``), see :class:`Lesson`;
+* ``prismatic:{<ns>}:lessons``: a sorted set of fingerprints scored by ``last_seen``
+  (``redis-cli ZREVRANGE prismatic:{<ns>}:lessons 0 -1 WITHSCORES``), used to evict the least
   recently seen lessons beyond ``max_lessons``.
 
 Atomicity: every read-modify-write of a lesson is **one Lua script** (``scripts/lesson.lua``)
@@ -412,7 +412,7 @@ class LessonStore:
         self.index_key = keys.key("lessons")
 
     def key(self, fingerprint: str) -> str:
-        """``prismatic:<ns>:lesson:<fingerprint>``."""
+        """``prismatic:{<ns>}:lesson:<fingerprint>``."""
         return self.keys.key("lesson", fingerprint)
 
     # recording ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The dead-letter queue: messages the supervisor gave up on, kept whole for a person to replay.
 
-One capped Redis list per domain, ``prismatic:<ns>:dlq:<domain>``, of JSON
+One capped Redis list per domain, ``prismatic:{<ns>}:dlq:<domain>``, of JSON
 entries: the original message (task name, id, args, kwargs, queue, priority,
 headers needed to re-publish) and the failure context (exception, redacted
 message and traceback, fingerprint, failure class, attempts, remediations
@@ -112,7 +112,7 @@ class DeadLetterQueue:
     max_entries: int = 10_000
 
     def key(self, domain: str) -> str:
-        """``prismatic:<ns>:dlq:<domain>``."""
+        """``prismatic:{<ns>}:dlq:<domain>``."""
         return self.keys.key("dlq", domain)
 
     def push(self, entry: dict[str, Any]) -> int:

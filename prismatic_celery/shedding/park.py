@@ -1,9 +1,9 @@
 """Parked messages: a capped list per queue that ``shed replay`` puts back on the broker.
 
-``prismatic:<ns>:parked:<queue>`` is a list of JSON records (oldest first),
+``prismatic:{<ns>}:parked:<queue>`` is a list of JSON records (oldest first),
 each with what is needed to publish the message again: task name, id, args,
 kwargs, queue, priority and the execution options (headers, retries, root and
-parent ids, links...). ``prismatic:<ns>:shed-totals`` counts, per queue,
+parent ids, links...). ``prismatic:{<ns>}:shed-totals`` counts, per queue,
 ``<queue>:parked``, ``:dropped``, ``:overflowed`` (oldest entries the cap
 dropped), ``:replayed`` and ``:purged``.
 
@@ -50,12 +50,12 @@ _NOT_REPLAYED = frozenset({"task_id", "eta", "countdown"})
 
 
 def parked_key(keys: Keys, queue: str) -> str:
-    """``prismatic:<ns>:parked:<queue>``: the queue's parked messages (list of JSON, oldest first)."""
+    """``prismatic:{<ns>}:parked:<queue>``: the queue's parked messages (list of JSON, oldest first)."""
     return keys.key("parked", queue)
 
 
 def totals_key(keys: Keys) -> str:
-    """``prismatic:<ns>:shed-totals``: hash of shedding counters per queue."""
+    """``prismatic:{<ns>}:shed-totals``: hash of shedding counters per queue."""
     return keys.key("shed-totals")
 
 

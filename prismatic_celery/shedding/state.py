@@ -1,8 +1,8 @@
 """Shedding state: published by the samplers, read by every process that runs tasks.
 
-``prismatic:<ns>:shed:<queue>`` (JSON, expires) exists exactly while the queue
+``prismatic:{<ns>}:shed:<queue>`` (JSON, expires) exists exactly while the queue
 sheds, so every worker agrees and a sampler that dies cannot leave a queue
-shedding for longer than the expiry. ``prismatic:<ns>:backlog`` (hash) keeps
+shedding for longer than the expiry. ``prismatic:{<ns>}:backlog`` (hash) keeps
 the last sampled backlog of each queue for operators. Both are written by one
 Lua script per sample (all queues in one round trip); hysteresis is decided
 inside it, so concurrent samplers on several workers move the state atomically.
@@ -26,12 +26,12 @@ __all__ = ["STATE_SCRIPT", "ShedState", "ShedView", "Transition", "publish_sampl
 
 
 def state_key(keys: Keys, queue: str) -> str:
-    """``prismatic:<ns>:shed:<queue>``: present (JSON) while ``queue`` sheds."""
+    """``prismatic:{<ns>}:shed:<queue>``: present (JSON) while ``queue`` sheds."""
     return keys.key("shed", queue)
 
 
 def backlog_key(keys: Keys) -> str:
-    """``prismatic:<ns>:backlog``: hash of the last sampled backlog per queue (``<queue>``, ``<queue>:at``)."""
+    """``prismatic:{<ns>}:backlog``: hash of the last sampled backlog per queue (``<queue>``, ``<queue>:at``)."""
     return keys.key("backlog")
 
 

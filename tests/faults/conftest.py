@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 
 from prismatic_celery import get_runtime
 from prismatic_celery.cli import supervision
+from prismatic_celery.keys import Keys
 from prismatic_celery.runtime import Runtime
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.conftest import REDIS_HOST, RedisServer, _require, redis_answers
@@ -124,7 +125,7 @@ def plugin_log(text: str) -> str:
 def dump_namespace(client: redis.Redis, namespace: str) -> dict[str, str]:
     """Every key of the namespace with its whole value as text (any type), for secret scans."""
     found: dict[str, str] = {}
-    for key in client.scan_iter(match=f"prismatic:{namespace}:*", count=1000):
+    for key in client.scan_iter(match=Keys(namespace).pattern(), count=1000):
         found[key] = dump_key(client, key)
     return found
 

@@ -26,6 +26,7 @@ from click.testing import CliRunner
 import prismatic_celery
 from prismatic_celery import ConfigurationError, get_runtime
 from prismatic_celery.cli import supervision
+from prismatic_celery.keys import Keys
 from prismatic_celery.remediation.dlq import dead_letter_entry
 from prismatic_celery.runtime import Runtime
 from prismatic_celery.testing import wait_for
@@ -286,7 +287,7 @@ def test_hostile_exception_messages_are_bounded_and_no_secret_reaches_redis_or_p
     celery_lines = [record for name, record in log_records(log) if not name.startswith("prismatic_celery")]
     in_celery = sorted({secret for secret in SECRETS for record in celery_lines if secret in record})
     outside = sorted({raw_key.decode(errors="replace") for raw_key in raw.scan_iter(count=1000)
-                      if not raw_key.startswith(f"prismatic:{namespace}:".encode())
+                      if not raw_key.startswith(f"{Keys(namespace).head}:".encode())
                       and any(secret.encode() in (raw.get(raw_key) or b"") for secret in SECRETS
                               if raw.type(raw_key) == b"string")})
     print(f"\n{len(sent)} hostile crashes: no secret in {len(stored)} namespace keys nor in the plugin's "
@@ -400,7 +401,7 @@ def test_hostile_replay_requests_get_clear_answers_and_lose_nothing(
     for task_id in ("a", "b", "race"):
         dlq.push(_letter(task_id))
     dlq.push(_letter("o", domain="osint", queue="sources"))
-    key = f"prismatic:{namespace}:dlq:core"
+    key = Keys(namespace).key("dlq", "core")
     raw.rpush(key, b"{not json", b"\xff\xfe", b"[]", b'{"no": "id"}', b'{"id": 5}')
 
     assert dlq.replay(app, "core", "no-such-id") is None
@@ -511,11 +512,11 @@ def test_a_worker_keeps_working_over_corrupted_and_foreign_keys(
     foreign = {}
     for other in (f"{namespace}x", "other"):
         for queue in ("storage", "cache", "sources", "monitor"):
-            name = f"prismatic:{other}:pause:{queue}:manual"
+            name = Keys(other).key("pause", queue, "manual")
             raw.set(name, json.dumps({"domain": "core", "reason": "manual", "by": "x", "since": 0, "until": 4e9}))
             foreign[name] = raw.get(name)
-    raw.set(f"prismatic:{namespace}", b"no kind")
-    raw.set(f"prismatic:{namespace}:unknown-kind:x", b"\x80\x04junk")
+    raw.set(Keys(namespace).head, b"no kind")
+    raw.set(Keys(namespace).key("unknown-kind", "x"), b"\x80\x04junk")
     work, poison = app.tasks["faults.work"], app.tasks["basic.poison"]
     with worker(namespace, faults_env(redis_url, namespace, redis_url, store=redis_url, conf=conf),
                 name="corrupt") as w:
@@ -523,7 +524,7 @@ def test_a_worker_keeps_working_over_corrupted_and_foreign_keys(
         results = {f"q-{queue}": work.apply_async((f"q-{queue}",), queue=queue)
                    for queue in ("storage", "cache", "sources", "monitor", "mendel", "fitness")}
         results["crash"] = work.apply_async(("crash", 0.0, 1), queue="sources")
-        raw.set(f"prismatic:{namespace}:deaths:poison-id", b"not a number")
+        raw.set(Keys(namespace).key("deaths", "poison-id"), b"not a number")
         dying = poison.apply_async(("poison",), queue="monitor", task_id="poison-id")
         for key, result in results.items():
             assert result.get(timeout=30) == (2 if key == "crash" else 1), key
@@ -542,7 +543,7 @@ def test_a_dead_letter_is_not_lost_when_its_list_key_holds_a_foreign_type(
 ) -> None:
     """The dead-letter key holds a string: the foreign value is set aside and the dead letter stored in Redis."""
     app, runtime = faults_runtime(redis_url, namespace)
-    raw.set(f"prismatic:{namespace}:dlq:core", b"someone else's string")
+    raw.set(Keys(namespace).key("dlq", "core"), b"someone else's string")
     with worker(namespace, faults_env(redis_url, namespace, redis_url, store=redis_url), name="dlqtype",
                 pool="solo") as w:
         w.wait_ready(app)
@@ -550,5 +551,5 @@ def test_a_dead_letter_is_not_lost_when_its_list_key_holds_a_foreign_type(
         result.get(timeout=30, propagate=False)
         wait_for(lambda: "supervision-dead-letter" in w.log, timeout_s=10, message="dead-lettered")
     assert runtime.dlq.get("core", result.id) is not None, "the dead letter is where an operator replays it from"
-    aside = list(raw.scan_iter(match=f"prismatic:{namespace}:dlq:core:corrupt:*"))
+    aside = list(raw.scan_iter(match=Keys(namespace).key("dlq", "core", "corrupt", "*")))
     assert [raw.get(name) for name in aside] == [b"someone else's string"], "the foreign value is kept aside"

@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from prismatic_celery import get_runtime
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import failure_events
 from tests.faults.apps import make_faults_app
@@ -88,14 +89,14 @@ def test_killed_pool_processes_each_message_once_or_dead_lettered_and_restarts_c
                 assert runs == 0 and deaths_by_key.get(key) == 3, (key, runs, deaths_by_key.get(key))
                 letter = runtime.dlq.get("osint", result.id)
                 assert letter is not None and letter["attempts"] == 3 and letter["reason"].startswith("quarantined")
-                assert ledger.exists(f"prismatic:{namespace}:deaths:{result.id}") == 0, "deaths key cleared"
+                assert ledger.exists(Keys(namespace).key("deaths", result.id)) == 0, "deaths key cleared"
             else:
                 assert runs == 1, f"{key} ran {runs} times"
                 assert result.get(timeout=10) >= 1
-                deaths = ledger.get(f"prismatic:{namespace}:deaths:{result.id}")
+                deaths = ledger.get(Keys(namespace).key("deaths", result.id))
                 assert int(deaths or 0) == deaths_by_key.get(key, 0), (key, deaths, deaths_by_key.get(key))
         assert len(recorded) == len(killed), f"one failed execution per death: {len(recorded)} vs {len(killed)} kills"
-        assert store.hgetall(f"prismatic:{namespace}:restart-totals") == {}, "a few deaths are not a child failure"
+        assert store.hgetall(Keys(namespace).key("restart-totals")) == {}, "a few deaths are not a child failure"
         assert ledger.llen("monitor") == 0
         assert "WorkerLostError" in w.log
     print(f"\n{len(killed)} pool processes SIGKILLed mid-task (reject_on_worker_lost={reject_on_worker_lost}); "

@@ -28,6 +28,7 @@ from celery import Celery
 
 from prismatic_celery import get_runtime
 from prismatic_celery.health import rss_bytes
+from prismatic_celery.keys import Keys
 from prismatic_celery.shedding.park import parked_key, totals_key
 from prismatic_celery.shedding.sampler import redis_subqueues
 from prismatic_celery.testing import WorkerProcess, wait_for
@@ -56,7 +57,7 @@ def _rss(worker: WorkerProcess) -> int:
 def _plugin_memory(client: redis.Redis, namespace: str) -> int:
     """Bytes of every key in the plugin's namespace (``MEMORY USAGE``, all samples)."""
     return sum(int(client.memory_usage(key, samples=0) or 0)
-               for key in client.scan_iter(match=f"prismatic:{namespace}:*", count=1000))
+               for key in client.scan_iter(match=Keys(namespace).pattern(), count=1000))
 
 
 def _subqueues(queue: str) -> list[str]:

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from prismatic_celery import get_runtime
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import failure_events
 from tests.faults.apps import make_faults_app
@@ -62,13 +63,13 @@ def test_poison_messages_are_quarantined_after_exactly_n_deliveries_under_load(
             assert letter is not None and letter["attempts"] == DELIVERIES and letter["replayable"] is True
             assert letter["reason"] == f"quarantined: killed its pool process {DELIVERIES} times"
             assert letter["task"] == "basic.poison" and letter["args"] == [f"p{i}"] and letter["queue"] == "monitor"
-            assert ledger.exists(f"prismatic:{namespace}:deaths:{result.id}") == 0
+            assert ledger.exists(Keys(namespace).key("deaths", result.id)) == 0
             assert result.state == "FAILURE" and "Quarantined" in repr(result.result)
         assert all(ledger.get(f"runs:n{i}") == "1" for i in range(NORMAL)), "every normal message exactly once"
         assert ledger.llen("order") == NORMAL
         deaths = failure_events(ledger, namespace, "monitor", "WorkerLostError")
         assert degraded or len(deaths) == POISON * DELIVERIES, len(deaths)
-        totals = ledger.hgetall(f"prismatic:{namespace}:restart-totals")
+        totals = ledger.hgetall(Keys(namespace).key("restart-totals"))
         assert totals == {}, f"18 deaths among 318 executions are message failures, not a child failure: {totals}"
         assert ledger.llen("monitor") == 0
         served = sum("reason=\"quarantined" in w.log for w in (w1, w2))

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.exceptions import Retry
 
 from prismatic_celery import get_runtime
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import RedisServer, failure_events, free_port, redis_answers
 from tests.faults.apps import make_faults_app
@@ -58,7 +59,7 @@ def test_a_store_outage_loses_nothing_and_supervision_resumes_within_two_seconds
         results[key] = work.apply_async((key, 0.0, fails), queue=queue)
 
     with worker(namespace, env, name="outage") as w:
-        registration = f"prismatic:{namespace}:worker:{w.hostname}"
+        registration = Keys(namespace).key("worker", w.hostname)
         w.wait_ready(app)
         wait_for(lambda: store.exists(registration), timeout_s=10, message="the worker registers in the store")
         for i, queue in enumerate(QUEUES * 3):

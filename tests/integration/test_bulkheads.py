@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
 from tests.integration.conftest import shed_env
@@ -78,7 +79,7 @@ def test_a_cluster_wide_cap_holds_across_two_workers(redis_url: str, namespace: 
             wait_for(lambda: client.get(f"{namespace}:running:slow") == "2", timeout_s=15,
                      message="two slow tasks hold the cluster's leases")
             wait_for(lambda: "bulkhead-deferred" in w1.log + w2.log, timeout_s=10, message="the rest deferred")
-            assert client.zcard(f"prismatic:{namespace}:leases:slow") == 2
+            assert client.zcard(Keys(namespace).key("leases", "slow")) == 2
             for i in range(10):
                 app.tasks["shed.record"].apply_async((f"fast{i}",), queue=names["fast"])
             wait_for(lambda: all(client.hget(runs, f"fast{i}") == "1" for i in range(10)), timeout_s=15,
@@ -89,5 +90,5 @@ def test_a_cluster_wide_cap_holds_across_two_workers(redis_url: str, namespace: 
         wait_for(lambda: all(client.hget(runs, f"slow{i}") == "1" for i in range(5)), timeout_s=30,
                  message="every slow task runs once")
         assert client.get(f"{namespace}:max:slow") == "2"
-        wait_for(lambda: client.zcard(f"prismatic:{namespace}:leases:slow") == 0, timeout_s=5,
+        wait_for(lambda: client.zcard(Keys(namespace).key("leases", "slow")) == 0, timeout_s=5,
                  message="every lease released")

@@ -32,6 +32,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from prismatic_celery.health import summary_numbers
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 
@@ -137,7 +138,7 @@ def live(real_redis: str) -> Iterator[LiveRun]:
         # (cool-down of 120 s)
         failing = [app.tasks["basic.fetch_fail"].apply_async((f"bad deploy {i}",), queue="sources")
                    for i in range(160)]
-        wait_for(lambda: flush.get(f"prismatic:{namespace}:escalation:osint") is not None, timeout_s=30,
+        wait_for(lambda: flush.get(Keys(namespace).key("escalation", "osint")) is not None, timeout_s=30,
                  message="osint escalated")
         # and an operator paused telemetry, and the payments circuit is open
         paused = subprocess.run([sys.executable, "-m", "celery", "-A", "tests.apps.basic", "control",

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from prismatic_celery import get_runtime
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.integration.conftest import basic_env
@@ -91,5 +92,5 @@ def test_the_second_pass_applies_lessons_and_metrics_equal_our_counts(redis_url:
     assert {label: stats.failed for label, stats in doomed.remediations.items()} == {
         "retry_with_backoff(100,200,0)": 2, "recycle_process": 2}
     raw = redis.Redis.from_url(redis_url, decode_responses=True).get(
-        f"prismatic:{namespace}:lesson:{flaky_lesson.fingerprint}")
+        Keys(namespace).key("lesson", flaky_lesson.fingerprint))
     assert raw is not None and json.loads(raw)["count"] == 2 * FLAKY

@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 
 from prismatic_celery.health import EVENT_FIELDS, summary_numbers
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.integration.conftest import basic_env
@@ -141,7 +142,7 @@ def test_every_supervision_event_of_a_live_run_carries_documented_fields(
         kind = event["type"][len("supervision-"):].replace("-", "_")
         undocumented = set(event) - CELERY_ENVELOPE - set(EVENT_FIELDS[kind])
         assert not undocumented, f"{event['type']} has undocumented fields {sorted(undocumented)}: {event}"
-    entries = client.xrange(f"prismatic:{namespace}:events")
+    entries = client.xrange(Keys(namespace).key("events"))
     kinds = {fields["type"] for _, fields in entries}
     assert {"restart", "pause", "resume", "circuit", "remediation", "dead_letter", "escalation"} <= kinds, kinds
     for _, fields in entries:

@@ -23,6 +23,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from prismatic_celery.keys import Keys
 from prismatic_celery.shedding_cli import shed
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
@@ -60,7 +61,7 @@ def test_5000_messages_high_priority_complete_low_priority_parked_then_replayed_
     started = time.monotonic()
     with WorkerProcess("tests.apps.shed_app", hostname=f"shed-{namespace}@test", pool="prefork", concurrency=4,
                        env=shed_env(redis_url, namespace, SHED), cwd=ROOT) as worker:
-        parked_key = f"prismatic:{namespace}:parked:{queue}"
+        parked_key = Keys(namespace).key("parked", queue)
         try:
             wait_for(lambda: client.hlen(runs) + client.llen(parked_key) >= 5000, timeout_s=50, interval_s=0.2,
                      message="every message either ran or was parked")
@@ -85,7 +86,7 @@ def test_5000_messages_high_priority_complete_low_priority_parked_then_replayed_
         for field in ("task=shed.record", "task_id=", f"queue={queue}", "backlog=", "threshold=1000"):
             assert field in line
 
-        wait_for(lambda: not client.exists(f"prismatic:{namespace}:shed:{queue}"), timeout_s=10,
+        wait_for(lambda: not client.exists(Keys(namespace).key("shed", queue)), timeout_s=10,
                  message="the queue stops shedding")
         result = CliRunner().invoke(shed, ["replay", queue, "--json"], obj=SimpleNamespace(app=app))
         assert result.exit_code == 0, result.output
@@ -95,7 +96,7 @@ def test_5000_messages_high_priority_complete_low_priority_parked_then_replayed_
         total_s = time.monotonic() - started
     counts = Counter(client.hgetall(runs).values())
     assert counts == {"1": 5000}, "each of the 5,000 messages ran exactly once"
-    totals = client.hgetall(f"prismatic:{namespace}:shed-totals")
+    totals = client.hgetall(Keys(namespace).key("shed-totals"))
     assert totals[f"{queue}:parked"] == str(len(parked)) and totals[f"{queue}:replayed"] == str(len(parked))
     print(f"\n5000 messages: parked {len(parked)} of 1500 low, drained in {drained_s:.1f}s, "
           f"replayed and done in {total_s:.1f}s")
@@ -119,9 +120,9 @@ class _Monitor:
         name = name.upper()
         if name == "LLEN" and rest.startswith(self.queues):
             return "sampler-broker"
-        if name == "EVALSHA" and f"prismatic:{self.namespace}:backlog" in rest:
+        if name == "EVALSHA" and Keys(self.namespace).key("backlog") in rest:
             return "sampler-store"
-        if name == "MGET" and f"prismatic:{self.namespace}:shed:" in rest:
+        if name == "MGET" and Keys(self.namespace).key("shed", "") in rest:
             return "guard-view"
         return None
 

@@ -23,6 +23,7 @@ import redis
 from click.testing import CliRunner
 from kombu import Connection
 
+from prismatic_celery.keys import Keys
 from prismatic_celery.shedding_cli import shed
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
@@ -84,7 +85,7 @@ def test_rabbitmq_backlog_is_sampled_low_priority_parked_and_replayed_exactly_on
                                                  producer=producer)
     env = {"SHED_BROKER_URL": amqp_url, "SHED_STORE_URL": redis_url, "SHED_NAMESPACE": namespace,
            "PYTHONPATH": str(ROOT), "SHED_CONF": json.dumps(CONF)}
-    parked_key = f"prismatic:{namespace}:parked:{queue}"
+    parked_key = Keys(namespace).key("parked", queue)
     with WorkerProcess("tests.apps.shed_app", hostname=f"amqp-{namespace}@test", pool="prefork", concurrency=2,
                        queues=list(rabbit_queues.values()), env=env, cwd=ROOT) as worker:
         wait_for(lambda: client.hlen(runs) + client.llen(parked_key) >= 400, timeout_s=40, interval_s=0.2,
@@ -96,9 +97,9 @@ def test_rabbitmq_backlog_is_sampled_low_priority_parked_and_replayed_exactly_on
         assert parked and parked_ids <= low and len(parked_ids) == len(parked)
         assert all(p["priority"] == 1 and p["importance"] == 1 and p["backlog"] >= 50 for p in parked)
         assert "event=shedding-started" in worker.log
-        assert int(client.hget(f"prismatic:{namespace}:backlog", queue) or -1) >= 0, "sampled via queue_declare"
+        assert int(client.hget(Keys(namespace).key("backlog"), queue) or -1) >= 0, "sampled via queue_declare"
 
-        wait_for(lambda: not client.exists(f"prismatic:{namespace}:shed:{queue}"), timeout_s=10,
+        wait_for(lambda: not client.exists(Keys(namespace).key("shed", queue)), timeout_s=10,
                  message="the queue stops shedding")
         result = CliRunner().invoke(shed, ["replay", queue, "--json"], obj=SimpleNamespace(app=app))
         assert result.exit_code == 0, result.output

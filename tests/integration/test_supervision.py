@@ -75,7 +75,7 @@ def test_rest_for_one_pauses_later_children_on_every_worker_and_resumes_in_order
             log = worker.log
             assert "queue-paused" in log
             assert log.index("queue-resumed queue=cache") < log.index("queue-resumed queue=telemetry"), worker
-        restarts = client.hgetall(f"prismatic:{namespace}:restart-totals")
+        restarts = client.hgetall(Keys(namespace).key("restart-totals"))
         assert restarts == {"storage": "1"}
 
 
@@ -173,13 +173,13 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
                  message="osint paused after its budget")
         done = [app.tasks["basic.record"].apply_async((f"core{i}",), queue="cache") for i in range(20)]
         assert [r.get(timeout=20) for r in done] == [f"core{i}" for i in range(20)], "core keeps completing"
-        events = f"prismatic:{namespace}:events"
+        events = Keys(namespace).key("events")
         wait_for(lambda: any(f.get("type") == "escalation" and f.get("reason") == "supervisor_budget_exceeded"
                              for _, f in client.xrange(events)), timeout_s=30,
                  message="escalation after the second overrun")
         wait_for(lambda: "supervision-escalation" in worker.log and "CRITICAL" in worker.log, timeout_s=5,
                  message="CRITICAL escalation log line")
-        escalation = json.loads(client.get(f"prismatic:{namespace}:escalation:osint") or "{}")
+        escalation = json.loads(client.get(Keys(namespace).key("escalation", "osint")) or "{}")
         assert escalation["reason"] == "supervisor_budget_exceeded"
         wait_for(lambda: any(e["type"] == "supervision-escalation" for e in celery_events), timeout_s=10,
                  message="the supervision-escalation Celery event")
@@ -191,6 +191,6 @@ def test_budget_overrun_pauses_only_that_domain_and_the_second_escalates(
         assert sent[1]["domain"] == "osint"
         critical = [line for line in worker.log.splitlines() if "CRITICAL" in line]
         assert len(critical) == 1 and "supervisor_budget_exceeded" in critical[0], critical
-        assert client.hgetall(f"prismatic:{namespace}:restart-totals").get("cache") is None
+        assert client.hgetall(Keys(namespace).key("restart-totals")).get("cache") is None
         for result in failing:
             result.revoke()

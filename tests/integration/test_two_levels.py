@@ -63,7 +63,7 @@ def consuming(app: Celery, workers: list[WorkerProcess]) -> dict[str, set[str]]:
 
 
 def stream(client: redis.Redis, namespace: str, kind: str) -> list[dict[str, str]]:
-    return [fields for _, fields in client.xrange(f"prismatic:{namespace}:events") if fields.get("type") == kind]
+    return [fields for _, fields in client.xrange(Keys(namespace).key("events")) if fields.get("type") == kind]
 
 
 def test_a_steady_two_percent_error_rate_for_a_minute_pauses_nothing(
@@ -92,7 +92,7 @@ def test_a_steady_two_percent_error_rate_for_a_minute_pauses_nothing(
             2 * len(range(0, sent, 50)), "every failing message failed once and succeeded on its re-run"
         assert len(failure_events(client, namespace, "storage")) == len(range(0, sent, 50))
         assert stream(client, namespace, "restart") == [] and stream(client, namespace, "pause") == []
-        assert client.hgetall(f"prismatic:{namespace}:restart-totals") == {}
+        assert client.hgetall(Keys(namespace).key("restart-totals")) == {}
         assert all({"storage", "cache", "telemetry"} <= q for q in consuming(app, workers).values())
         assert not any("queue-paused" in w.log for w in workers)
 

@@ -16,6 +16,7 @@ import pytest
 import redis
 from celery import Celery
 
+from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.conftest import free_port
@@ -41,7 +42,7 @@ def app(redis_url: str, namespace: str) -> Iterator[Celery]:
 
 
 def _stats(redis_url: str, namespace: str, hostname: str) -> dict[str, int]:
-    raw = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(f"prismatic:{namespace}:stats:{hostname}")
+    raw = redis.Redis.from_url(redis_url, decode_responses=True).hgetall(Keys(namespace).key("stats", hostname))
     return {k: int(v) for k, v in raw.items()}
 
 
@@ -63,7 +64,7 @@ def test_signals_count_every_outcome_once_in_every_pool(app: Celery, redis_url: 
         expected = {"storage:started": 6, "storage:succeeded": 6, "sources:started": 3, "sources:failed": 3}
         wait_for(lambda: _stats(redis_url, namespace, hostname) == expected, timeout_s=10,
                  message=f"stats {expected}")
-        key = f"prismatic:{namespace}:worker:{hostname}"
+        key = Keys(namespace).key("worker", hostname)
         registration = redis.Redis.from_url(redis_url, decode_responses=True).get(key)
         assert registration is not None and f'"hostname":"{hostname}"' in registration
         # prefork: each pool process names the message it runs in memory the worker reads when it dies

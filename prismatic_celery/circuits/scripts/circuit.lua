@@ -1,6 +1,6 @@
 -- One shared circuit breaker: every read and state change, atomically, on the server clock.
 --
--- KEYS[1]  the breaker's hash  prismatic:<ns>:circuit:<name>
+-- KEYS[1]  the breaker's hash  prismatic:{<ns>}:circuit:<name>
 -- ARGV     op, channel ('' = do not publish), name, token, fail_max, reset_ms, lease_ms,
 --          success_threshold, strict ('1' or '0'), amount_ms, target
 -- ops      read | acquire | success | failure | release | force (target open/half-open/closed,

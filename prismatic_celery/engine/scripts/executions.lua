@@ -1,5 +1,5 @@
 -- Flush one process's successes into the execution windows of the children that ran them.
--- KEYS[i]  prismatic:<ns>:executions:<queue>   ARGV[1] window_s   ARGV[1 + i] successes for KEYS[i]
+-- KEYS[i]  prismatic:{<ns>}:executions:<queue>   ARGV[1] window_s   ARGV[1 + i] successes for KEYS[i]
 -- (prelude: window.lua). Returns how many keys held something foreign (removed).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000

@@ -1,7 +1,7 @@
 -- Knowledge metrics: the counters and a task's recovery record, updated together in one round trip.
 --
--- KEYS[1]  the counters hash                  prismatic:<ns>:knowledge
--- KEYS[2]  the task's recovery record (JSON)  prismatic:<ns>:recovery:<task_id>
+-- KEYS[1]  the counters hash                  prismatic:{<ns>}:knowledge
+-- KEYS[2]  the task's recovery record (JSON)  prismatic:{<ns>}:recovery:<task_id>
 -- ARGV[1]  op, then per op:
 --   crash       known ('1'/'0'), when ('' = server TIME), ttl_ms, recurring ('1'/'0', optional)
 --                                            -> {crashes of this task, corrupt}

@@ -1,7 +1,7 @@
 -- Lessons learned: every read-modify-write of a lesson, atomically, in one round trip.
 --
--- KEYS[1]     the index, a sorted set of fingerprints scored by last_seen  prismatic:<ns>:lessons
--- KEYS[2..]   lesson JSON strings                                          prismatic:<ns>:lesson:<fp>
+-- KEYS[1]     the index, a sorted set of fingerprints scored by last_seen  prismatic:{<ns>}:lessons
+-- KEYS[2..]   lesson JSON strings                                          prismatic:{<ns>}:lesson:<fp>
 -- ARGV[1]     op, then per op:
 --   crash    fp, failure_class, exc_type, message, root_cause, when ('' = server TIME), task, domain,
 --            max_items, max_lessons
