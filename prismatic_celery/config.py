@@ -15,8 +15,9 @@ from celery import Celery
 
 from .errors import ConfigurationError
 from .keys import Keys
+from .store.urls import parse_store_url, transport_options
 from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
-from .validate import as_bool, as_int, as_seconds, as_str, as_str_list, reject_unknown
+from .validate import as_bool, as_int, as_mapping, as_seconds, as_str, as_str_list, reject_unknown
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "settings_table"]
 
@@ -47,9 +48,15 @@ def _store_url(setting: str, value: Any) -> str | None:
     if value is None:
         return None
     url = as_str(setting, value)
-    if not url.startswith(("redis://", "rediss://", "unix://", "memory://")):
-        raise ConfigurationError(setting, f"{url!r} is not supported; use redis://, rediss://, unix:// or memory://")
+    try:
+        parse_store_url(url)
+    except ValueError as exc:
+        raise ConfigurationError(setting, str(exc)) from exc
     return url
+
+
+def _transport_options(setting: str, value: Any) -> dict[str, Any]:
+    return dict(as_mapping(setting, value))
 
 
 def _circuits(setting: str, value: Any) -> Any:
@@ -106,6 +113,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store_timeout_s", 0.5, as_seconds, "s", "Socket timeout of every store command."),
     Setting("store_retry_s", 1.0, as_seconds, "s",
             "After a store outage, how long decisions use in-process state before Redis is tried again."),
+    Setting("store_transport_options", {}, _transport_options, "mapping",
+            "Options of the store's connection, as Celery's `broker_transport_options`: `master_name` (required "
+            "with `sentinel://`), `sentinel_kwargs`, `min_other_sentinels`; `username` and `password` with any "
+            "Redis URL (see Deployment)."),
     Setting("domains", None, lambda s, v: v, "mapping",
             "The supervision tree: `{domain: {strategy, children, budget, concurrency}}` (see below)."),
     Setting("domain_budget", DEFAULT_DOMAIN_BUDGET, RestartBudget.from_config, "{max_restarts, period_s}",
@@ -221,6 +232,7 @@ class Settings:
     store_url: str
     store_timeout_s: float
     store_retry_s: float
+    store_transport_options: dict[str, Any]
     supervisor: Supervisor
     child_failure_rate: float
     child_min_executions: int
@@ -330,6 +342,8 @@ def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Setti
     except ValueError as exc:
         raise ConfigurationError("prismatic_namespace", str(exc)) from exc
     store_url = values.pop("store_url") or _default_store_url(app)
+    values["store_transport_options"] = transport_options(
+        "prismatic_store_transport_options", parse_store_url(store_url), values["store_transport_options"])
     return Settings(namespace=namespace, store_url=store_url, supervisor=supervisor, **values)
 
 

@@ -25,6 +25,6 @@ class ConfigurationError(PrismaticError, ValueError):
 class StoreError(PrismaticError):
     """The supervision store refused an operation for a reason other than an outage.
 
-    Outages (any ``redis.RedisError``) never raise: the store degrades to its
+    Outages (any ``redis.RedisError``, or ``RedisClusterException``) never raise: the store degrades to its
     in-process twin and logs a warning instead.
     """

@@ -70,7 +70,8 @@ class Runtime:
         self.supervisor: Supervisor = settings.supervisor
         self.keys: Keys = settings.keys
         self.store: Store = store or open_store(
-            settings.store_url, timeout_s=settings.store_timeout_s, retry_s=settings.store_retry_s
+            settings.store_url, timeout_s=settings.store_timeout_s, retry_s=settings.store_retry_s,
+            transport_options=settings.store_transport_options, home_key=self.keys.key("events"),
         )
         builtin: list[SupervisionListener] = [LogListener(), StreamListener(self.store, self.keys.key("events"),
                                                                            settings.event_stream_maxlen)]

@@ -11,6 +11,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -84,37 +86,96 @@ def namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((REDIS_HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on 127.0.0.1 now, never the same twice in this process."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((REDIS_HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
 
 
 class RedisServer:
-    """A private ``redis-server`` on its own port, started and stopped by the test."""
+    """A private ``redis-server`` on its own port, started and stopped by the test.
 
-    def __init__(self) -> None:
+    ``args`` are appended to its command line (cluster or replica options). ``sentinel`` is the
+    configuration of a Sentinel instead (``redis-server <file> --sentinel``: Sentinel rewrites it).
+    ``tls``: it also listens with TLS on :attr:`tls_port`, its certificate (self-signed for 127.0.0.1,
+    made with ``openssl``) in :attr:`ca_file`.
+    """
+
+    def __init__(self, *args: str, sentinel: str | None = None, tls: bool = False) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="prismatic-redis-")
+        self.args = args
+        self.sentinel = sentinel
+        self.tls_port = free_port() if tls else None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca_file(self) -> str:
+        return str(Path(self.dir, "cert.pem"))
+
+    def _tls_args(self) -> list[str]:
+        if self.tls_port is None:
+            return []
+        key = str(Path(self.dir, "key.pem"))
+        if not Path(self.ca_file).exists():
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", key, "-out", self.ca_file, "-days", "1", "-subj", f"/CN={REDIS_HOST}",
+                            "-addext", f"subjectAltName=IP:{REDIS_HOST}"], check=True, capture_output=True, timeout=30)
+        return ["--tls-port", str(self.tls_port), "--tls-cert-file", self.ca_file, "--tls-key-file", key,
+                "--tls-ca-cert-file", self.ca_file, "--tls-auth-clients", "no"]
 
     @property
     def url(self) -> str:
         return f"redis://{REDIS_HOST}:{self.port}/0"
 
+    @property
+    def address(self) -> str:
+        return f"{REDIS_HOST}:{self.port}"
+
+    def client(self, **options: Any) -> redis.Redis:
+        """A plain client of this server (decoded answers, short timeouts)."""
+        return redis.Redis(host=REDIS_HOST, port=self.port, decode_responses=True, socket_timeout=5, **options)
+
+    def _command(self) -> list[str]:
+        if self.sentinel is None:
+            return ["redis-server", "--port", str(self.port), "--bind", REDIS_HOST, "--save", "", "--appendonly", "no",
+                    "--dir", self.dir, *self._tls_args(), *self.args]
+        config = Path(self.dir, "sentinel.conf")
+        if not config.exists():
+            config.write_text(self.sentinel, encoding="utf-8")
+        return ["redis-server", str(config), "--sentinel", "--port", str(self.port), "--bind", REDIS_HOST,
+                "--dir", self.dir, *self.args]
+
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", REDIS_HOST, "--save", "", "--appendonly", "no",
-             "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: redis_answers(self.port), timeout_s=10, message=f"redis-server on {self.port}")
+        self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: redis_answers(self.port), timeout_s=10, message=f"redis-server on {self.port}")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         self.proc = None
+
+    def remove(self) -> None:
+        """Stop the server and delete its directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -124,19 +185,151 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
     yield server
-    server.stop()
-    shutil.rmtree(server.dir, ignore_errors=True)
+    server.remove()
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+def _info(client: redis.Redis, section: str) -> dict[str, Any]:
+    try:
+        return dict(client.info(section))
+    except redis.RedisError:
+        return {}
+
+
+class ClusterServers:
+    """A Redis Cluster of ``size`` masters and no replicas on free ports (``redis-cli --cluster create``)."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
+                      for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` naming two of the nodes (any one is enough to find the others)."""
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes[:2])
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        created = subprocess.run(["redis-cli", "--cluster", "create", *(n.address for n in self.nodes),
+                                  "--cluster-replicas", "0", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=30)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}\n{created.stderr}")
+        clients = [node.client() for node in self.nodes]
+        for client in clients:
+            wait_for(lambda c=client: _cluster_ok(c), timeout_s=20, message="cluster_state:ok on every node")
+            client.close()
+
+    def flush(self) -> None:
+        """Empty every node (this cluster is the test session's own)."""
+        for node in self.nodes:
+            client = node.client()
+            client.flushall()
+            client.close()
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.remove()
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    try:
+        info = client.execute_command("CLUSTER", "INFO")
+    except redis.RedisError:
+        return False
+    return "cluster_state:ok" in str(info)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A 3-master Redis Cluster for the whole session (each test uses its own namespace, hence its own slot)."""
+    _require(all(shutil.which(b) for b in ("redis-server", "redis-cli")), "redis-server or redis-cli is not installed")
+    cluster = ClusterServers()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+SENTINEL_MASTER = "prismatic-store"
+
+
+class SentinelServers:
+    """A master, its replica and one Sentinel watching them (quorum 1, so a failover needs no peer)."""
+
+    def __init__(self, master_name: str = SENTINEL_MASTER) -> None:
+        self.master_name = master_name
+        self._asker: redis.Redis | None = None
+        self.master = RedisServer("--repl-diskless-sync-delay", "0")
+        self.replica = RedisServer("--replicaof", REDIS_HOST, str(self.master.port))
+        self.sentinel = RedisServer(sentinel="\n".join([
+            f"sentinel monitor {master_name} {REDIS_HOST} {self.master.port} 1",
+            f"sentinel down-after-milliseconds {master_name} 2000",
+            f"sentinel failover-timeout {master_name} 10000",
+            "",
+        ]))
+
+    @property
+    def url(self) -> str:
+        return f"sentinel://{self.sentinel.address}"
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        replica = self.replica.client()
+        wait_for(lambda: _info(replica, "replication").get("master_link_status") == "up", timeout_s=20,
+                 message="the replica in sync with its master")
+        replica.close()
+        self.sentinel.start()
+        wait_for(self._replica_known, timeout_s=20, message="the sentinel knowing the replica")
+
+    def _replica_known(self) -> bool:
+        try:
+            replicas = self.sentinel.client().execute_command("SENTINEL", "REPLICAS", self.master_name)
+        except redis.RedisError:
+            return False
+        return any("disconnected" not in str(r) and "s_down" not in str(r) for r in replicas)
+
+    def master_port(self) -> int:
+        """The port of the master the Sentinel names now."""
+        if self._asker is None:
+            self._asker = self.sentinel.client()
+        host_port = self._asker.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        return int(host_port[1])
+
+    def remove(self) -> None:
+        for server in (self.sentinel, self.replica, self.master):
+            server.remove()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[SentinelServers]:
+    """A master, a replica and a Sentinel, stopped however the test ends."""
+    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
+    servers = SentinelServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.remove()
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis", "cluster"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    """One contract, three backends: the memory twin, fakeredis and a real Redis."""
+    """One contract, four backends: the memory twin, fakeredis, a real Redis and a real 3-master Redis Cluster."""
     if request.param == "memory":
         yield MemoryStore()
     elif request.param == "fakeredis":
         yield RedisStore("redis://fake", client=fakeredis.FakeRedis(decode_responses=True, encoding_errors="replace"))
     else:
-        url = request.getfixturevalue("redis_url")
+        if request.param == "cluster":
+            cluster: ClusterServers = request.getfixturevalue("redis_cluster")
+            cluster.flush()
+            url = cluster.url
+        else:
+            url = request.getfixturevalue("redis_url")
         real = RedisStore(url)
         yield real
         real.close()

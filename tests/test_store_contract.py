@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from redis.cluster import RedisCluster
 
 from prismatic_celery.store import MemoryStore, RedisStore, Script, Store
 from prismatic_celery.store.base import Scalar, ScriptCall
@@ -180,16 +182,29 @@ def test_ping_answers(store: Store) -> None:
 
 
 @pytest.mark.integration
-def test_a_process_forked_while_a_thread_holds_the_client_pool_lock_can_use_the_store(redis_url: str) -> None:
+@pytest.mark.parametrize("deployment", ["redis", "cluster"])
+def test_a_process_forked_while_a_thread_holds_the_client_pool_lock_can_use_the_store(
+    deployment: str, request: pytest.FixtureRequest
+) -> None:
     """A prefork pool process is forked while a worker thread (heartbeat, counter flush) is inside the Redis
-    client's connection pool: the child must not inherit that lock held, or its first command blocks for good."""
-    store = RedisStore(redis_url)
-    store.set_json("k", {"a": 1})
-    pool = store.client.connection_pool
+    client's connection pool (a cluster client's: its node's pool and its topology locks): the child must not
+    inherit those locks held, or its first command blocks for good."""
+    url = request.getfixturevalue("redis_cluster" if deployment == "cluster" else "redis_url")
+    store = RedisStore(url if isinstance(url, str) else url.url)
+    store.set_json("prismatic:{t}:k", {"a": 1})
+    client = store.client
+    if isinstance(client, RedisCluster):
+        manager = client.nodes_manager
+        node = client.get_node_from_key("prismatic:{t}:k")
+        locks = [client._lock, manager._initialization_lock, manager._lock, node.redis_connection.connection_pool._lock]
+    else:
+        locks = [client.connection_pool._lock]
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with pool._lock:
+        with contextlib.ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
             held.set()
             release.wait(10)
 
@@ -200,7 +215,7 @@ def test_a_process_forked_while_a_thread_holds_the_client_pool_lock_can_use_the_
     pid = os.fork()
     if pid == 0:  # the pool process
         try:
-            os.write(write, b"1" if store.get_json("k") == {"a": 1} and not store.degraded else b"0")
+            os.write(write, b"1" if store.get_json("prismatic:{t}:k") == {"a": 1} and not store.degraded else b"0")
         finally:
             os._exit(0)
     release.set()

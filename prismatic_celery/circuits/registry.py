@@ -3,7 +3,7 @@
 Staleness bound: a process re-reads a breaker's record at least every ``cache_ttl_s``
 (default 1 s on a Redis store, 0 on the in-process store, where reads cost no round trip),
 even if no message arrives. Every change made by any process is also published on
-``prismatic:<ns>:circuit-events`` and applied by each process's listener thread as soon as it
+``prismatic:{<ns>}:circuit-events`` and applied by each process's listener thread as soon as it
 is delivered, so the bound is only reached when pub/sub is down. After a (re)subscription or
 a fork, every cached record is dropped, since messages may have been missed.
 """
@@ -20,13 +20,11 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
-import redis
-
 from ..errors import PrismaticError
 from ..keys import Keys
 from ..listeners import Dispatcher, LogListener
 from ..log import RateLimitedWarning, get_logger, log_event
-from ..store import RedisStore, Store
+from ..store import STORE_ERRORS, RedisStore, Store
 from .breaker import Allowance, SharedBreaker
 from .config import CircuitSpec
 from .storage import CircuitRecord, CircuitStorage, parse_message
@@ -38,6 +36,8 @@ R = TypeVar("R")
 logger = get_logger("circuits")
 
 DEFAULT_CACHE_TTL_S = 1.0
+#: What ends a subscription (and is retried): a store error of any deployment, a broken socket, a bad reply.
+_LISTENER_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError, ValueError)
 POLL_S = 0.2
 
 
@@ -100,7 +100,7 @@ class _Listener:
                     message = pubsub.get_message(timeout=POLL_S)
                     if message and message.get("type") == "message":
                         self._deliver(message.get("data"))
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except _LISTENER_ERRORS as exc:
                 self.subscribed.clear()
                 self.circuits.invalidate_all()
                 if self._stop.is_set():  # the store was closed under us while stopping
@@ -110,7 +110,7 @@ class _Listener:
                 self._stop.wait(self.retry_s)
             finally:
                 if pubsub is not None:
-                    with contextlib.suppress(redis.RedisError, OSError):  # closing a broken connection
+                    with contextlib.suppress(*STORE_ERRORS, OSError):  # closing a broken connection
                         pubsub.close()
         self.subscribed.clear()
 

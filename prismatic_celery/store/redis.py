@@ -1,9 +1,11 @@
 """The Redis store: shared by every worker on every host, degraded never fatal.
 
-Every ``redis.RedisError`` is caught here. The failed operation is answered by
-an in-process :class:`MemoryStore` (decisions fall back to local state), a
-rate-limited warning is logged, and Redis is tried again after
-``retry_s`` seconds; the client reconnects by itself.
+Every ``redis.RedisError`` is caught here, and every ``RedisClusterException`` (which is none).
+The failed operation is answered by an in-process :class:`MemoryStore` (decisions fall back to
+local state), a rate-limited warning is logged, and Redis is tried again after ``retry_s``
+seconds; the client reconnects by itself. The URL says which deployment (see :mod:`.urls`): one
+server, the master a Sentinel names (a failover is followed) or a Redis Cluster, where every
+key of a namespace lives in one slot (see :mod:`prismatic_celery.keys`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,38 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import (
+    ClusterCrossSlotError,
+    ClusterError,
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    RedisClusterException,
+)
+from redis.sentinel import SentinelConnectionPool
 
 from ..log import RateLimitedWarning, get_logger, log_event
 from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json
 from .memory import MemoryStore
+from .urls import Client, connect, parse_store_url
 
-__all__ = ["RedisStore"]
+__all__ = ["STORE_ERRORS", "RedisStore"]
 
 T = TypeVar("T")
 logger = get_logger("store")
 
+
+#: Every error a store command may raise (a RedisClusterException is no RedisError).
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
+#: The store cannot be reached, or the cluster cannot serve the slot: an outage, so degrade.
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
+#: The client refused one operation (keys of several slots): answered locally, Redis stays in use.
+_CLUSTER_REFUSALS = (CrossSlotTransactionError, InvalidPipelineStack)
+
+#: Behind Sentinel, how often the store asks which server is the master (see RedisStore._follow_master).
+MASTER_CHECK_S = 1.0
+#: After no Sentinel answered that question, how much longer until it is asked again.
+SENTINELS_SILENT_S = 10.0
 
 _stores: weakref.WeakSet[RedisStore] = weakref.WeakSet()
 
@@ -46,8 +70,32 @@ def _sha(script: Script) -> str:
     return hashlib.sha1(script.lua.encode("utf-8")).hexdigest()
 
 
+def _cross_slot(r: Client, keys: Sequence[str]) -> ClusterCrossSlotError | None:
+    """On a cluster, one script cannot take keys of several slots (every key of a namespace shares one): the
+    error answering it from local state, before anything is sent."""
+    if not isinstance(r, RedisCluster) or len(keys) < 2:
+        return None
+    slots = {r.keyslot(key) for key in keys}  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    if len(slots) == 1:
+        return None
+    return ClusterCrossSlotError(f"a script's keys are in {len(slots)} slots: {', '.join(keys)[:200]}")
+
+
+def _node_of(r: Client, keys: Sequence[str]) -> dict[str, Any]:
+    """On a cluster, the option sending a command on ``keys`` (one slot) to the node serving them, looked up in
+    the client's slot table; else no option."""
+    if isinstance(r, RedisCluster) and keys:
+        return {"target_nodes": r.get_node_from_key(keys[0])}  # type: ignore[no-untyped-call]  # unannotated
+    return {}
+
+
 class RedisStore(Store):
-    """A :class:`Store` on one Redis server (``redis://``, ``rediss://`` or ``unix://`` URL)."""
+    """A :class:`Store` on Redis: one server, the master a Sentinel names, or a cluster (see :mod:`.urls`).
+
+    ``transport_options`` is ``prismatic_store_transport_options`` (Sentinel's ``master_name``...).
+    ``home_key`` is a key of the namespace: on a cluster, :meth:`ping` and :meth:`time` ask the node that
+    serves the namespace's slot (the one that matters, and whose clock the namespace's scripts read).
+    """
 
     def __init__(
         self,
@@ -55,22 +103,25 @@ class RedisStore(Store):
         *,
         timeout_s: float = 0.5,
         retry_s: float = 1.0,
-        client: redis.Redis | None = None,
+        client: Client | None = None,
         clock: Callable[[], float] = time.monotonic,
+        transport_options: Mapping[str, Any] | None = None,
+        home_key: str | None = None,
     ) -> None:
         self.url = url
         self.retry_s = retry_s
-        self.client: redis.Redis = client or redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            decode_responses=True,
-            encoding_errors="replace",
-            health_check_interval=30,
-        )
+        self.target = parse_store_url(url)
+        self.home_key = home_key
+        self._options = dict(transport_options or {})
+        self._timeout_s = timeout_s
+        self._client: Client | None = client
+        self._connect_lock = threading.Lock()
+        if client is None and self.target.shape != "cluster":  # no I/O yet: made now, as redis-py's own clients
+            self._client = connect(self.target, self._options, timeout_s=timeout_s)
         self.fallback = MemoryStore()
         self._clock = clock
         self._retry_at = 0.0
+        self._master_checked_at = -float("inf")
         self._warning = RateLimitedWarning()
         self._refused = RateLimitedWarning()
         self._scripts: dict[str, Any] = {}
@@ -79,38 +130,78 @@ class RedisStore(Store):
         self.failures = 0
         _stores.add(self)
 
+    @property
+    def client(self) -> Client:
+        """The Redis client. A cluster's is made on first use (it asks a node for the topology), so this
+        may raise one of :data:`STORE_ERRORS` while no node answers."""
+        if self._client is None:
+            with self._connect_lock:
+                if self._client is None:
+                    self._client = connect(self.target, self._options, timeout_s=self._timeout_s)
+        return self._client
+
     def _after_fork(self) -> None:
         """A forked child starts with fresh locks (a parent thread may have held them).
 
-        The client's connection pool too: redis-py resets its pool in a child under the
+        The client's connection pools too: redis-py resets a pool in a child under the
         inherited pool lock, so a pool process forked while a worker thread held that lock
-        (a heartbeat, a counter flush) would block on its first command, for good.
+        (a heartbeat, a counter flush) would block on its first command, for good. A cluster
+        client has one pool per node, and locks of its own around its topology.
         """
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self.fallback.lock = threading.RLock()
-        pool = getattr(self.client, "connection_pool", None)
-        for name in ("_fork_lock", "_lock"):
-            if hasattr(pool, name):
-                setattr(pool, name, threading.RLock())
+        client = self._client
+        holders: list[Any] = [getattr(client, "connection_pool", None)]
+        if isinstance(client, RedisCluster):
+            manager = client.nodes_manager
+            holders += [client, manager, getattr(manager, "read_load_balancer", None)]
+            nodes = manager.nodes_cache.values()
+            holders += [getattr(node.redis_connection, "connection_pool", None) for node in nodes]
+        for holder in holders:
+            for name in ("_fork_lock", "_lock", "_initialization_lock"):
+                if holder is not None and hasattr(holder, name):
+                    setattr(holder, name, threading.RLock())
 
     # the one guard every operation goes through -----------------------------------
-    def _guard(self, on_redis: Callable[[redis.Redis], T], on_memory: Callable[[MemoryStore], T]) -> T:
+    def _guard(self, on_redis: Callable[[Client], T], on_memory: Callable[[MemoryStore], T]) -> T:
         if self.degraded and self._clock() < self._retry_at:
             return on_memory(self.fallback)
         try:
-            result = on_redis(self.client)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            client = self.client
+            self._follow_master(client)
+            result = on_redis(client)
+        except _CLUSTER_REFUSALS as exc:
+            return self._refuse(exc, on_memory)
+        except _OUTAGES as exc:
             self._degrade(exc)
             return on_memory(self.fallback)
         except redis.RedisError as exc:
             # The server answered but refused (e.g. WRONGTYPE on a foreign key): not an
             # outage, so Redis stays in use; this one answer comes from local state.
-            self._refused.warn("store-command-refused", url=self._safe_url(), error=str(exc)[:200])
-            return on_memory(self.fallback)
+            return self._refuse(exc, on_memory)
         if self.degraded:
             self.degraded = False
             log_event(logging.WARNING, "store-recovered", logger, url=self._safe_url())
         return result
+
+    def _follow_master(self, client: Client) -> None:
+        """Behind Sentinel, ask the Sentinels for the master at most every :data:`MASTER_CHECK_S`: a failover is
+        followed within that time. redis-py asks only when it opens a connection, and after a ``SENTINEL
+        FAILOVER`` the old master keeps accepting writes (then lost) until Sentinel demotes it, ~10 s later.
+        Advisory: while no Sentinel answers, the connections in use stay in use."""
+        pool = getattr(client, "connection_pool", None)
+        if not isinstance(pool, SentinelConnectionPool) or self._clock() < self._master_checked_at + MASTER_CHECK_S:
+            return
+        self._master_checked_at = self._clock()
+        try:
+            pool.get_master_address()  # type: ignore[no-untyped-call]  # drops idle connections to a former master
+        except redis.RedisError:  # no Sentinel answers: not asked again for a while (each try costs timeouts)
+            self._master_checked_at += SENTINELS_SILENT_S
+
+    def _refuse(self, exc: Exception, on_memory: Callable[[MemoryStore], T]) -> T:
+        self._refused.warn("store-command-refused", url=self._safe_url(), error=str(exc)[:200])
+        return on_memory(self.fallback)
 
     def _degrade(self, exc: Exception) -> None:
         with self._lock:
@@ -133,12 +224,16 @@ class RedisStore(Store):
         return f"{scheme}{sep}{rest}"
 
     # Store interface ------------------------------------------------------------------
+    def _home(self, r: Client) -> dict[str, Any]:
+        """On a cluster, the option sending a command to the node serving :attr:`home_key` (else none)."""
+        return _node_of(r, () if self.home_key is None else (self.home_key,))
+
     def ping(self) -> bool:
-        return self._guard(lambda r: bool(r.ping()), lambda m: False)
+        return self._guard(lambda r: bool(r.ping(**self._home(r))), lambda m: False)
 
     def time(self) -> float:
-        def server_time(r: redis.Redis) -> float:
-            now = r.time()  # TIME answers (seconds, microseconds)
+        def server_time(r: Client) -> float:
+            now = r.time(**self._home(r))  # TIME answers (seconds, microseconds)
             return float(now[0]) + float(now[1]) / 1e6
 
         return self._guard(server_time, lambda m: time.time())
@@ -149,10 +244,14 @@ class RedisStore(Store):
     def get_many(self, keys: Sequence[str]) -> list[Any]:
         if not keys:
             return []
-        return self._guard(
-            lambda r: [decode_json(k, v) for k, v in zip(keys, r.mget(list(keys)), strict=True)],
-            lambda m: m.get_many(keys),
-        )
+
+        def read(r: Client) -> list[Any]:
+            # A cluster's MGET must stay in one slot: mget_nonatomic sends one MGET per slot (one in all for
+            # the keys of a namespace, which share their hash tag).
+            raw = r.mget_nonatomic(list(keys)) if isinstance(r, RedisCluster) else r.mget(list(keys))
+            return [decode_json(k, v) for k, v in zip(keys, raw, strict=True)]
+
+        return self._guard(read, lambda m: m.get_many(keys))
 
     def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         encoded = encode_json(value)
@@ -165,7 +264,7 @@ class RedisStore(Store):
         return self._guard(lambda r: int(r.delete(*keys)), lambda m: m.delete(*keys))
 
     def incr(self, key: str, *, ttl_s: float) -> int:
-        def bump(r: redis.Redis) -> int:
+        def bump(r: Client) -> int:
             pipe = r.pipeline(transaction=True)
             pipe.incr(key)
             pipe.pexpire(key, max(1, int(ttl_s * 1000)))
@@ -174,7 +273,7 @@ class RedisStore(Store):
         return self._guard(bump, lambda m: m.incr(key, ttl_s=ttl_s))
 
     def ttl(self, key: str) -> float | None:
-        def pttl(r: redis.Redis) -> float | None:
+        def pttl(r: Client) -> float | None:
             ms = int(r.pttl(key))
             return None if ms < 0 else ms / 1000.0
 
@@ -184,7 +283,7 @@ class RedisStore(Store):
         if not increments:
             return
 
-        def incr(r: redis.Redis) -> None:
+        def incr(r: Client) -> None:
             pipe = r.pipeline(transaction=False)
             for field, amount in increments.items():
                 pipe.hincrby(key, field, amount)
@@ -198,7 +297,7 @@ class RedisStore(Store):
             self._guard(lambda r: r.hset(key, mapping=fields), lambda m: m.hset(key, mapping))
 
     def hgetall(self, key: str) -> dict[str, str]:
-        def read(r: redis.Redis) -> dict[str, str]:
+        def read(r: Client) -> dict[str, str]:
             value = r.hgetall(key)
             return {str(k): str(v) for k, v in value.items()}
 
@@ -209,7 +308,7 @@ class RedisStore(Store):
             self._guard(lambda r: r.hdel(key, *fields), lambda m: m.hdel(key, *fields))
 
     def window_add(self, key: str, member: str, now: float, window_s: float, *, cap: int) -> int:
-        def add(r: redis.Redis) -> int:
+        def add(r: Client) -> int:
             pipe = r.pipeline(transaction=True)
             pipe.zadd(key, {member: now})
             pipe.zremrangebyscore(key, "-inf", now - window_s)
@@ -227,7 +326,7 @@ class RedisStore(Store):
         )
 
     def window_members(self, key: str, now: float, window_s: float) -> list[tuple[str, float]]:
-        def read(r: redis.Redis) -> list[tuple[str, float]]:
+        def read(r: Client) -> list[tuple[str, float]]:
             rows: list[Any] = list(r.zrangebyscore(key, f"({now - window_s}", now, withscores=True))
             return [(str(row[0]), float(row[1])) for row in rows]
 
@@ -236,14 +335,14 @@ class RedisStore(Store):
     def list_push(self, key: str, value: Any, *, cap: int) -> int:
         encoded = encode_json(value)
 
-        def append(r: redis.Redis) -> int:
+        def append(r: Client) -> int:
             pipe = r.pipeline(transaction=True)
             pipe.rpush(key, encoded)
             pipe.ltrim(key, -cap, -1)
             pipe.llen(key)
             return int(pipe.execute()[2])
 
-        def push(r: redis.Redis) -> int:
+        def push(r: Client) -> int:
             try:
                 return append(r)
             except redis.ResponseError as exc:
@@ -260,7 +359,7 @@ class RedisStore(Store):
         return self._guard(push, lambda m: m.list_push(key, value, cap=cap))
 
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[Any]:
-        def read(r: redis.Redis) -> list[Any]:
+        def read(r: Client) -> list[Any]:
             decoded = [decode_json(key, raw) for raw in r.lrange(key, start, stop)]
             return [d for d in decoded if d is not None]
 
@@ -276,7 +375,7 @@ class RedisStore(Store):
         )
 
     def stream_range(self, key: str, count: int) -> list[StreamEntry]:
-        def read(r: redis.Redis) -> list[StreamEntry]:
+        def read(r: Client) -> list[StreamEntry]:
             rows = r.xrevrange(key, count=count) or []
             return [(str(i), {str(k): str(v) for k, v in (f or {}).items()}) for i, f in reversed(rows)]
 
@@ -288,7 +387,10 @@ class RedisStore(Store):
         )
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
-        def call(r: redis.Redis) -> Any:
+        def call(r: Client) -> Any:
+            crossing = _cross_slot(r, keys)
+            if crossing is not None:
+                raise crossing
             registered = self._scripts.get(script.name)
             if registered is None:
                 registered = self._scripts[script.name] = r.register_script(script.lua)
@@ -300,29 +402,17 @@ class RedisStore(Store):
         if not calls:
             return []
 
-        def pipelined(r: redis.Redis) -> list[Any]:
+        def pipelined(r: Client) -> list[Any]:
             results: list[Any] = [None] * len(calls)
-            pending = list(range(len(calls)))
+            pending = []
+            for i, call in enumerate(calls):
+                crossing = _cross_slot(r, call.keys)
+                if crossing is None:
+                    pending.append(i)
+                else:
+                    results[i] = self._answer_locally(call, crossing)
             for _ in range(2):  # a second pass only for scripts the server did not have cached
-                pipe = r.pipeline(transaction=False)
-                for i in pending:
-                    call = calls[i]
-                    pipe.evalsha(_sha(call.script), len(call.keys), *call.keys, *call.args)
-                replies = pipe.execute(raise_on_error=False)
-                missing = []
-                for i, reply in zip(pending, replies, strict=True):
-                    if isinstance(reply, redis.exceptions.NoScriptError):
-                        missing.append(i)
-                    elif isinstance(reply, (redis.ConnectionError, redis.TimeoutError)):
-                        raise reply
-                    elif isinstance(reply, Exception):
-                        # The server refused this one script (e.g. WRONGTYPE on a foreign key): only its
-                        # answer comes from local state; the others' stay Redis's.
-                        self._refused.warn("store-command-refused", url=self._safe_url(), error=str(reply)[:200])
-                        call = calls[i]
-                        results[i] = self.fallback.run(call.script, call.keys, call.args)
-                    else:
-                        results[i] = reply
+                missing = self._pipeline_pass(r, calls, pending, results)
                 if not missing:
                     return results
                 for lua in {calls[i].script.lua for i in missing}:
@@ -332,6 +422,43 @@ class RedisStore(Store):
 
         return self._guard(pipelined, lambda m: m.run_many(calls))
 
+    def _pipeline_pass(
+        self, r: Client, calls: Sequence[ScriptCall], pending: list[int], results: list[Any],
+    ) -> list[int]:
+        """Send the ``pending`` calls in one pipeline and fill in their ``results``; the indexes of those whose
+        script the server did not have cached."""
+        if not pending:
+            return []
+        pipe = r.pipeline(transaction=False)
+        for i in pending:
+            call = calls[i]
+            # execute_command: a cluster pipeline refuses its evalsha() helper, not the command; and it would ask
+            # a node which arguments are keys (COMMAND GETKEYS, a round trip per script) unless told the node
+            pipe.execute_command("EVALSHA", _sha(call.script), len(call.keys), *call.keys, *call.args,
+                                 **_node_of(r, call.keys))
+        missing = []
+        for i, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                missing.append(i)
+            elif isinstance(reply, _OUTAGES):
+                raise reply
+            elif isinstance(reply, Exception):
+                results[i] = self._answer_locally(calls[i], reply)
+            else:
+                results[i] = reply
+        return missing
+
+    def _answer_locally(self, call: ScriptCall, error: Exception) -> Any:
+        """The server refused this one script (e.g. WRONGTYPE on a foreign key): only its answer comes from
+        local state; the others' stay Redis's."""
+        return self._refuse(error, lambda m: m.run(call.script, call.keys, call.args))
+
     def close(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # closing a dead connection is not worth a warning
-            self.client.close()
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(*STORE_ERRORS):  # closing a dead connection is not worth a warning
+            client.close()
+            sentinels = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+            if sentinels is not None and hasattr(sentinels, "close"):  # its connections to the Sentinels (redis-py 8.1)
+                sentinels.close()
