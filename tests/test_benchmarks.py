@@ -120,3 +120,21 @@ def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figur
     assert report["auto_remediated_pct"] is not None and report["auto_remediated_pct"] >= 60, proc.stdout
     assert report["false_positive_rate"] is not None and report["false_positive_rate"] <= 0.1, proc.stdout
     assert report["overall"]["recovery_rate_by_action"].get("recycle_process", 0) > 0, proc.stdout
+
+
+CLUSTER_KEYS = {"decisions_per_s", "processes", "seconds", "decisions", "scripts_per_decision",
+                "shard_cpu_ms_per_decision", "shard_ceiling_per_s", "other_nodes_calls"}
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node() -> None:
+    """`python -m benchmarks.cluster --quick` starts its own 3-master cluster; every call of the namespace's crash
+    decisions lands on one node (the others get none)."""
+    _require(shutil.which("redis-cli") is not None, "redis-cli is not installed")
+    proc, summary = _quick("benchmarks.cluster", 110)
+    assert set(summary) == CLUSTER_KEYS, summary
+    assert summary["decisions"] > 0 and summary["decisions_per_s"] > 0 and summary["shard_ceiling_per_s"] > 0
+    assert summary["other_nodes_calls"] == 0, proc.stdout
+    assert 2 <= summary["scripts_per_decision"] <= 6, "the lesson, the restart decision and its companions"
+    assert "degraded" not in proc.stdout
