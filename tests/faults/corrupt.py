@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import redis
 
+from prismatic_celery.keys import Keys
+
 # (kind, name parts, normal type)
 KINDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("worker", ("ghost@nowhere",), "string"),
@@ -54,7 +56,7 @@ KINDS: tuple[tuple[str, tuple[str, ...], str], ...] = (
 
 
 def key(namespace: str, kind: str, parts: Iterable[str]) -> str:
-    return ":".join(["prismatic", namespace, kind, *parts])
+    return Keys(namespace).key(kind, *parts)
 
 
 def plant_wrong_types(client: redis.Redis, namespace: str, *, skip: Iterable[str] = ()) -> list[str]:
