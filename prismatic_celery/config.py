@@ -15,6 +15,7 @@ from celery import Celery
 
 from .errors import ConfigurationError
 from .keys import Keys
+from .store.base import safe_url
 from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
 from .validate import as_bool, as_int, as_seconds, as_str, as_str_list, reject_unknown
 
@@ -101,8 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("namespace", None, _optional_str, "str",
             "The `<app>` part of every Redis key. Default: the app's main name, else `celery`."),
     Setting("store_url", None, _store_url, "URL",
-            "Supervision store. Default: the broker URL when it is Redis, else `memory://` "
-            "(per-process state, logged as a warning)."),
+            "Supervision store. Default: the result backend when it is Redis, else the broker when it is Redis "
+            "(or the in-process `memory://` broker); anything else must set it. `memory://` (state in each "
+            "process, shared by nobody) is used only when asked for."),
     Setting("store_timeout_s", 0.5, as_seconds, "s", "Socket timeout of every store command."),
     Setting("store_retry_s", 1.0, as_seconds, "s",
             "After a store outage, how long decisions use in-process state before Redis is tried again."),
@@ -286,11 +288,23 @@ def _raw_values(conf: Mapping[str, Any]) -> dict[str, Any]:
     return raw
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _default_store_url(app: Celery) -> str:
-    broker = app.conf.broker_url or ""
-    if isinstance(broker, str) and broker.startswith(("redis://", "rediss://", "unix://")):
-        return broker
-    return "memory://"
+    """The result backend when it is Redis, else the broker when it is Redis; the in-process ``memory://``
+    broker (tests, one process) implies an in-process store. Anything else: a :class:`ConfigurationError`,
+    so that no worker silently supervises with state nobody shares."""
+    backend, broker = app.conf.result_backend, app.conf.broker_url
+    for url in (backend, broker):
+        if isinstance(url, str) and url.startswith(_REDIS_SCHEMES):
+            return url
+    if isinstance(broker, str) and broker.startswith("memory://"):
+        return "memory://"
+    raise ConfigurationError("prismatic_store_url", (
+        f"not set, and neither the result backend ({safe_url(str(backend or 'none'))}) nor the broker "
+        f"({safe_url(str(broker or 'none'))}) is Redis: set it to the Redis every worker shares "
+        "(or to 'memory://' for state in each process, shared by nobody)"))
 
 
 def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Settings:

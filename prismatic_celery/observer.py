@@ -35,6 +35,8 @@ logger = get_logger("observer")
 
 OUTCOMES = ("started", "succeeded", "failed", "retried", "revoked", "rejected")
 UNSUPERVISED = "-"
+#: How long a worker's counters outlive its last flush (a hostname that stopped reporting, e.g. a gone pod).
+STATS_TTL_S = 7 * 24 * 3600.0
 
 
 class TaskStats:
@@ -73,7 +75,7 @@ class TaskStats:
             if amount:
                 by_host.setdefault(hostname, {})[field] = amount
         for hostname, increments in by_host.items():
-            self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments)
+            self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments, ttl_s=STATS_TTL_S)
 
     def _loop(self) -> None:
         pid = os.getpid()

@@ -9,7 +9,7 @@ from celery import Celery, signals
 from celery.app.trace import build_tracer
 
 from prismatic_celery import MemoryStore, get_runtime, install
-from prismatic_celery.observer import stats_for
+from prismatic_celery.observer import STATS_TTL_S, stats_for
 from prismatic_celery.runtime import Runtime
 
 DOMAINS = {"core": {"children": ["storage"]}}
@@ -61,6 +61,8 @@ def test_a_success_and_a_failure_are_each_counted_once() -> None:
     _trace(app, "obs.work", "ok")
     _trace(app, "obs.work", "boom")
     assert _counts(runtime) == {"storage:started": 2, "storage:succeeded": 1, "storage:failed": 1}
+    ttl = runtime.store.ttl(runtime.keys.key("stats", "w1@test"))
+    assert ttl is not None and 0 < ttl <= STATS_TTL_S, "a worker's counters expire when it stops reporting"
 
 
 def test_a_result_celery_cannot_encode_is_a_failure_not_a_success() -> None:
