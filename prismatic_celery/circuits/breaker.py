@@ -22,6 +22,12 @@ Cache and staleness: the record is cached per process and replaced by every scri
 by each message on the events channel (see :mod:`prismatic_celery.circuits.registry`); with no
 message at all it is re-read after ``cache_ttl_s``. So a state change made elsewhere is seen
 within ``cache_ttl_s`` at worst (1 s by default on Redis), usually within a pub/sub delivery.
+
+Store outage: when the store cannot run a script, the breaker goes on in this process from the
+last record it knew (its times moved to this host's clock): an open circuit stays open until its
+reset timeout, then this process runs at most one trial per reset timeout; failures count from
+the last known counter. When the store answers again, the shared record is taken back, except
+that an opening this process still holds is written to the store (it never shortens one there).
 """
 
 from __future__ import annotations
@@ -43,9 +49,9 @@ import pybreaker
 from ..errors import PrismaticError
 from ..listeners import Dispatcher, SupervisionEvent
 from ..log import get_logger, log_event
-from ..store import RedisStore, Store
+from ..store import MemoryStore, RedisStore, Store
 from .config import CircuitSpec, Exclusion
-from .storage import CLOSED, HALF_OPEN, OPEN, CircuitRecord, CircuitStorage, Outcome
+from .storage import CLOSED, HALF_OPEN, OPEN, SCRIPT, CircuitRecord, CircuitStorage, Outcome, parse_reply
 
 if TYPE_CHECKING:
     from .registry import Circuits
@@ -145,7 +151,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
     Built that way, it joins one registry per store and namespace in the process (one pub/sub
     listener for all such breakers). ``strict``: admit calls only while failures plus calls in
     flight stay below ``fail_max`` (see :class:`CircuitSpec`); ``call_timeout``: the lease of a
-    trial or strict permit, in seconds. ``monotonic`` is injectable.
+    trial or strict permit, in seconds. ``monotonic`` and ``clock`` (wall time) are injectable.
 
     Overridden from pybreaker, because its versions read-modify-write the storage in several
     steps: the call paths (``call``, ``calling``, ``call_async``), the forced transitions
@@ -174,6 +180,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         dispatcher: Dispatcher | None = None,
         hub: Hub | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._spec = CircuitSpec(
             fail_max=fail_max, reset_timeout_s=float(reset_timeout), exclude=tuple(exclude or ()),
@@ -196,12 +203,16 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         self.dispatcher = dispatcher or Dispatcher()
         self.cache_ttl_s = default_cache_ttl(state_storage.store) if cache_ttl_s is None else cache_ttl_s
         self._monotonic = monotonic
+        self._clock = clock
         self._hub: Hub = _NoHub()  # pybreaker's __init__ reads the state: no listener thread for that
         self._throw_on_trip = throw_new_error_on_trip
         self._cache_lock = threading.Lock()
+        self._mode_lock = threading.Lock()
         self._listener_lock = threading.RLock()
         self._record: CircuitRecord | None = None
-        self._read_at = -float("inf")
+        self._read_at = -float("inf")  # when the cached record was read (reset by invalidate)
+        self._seen_at = -float("inf")  # when it was received (kept: its times are converted from it)
+        self._local: MemoryStore | None = None  # this process's copy while the store is unreachable
         super().__init__(
             fail_max=fail_max, reset_timeout=reset_timeout, success_threshold=success_threshold,
             exclude=list(self._spec.exclude), listeners=list(listeners or ()), state_storage=state_storage,
@@ -234,6 +245,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
     def _after_fork(self) -> None:
         """A forked child starts with fresh locks (a parent thread may have held one)."""
         self._cache_lock = threading.Lock()
+        self._mode_lock = threading.Lock()
         self._listener_lock = threading.RLock()
         self._lock = threading.RLock()
 
@@ -292,7 +304,7 @@ class SharedBreaker(pybreaker.CircuitBreaker):
             stale = cached is not None and (record.seq < cached.seq or (newer_only and record.seq == cached.seq))
             if stale and record.seq != 0 and not force:
                 return False
-            self._record, self._read_at = record, at
+            self._record, self._read_at, self._seen_at = record, at, now
         if notice and cached is not None and cached.state != record.state:
             self._state_changed(cached.state, record.state)
         return True
@@ -317,8 +329,13 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         return record, record.now_ms + int((now - read_at) * 1000)
 
     def record(self) -> CircuitRecord:
-        """The shared record, read from the store now (one round trip)."""
+        """The shared record, read from the store now (one round trip; this process's copy during an outage)."""
         return self._observe(self._run("read")).record
+
+    @property
+    def shared(self) -> bool:
+        """False while the store is unreachable and this process decides alone."""
+        return self._local is None
 
     # pybreaker's state surface, side-effect free ----------------------------------------------
     @property
@@ -487,9 +504,70 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         """Same as :meth:`calling`."""
         return Guard(self)
 
+    # the store, or this process's copy while it is unreachable ---------------------------------
     def _run(self, op: str, *, token: str = "", amount_ms: int = 0, target: str = "", reason: str = "") -> Outcome:
-        """One script run on the store."""
-        return self.storage.apply(op, self._spec, token=token, amount_ms=amount_ms, target=target, reason=reason)
+        """One script run on the store; on this process's copy of the record while the store is unreachable."""
+        options: dict[str, Any] = {"token": token, "amount_ms": amount_ms, "target": target, "reason": reason}
+        if self._local is not None:
+            probe = self.storage.apply("read", self._spec)
+            if not probe.shared:
+                return self._run_locally(op, options)
+            self._reconcile(probe)
+        outcome = self.storage.apply(op, self._spec, **options)
+        if outcome.shared:
+            return outcome
+        self._go_local()
+        return self._run_locally(op, options)
+
+    def _run_locally(self, op: str, options: dict[str, Any]) -> Outcome:
+        local = self._local
+        if local is None:  # the store answered again meanwhile
+            return self.storage.apply(op, self._spec, **options)
+        reply = local.run(SCRIPT, [self.storage.key], self.storage.arguments(op, self._spec, **options))
+        return replace(parse_reply(self.circuit, reply), shared=False)
+
+    def _go_local(self) -> None:
+        """The store is unreachable: go on from the last known record, moved to this host's clock."""
+        with self._mode_lock:
+            if self._local is not None:
+                return
+            local = MemoryStore(clock=self._clock)
+            with self._cache_lock:
+                known, seen_at = self._record, self._seen_at
+            if known is not None:
+                shift = int(self._clock() * 1000) - (known.now_ms + int((self._monotonic() - seen_at) * 1000))
+                local.set_raw(self.storage.key, {
+                    "state": known.state, "fail_counter": str(known.fail_counter),
+                    "success_counter": str(known.success_counter), "reason": known.reason, "seq": str(known.seq),
+                    "opened_at_ms": str(known.opened_at_ms + shift if known.opened_at_ms else 0),
+                    "open_until_ms": str(known.open_until_ms + shift if known.open_until_ms else 0),
+                })
+            self._local = local
+        log_event(logging.WARNING, "circuit-store-unreachable", logger, name=self.circuit,
+                  state=known.state if known is not None else "unknown (closed)",
+                  fallback="this process decides alone from the last state it knew until the store answers")
+
+    def _reconcile(self, shared: Outcome) -> None:
+        """The store answers again: take its record back, writing back an opening this process still holds."""
+        pushed: Outcome | None = None
+        with self._mode_lock:
+            local = self._local
+            if local is None:
+                return
+            reply = local.run(SCRIPT, [self.storage.key], self.storage.arguments("read", self._spec))
+            mine = parse_reply(self.circuit, reply).record
+            left_ms = mine.wait_ms() if mine.state == OPEN else 0
+            theirs = shared.record.wait_ms() if shared.record.state == OPEN else 0
+            if left_ms > theirs:
+                pushed = self.storage.apply("force", self._spec, target=OPEN, amount_ms=left_ms, reason="store-outage")
+                if not pushed.shared:  # gone again: stay on this process's copy
+                    return
+            self._local = None
+            self.remember((pushed or shared).record, force=True, notice=False)
+        if pushed is not None:
+            self._observe(pushed, forced=True)
+        log_event(logging.WARNING, "circuit-store-reachable", logger, name=self.circuit, local_state=mine.state,
+                  shared_state=(pushed or shared).record.state, wrote_back_opening_ms=left_ms if pushed else 0)
 
     # bookkeeping -------------------------------------------------------------------------------
     def _refusal(self, record: CircuitRecord, wait_ms: int, what: str) -> CircuitOpenError:

@@ -141,7 +141,8 @@ class Circuits:
 
     ``specs`` declares breakers up front (e.g. from ``parse_circuits``); :meth:`declare` adds
     more. Names that were never declared raise :class:`UnknownCircuitError`. ``cache_ttl_s``
-    is the staleness bound (module docstring); ``listen=False`` disables the pub/sub listener.
+    is the staleness bound (module docstring); ``listen=False`` disables the pub/sub listener;
+    ``monotonic`` and ``clock`` (wall time, used while the store is unreachable) are injectable.
     """
 
     def __init__(
@@ -153,6 +154,7 @@ class Circuits:
         specs: Mapping[str, CircuitSpec] | None = None,
         cache_ttl_s: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         listen: bool = True,
     ) -> None:
         self.store = store
@@ -161,6 +163,7 @@ class Circuits:
         self.channel = keys.key("circuit-events")
         self.cache_ttl_s = default_cache_ttl(store) if cache_ttl_s is None else cache_ttl_s
         self._monotonic = monotonic
+        self._clock = clock
         self.breakers: dict[str, SharedBreaker] = {}
         self._lock = threading.Lock()
         self._listener = _Listener(store, self.channel, self) if listen and isinstance(store, RedisStore) else None
@@ -173,7 +176,7 @@ class Circuits:
         spec = spec or CircuitSpec()
         storage = CircuitStorage(self.store, self.keys, name, spec=spec, channel=self.channel)
         breaker = SharedBreaker.from_spec(storage, spec, dispatcher=self.dispatcher, cache_ttl_s=self.cache_ttl_s,
-                                          monotonic=self._monotonic, hub=self._listener)
+                                          monotonic=self._monotonic, clock=self._clock, hub=self._listener)
         return self.adopt(breaker)
 
     def adopt(self, breaker: SharedBreaker) -> SharedBreaker:

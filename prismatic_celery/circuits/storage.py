@@ -17,8 +17,9 @@ rely on, and at most one trial permit exists cluster-wide.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ class Outcome:
     record: CircuitRecord
     changed: bool
     corrupt: bool
+    shared: bool = True
+    """False when the store was unreachable and the answer came from a process-local stand-in."""
 
     @property
     def transitioned(self) -> bool:
@@ -275,7 +278,16 @@ def transition(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
             1 if changed else 0, reason, 1 if corrupt else 0]
 
 
-SCRIPT = Script.from_file(Path(__file__).with_name("scripts") / "circuit.lua", transition)
+_twin_runs = threading.local()
+
+
+def _twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> list[Any]:
+    """:func:`transition`, noting which in-memory store ran it (see :meth:`CircuitStorage.apply`)."""
+    _twin_runs.store = store
+    return transition(store, keys, args)
+
+
+SCRIPT = Script.from_file(Path(__file__).with_name("scripts") / "circuit.lua", _twin)
 
 
 def _text(value: Any) -> str:
@@ -334,12 +346,22 @@ class CircuitStorage(pybreaker.CircuitBreakerStorage):
 
     def apply(self, op: str, spec: CircuitSpec | None = None, *, token: str = "", amount_ms: int = 0,
               target: str = "", reason: str = "") -> Outcome:
-        """Run one atomic operation of ``circuit.lua`` and parse its reply."""
+        """Run one atomic operation of ``circuit.lua`` and parse its reply.
+
+        ``Outcome.shared`` is False when the store could not run it (a :class:`RedisStore` whose
+        server is unreachable answers from its in-process fallback): the reply then says nothing
+        about the shared record.
+        """
         s = spec or self.spec
         args = self.arguments(op, s, token=token, amount_ms=amount_ms, target=target, reason=reason)
-        outcome = parse_reply(self.circuit, self.store.run(SCRIPT, [self.key], args))
+        _twin_runs.store = None
+        reply = self.store.run(SCRIPT, [self.key], args)
+        ran_on, _twin_runs.store = _twin_runs.store, None
+        outcome = parse_reply(self.circuit, reply)
         if outcome.corrupt:
             self._corrupt.warn("circuit-corrupt-record", key=self.key, action="read as closed, rewritten on change")
+        if ran_on is not None and ran_on is not self.store:
+            return replace(outcome, shared=False)
         return outcome
 
     def arguments(self, op: str, spec: CircuitSpec, *, token: str = "", amount_ms: int = 0, target: str = "",
