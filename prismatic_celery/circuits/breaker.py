@@ -248,6 +248,8 @@ class SharedBreaker(pybreaker.CircuitBreaker):
         self._mode_lock = threading.Lock()
         self._listener_lock = threading.RLock()
         self._lock = threading.RLock()
+        if self._local is not None:
+            self._local.lock = threading.RLock()
 
     @property
     def circuit(self) -> str:
