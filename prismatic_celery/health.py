@@ -362,7 +362,8 @@ def connect_sampler() -> None:
 
 
 def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
-    """The declared tree with each child's pauses, restarts and hotspot flag, and each domain's escalation."""
+    """The declared tree with each child's pauses, restarts, hotspot flag and shed counts (``{mode: n}``), and
+    each domain's escalation; ``shed`` is :func:`shed_view`."""
     from .engine.hotspots import is_hotspot
     from .engine.pauses import read_pauses
 
@@ -374,6 +375,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
     names = [d.name for d in tree.domain_list]
     escalations = dict(zip(names, store.get_many([keys.key("escalation", n) for n in names]), strict=True))
     described = tree.describe()
+    shed = shed_view(runtime)
     for domain in described["domains"]:
         escalation = escalations.get(domain["name"])
         domain["escalated"] = isinstance(escalation, dict)
@@ -389,6 +391,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
                 "paused": pause is not None,
                 "pause": None if pause is None else {"reason": pause.reason, "by": pause.by,
                                                      "remaining_s": round(max(0.0, pause.until - at), 3)},
+                "shed": None if shed is None else shed["queues"].get(queue, {}),
             })
         reasons = {c["pause"]["reason"] for c in domain["children"] if c["paused"]}
         domain["cooldown"] = not domain["escalated"] and "cooldown" in reasons
@@ -397,6 +400,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
         domain["restarts_total"] = sum(c["restarts_total"] for c in domain["children"])
         domain["restarts_in_window"] = sum(c["restarts_in_window"] for c in domain["children"])
     described["escalated"] = any(d["escalated"] for d in described["domains"])
+    described["shed"] = shed
     described["at"] = at
     return described
 
@@ -604,7 +608,7 @@ def get_tree_health(
         "escalated": bool(escalated),
         "total_processes": _sum(s["total_processes"] for s in samples) if samples else None,
         "workers": workers,
-        "shed": shed_view(runtime),
+        "shed": state["shed"],
         "knowledge": knowledge,
         "lessons_total": None if knowledge is None else knowledge.get("total_lessons"),
     }
