@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, signals
 from celery.contrib.testing.mocks import TaskMessage
 from celery.worker.request import Request
 
@@ -36,7 +36,13 @@ from prismatic_celery.shedding import (
     state_key,
     totals_key,
 )
-from prismatic_celery.shedding.priority import importance_from_priority, message_importance, replayed
+from prismatic_celery.shedding.priority import (
+    PRIORITY_HEADER,
+    importance_from_priority,
+    mark_priority,
+    message_importance,
+    replayed,
+)
 from prismatic_celery.store import Store
 
 DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
@@ -82,21 +88,34 @@ def _shedding(runtime: Runtime, queue: str, backlog: int = 2000) -> None:
 SHED = "shed"
 
 
-def _run(task: Any, *, queue: str = "bulk", priority: int | None = None, headers: dict[str, Any] | None = None,
-         args: tuple[Any, ...] = (), task_id: str = "id-1") -> str:
-    """Deliver a message from ``queue`` as the worker would: the shedding guard in the main process, then the
-    task in a pool process. ``SHED`` when the guard took the message (it is then acknowledged)."""
-    message = TaskMessage(task.name, id=task_id, kwargs={}, retries=2, root_id="root", **(headers or {}))
+def _deliver(task: Any, *, queue: str = "bulk", priority: int | None = None, headers: dict[str, Any] | None = None,
+             args: tuple[Any, ...] = (), task_id: str = "id-1", marked: bool = True) -> tuple[Request, bool]:
+    """A message from ``queue`` through the shedding guard, as in the worker's main process: the request, and
+    whether it was shed (it is then acknowledged).
+
+    ``priority`` is the message's priority property; ``marked``: its producer had the plugin, which recorded
+    ``priority`` as the one it set (False: a producer without the plugin, or kombu's default priority)."""
+    headers = dict(headers or {})
+    if marked:
+        mark_priority(headers, {"priority": priority})
+    message = TaskMessage(task.name, id=task_id, kwargs={}, retries=2, root_id="root", **headers)
     message.payload = (list(args), {}, {"callbacks": None, "errbacks": None, "chain": None})  # any serializer
     message.delivery_info = {"exchange": "", "routing_key": queue}
     message.properties = {"priority": priority}
     acks: list[bool] = []
     request = Request(message, app=task.app, task=task, hostname="w1@test", on_ack=lambda *_: acks.append(True))
     guard = get_runtime(task.app).shed_guard  # type: ignore[union-attr]
-    if guard is not None and not guard.admit(request):
-        assert acks == [True], "a shed message is acknowledged"
+    shed = guard is not None and not guard.admit(request)
+    assert acks == ([True] if shed else []), "a shed message is acknowledged, another is not"
+    return request, shed
+
+
+def _run(task: Any, *, args: tuple[Any, ...] = (), **delivery: Any) -> str:
+    """Deliver a message (see :func:`_deliver`), then run the task as a pool process would; ``SHED`` when the
+    guard took the message."""
+    request, shed = _deliver(task, args=args, **delivery)
+    if shed:
         return SHED
-    assert acks == []
     context = request._context
     task.push_request(**{**context.__dict__, "called_directly": False, "is_eager": False})
     try:
@@ -116,16 +135,18 @@ def test_priority_becomes_importance_in_the_brokers_own_order() -> None:
     assert importance_from_priority(42, higher_first=True) == 9, "clamped to 0..9"
 
 
-def test_header_beats_task_option_beats_message_priority() -> None:
-    """A per-call header overrides the task's option, which overrides the message priority; none means unknown."""
+def test_header_beats_task_option_beats_the_priority_the_producer_set() -> None:
+    """A per-call header overrides the task's option, which overrides the priority the producer set (its mark);
+    none means unknown, and so does a delivered priority no producer marked (kombu's default)."""
     app, _, _ = _app()
     minor, work = app.tasks["shedunit.minor"], app.tasks["shedunit.work"]
     for task, headers, priority, expected in [
-        (work, {"prismatic_importance": 7}, 9, 7),
+        (work, {"prismatic_importance": 7, PRIORITY_HEADER: 9}, 9, 7),
         (minor, {"prismatic_importance": "8"}, None, 8),
-        (minor, None, 0, 1),
-        (work, None, 9, 0),
-        (work, None, None, None),
+        (minor, {PRIORITY_HEADER: 0}, 0, 1),
+        (work, {PRIORITY_HEADER: 9}, 9, 0),
+        (work, {PRIORITY_HEADER: None}, 0, None),
+        (work, None, 9, None),
         (work, {"prismatic_importance": "high"}, None, None),
     ]:
         task.push_request(delivery_info={"priority": priority}, headers=headers)
@@ -136,6 +157,41 @@ def test_header_beats_task_option_beats_message_priority() -> None:
     work.push_request(headers={"prismatic_replayed": 1})
     assert replayed(work)
     work.pop_request()
+
+
+def test_a_producer_marks_the_priority_it_set_and_a_re_publish_keeps_the_first_mark() -> None:
+    """send_task without a priority is marked None (kombu then stamps 0), apply_async(priority=7) 7; a retry
+    copies the delivered priority 0 as if explicit, but keeps the original's mark: still no importance."""
+    app, _, _ = _app()
+    sent: list[dict[str, Any]] = []
+
+    def capture(headers: Any = None, properties: Any = None, **_: Any) -> None:
+        sent.append({"mark": headers.get(PRIORITY_HEADER, "absent"), "priority": properties.get("priority")})
+
+    signals.before_task_publish.connect(capture, weak=False)  # after the plugin's receiver
+    try:
+        work = app.tasks["shedunit.work"]
+        app.send_task("shedunit.work", queue="bulk")
+        work.apply_async(queue="bulk", priority=7)
+        work.push_request(id="r1", headers={PRIORITY_HEADER: None}, delivery_info={"priority": 0, "routing_key": "bulk",
+                                                                                    "exchange": ""})
+        try:
+            work.signature_from_request().apply_async()
+        finally:
+            work.pop_request()
+    finally:
+        signals.before_task_publish.disconnect(capture)
+    assert sent == [{"mark": None, "priority": None}, {"mark": 7, "priority": 7}, {"mark": None, "priority": 0}]
+
+
+def test_a_delivery_no_producer_marked_is_marked_none_so_its_re_publishes_stay_without_importance() -> None:
+    """A producer without the plugin: kombu's priority 0 arrives unmarked; the guard marks it None as it arrives,
+    so the retry or deferral the task publishes carries None, not the delivered 0 (importance 0 on RabbitMQ)."""
+    app, _, _ = _app()
+    request, shed = _deliver(app.tasks["shedunit.work"], priority=0, marked=False)
+    assert not shed and request._context.headers[PRIORITY_HEADER] is None
+    request, _ = _deliver(app.tasks["shedunit.work"], priority=3)
+    assert request._context.headers[PRIORITY_HEADER] == 3
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -261,7 +317,7 @@ def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and
     [record] = peek(runtime.store, runtime.keys, "bulk", limit=5)
     assert record["id"] == "id-1" and record["task"] == "shedunit.work" and record["queue"] == "bulk"
     assert record["args"] == [{"a": [1, 2]}] and record["kwargs"] == {} and record["priority"] == 9
-    assert record["options"]["headers"] == {"trace": "abc"} and record["options"]["retries"] == 2
+    assert record["options"]["headers"] == {"trace": "abc", PRIORITY_HEADER: 9} and record["options"]["retries"] == 2
     assert record["options"]["root_id"] == "root" and record["importance"] == 0 and record["backlog"] == 2345
     [event] = recorder.events
     assert event.fields["task"] == "shedunit.work" and event.fields["task_id"] == "id-1"
@@ -272,19 +328,27 @@ def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and
         assert field in line.getMessage()
 
 
-def test_important_unmarked_replayed_and_direct_messages_run() -> None:
-    """Only messages below the cut-off are shed; no importance, a replay or a direct call always runs."""
+@pytest.mark.parametrize("higher_first", [False, True], ids=["redis", "rabbitmq"])
+def test_important_unmarked_replayed_and_direct_messages_run(higher_first: bool) -> None:
+    """Only messages below the cut-off are shed; no importance, a replay or a direct call always runs. A priority
+    no producer set (kombu stamps 0; a producer without the plugin) is no importance on either broker."""
     app, runtime, recorder = _app()
+    _guard(runtime)._higher_first = higher_first
     _shedding(runtime, "bulk")
     work = app.tasks["shedunit.work"]
-    assert _run(work, priority=0) == "ran"
-    assert _run(work, priority=4) == "ran", "importance 5 is not below the cut-off 5"
+    low, high, five = (1, 8, 5) if higher_first else (8, 1, 4)  # importance 1, 8 and 5 on this broker
+    assert _run(work, priority=high) == "ran"
+    assert _run(work, priority=five) == "ran", "importance 5 is not below the cut-off 5"
     assert _run(work) == "ran", "no priority: never shed"
-    assert _run(work, priority=9, headers={"prismatic_replayed": 1}) == "ran"
-    assert _run(work, priority=9, queue="core") == "ran", "core does not shed"
+    assert _run(work, priority=0, headers={PRIORITY_HEADER: None}) == "ran", "send_task: kombu's 0, marked none"
+    for delivered in (0, 9):
+        assert _run(work, priority=delivered, marked=False) == "ran", "no producer marked it"
+    assert _run(work, priority=low, headers={"prismatic_replayed": 1}) == "ran"
+    assert _run(work, priority=low, queue="core") == "ran", "core does not shed"
     assert work() == "ran"
     assert recorder.events == [] and runtime.store.list_len(parked_key(runtime.keys, "bulk")) == 0
     assert _run(app.tasks["shedunit.minor"]) == SHED
+    assert _run(work, priority=low) == SHED
 
 
 def test_drop_mode_discards_and_counts() -> None:

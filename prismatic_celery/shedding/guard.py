@@ -21,7 +21,7 @@ from celery.worker.state import task_ready
 from ..log import RateLimitedWarning, get_logger, log_event
 from .config import QueuePolicy
 from .park import park, park_record, totals_key
-from .priority import HEADER, REPLAYED_HEADER, broker_consumes_higher_first, importance_of
+from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, broker_consumes_higher_first, importance_of
 from .state import ShedView
 
 if TYPE_CHECKING:
@@ -60,7 +60,12 @@ class ShedGuard:
     def admit(self, request: Any) -> bool:
         """True when the worker's ``request`` should run; False when it was shed (parked or dropped,
         and acknowledged)."""
-        if not self.policies or not self.view.current():
+        if not self.policies:
+            return True
+        info = request.request_dict  # the message's headers, flat (custom ones included)
+        if PRIORITY_HEADER not in info:  # no producer marked its priority: nor may a re-publish of it (a retry,
+            info[PRIORITY_HEADER] = None  # a deferral) turn the delivered one, maybe kombu's default, into one
+        if not self.view.current():
             return True  # no queue sheds (one dictionary check per message)
         task: Task[Any, Any] = request.task
         delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
@@ -72,10 +77,10 @@ class ShedGuard:
         state = self.view.get(child.queue) if policy is not None else None
         if policy is None or state is None:
             return True
-        info = request.request_dict  # the message's headers, flat (custom ones included)
         if info.get(REPLAYED_HEADER):
             return True
-        importance = importance_of(task, (info.get(HEADER),), delivery.get("priority"), higher_first=self.higher_first)
+        importance = importance_of(task, (info.get(HEADER),), info.get(PRIORITY_HEADER),
+                                   higher_first=self.higher_first)
         if importance is None or importance >= policy.cutoff:
             return True
         context = request._context  # the Context the task would see as ``task.request``
