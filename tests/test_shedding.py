@@ -24,6 +24,7 @@ from prismatic_celery.keys import Keys
 from prismatic_celery.runtime import Runtime
 from prismatic_celery.shedding import (
     QueuePolicy,
+    Sampler,
     ShedGuard,
     ShedView,
     park,
@@ -43,6 +44,7 @@ from prismatic_celery.shedding.priority import (
     message_importance,
     replayed,
 )
+from prismatic_celery.shedding.sampler import SHEDDING_PERIOD_S
 from prismatic_celery.store import Store
 
 DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
@@ -81,8 +83,11 @@ def _guard(runtime: Runtime) -> ShedGuard:
 
 
 def _shedding(runtime: Runtime, queue: str, backlog: int = 2000) -> None:
+    """``queue`` sheds, as this worker's own sampler just saw it (the guard's estimate starts at ``backlog``)."""
     policy = QueuePolicy(queue, threshold=1000, resume_below=800, cutoff=5, mode="park")
     publish_sample(runtime.store, runtime.keys, {queue: backlog}, {queue: policy}, ttl_s=60, sampler="test")
+    estimate = _guard(runtime).backlogs
+    estimate.observe({queue: backlog}, estimate.receipts())
 
 
 SHED = "shed"
@@ -308,7 +313,8 @@ def test_replay_publishes_each_message_once_in_order_and_puts_back_what_failed(s
 def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and_an_event(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Redis-style priority 9 is importance 0: parked with everything needed to publish it again."""
+    """Redis-style priority 9 is importance 0: parked with everything needed to publish it again. The backlog
+    reported is the one at the decision: the sample minus this message, received since."""
     app, runtime, recorder = _app()
     _shedding(runtime, "bulk", backlog=2345)
     work = app.tasks["shedunit.work"]
@@ -318,13 +324,13 @@ def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and
     assert record["id"] == "id-1" and record["task"] == "shedunit.work" and record["queue"] == "bulk"
     assert record["args"] == [{"a": [1, 2]}] and record["kwargs"] == {} and record["priority"] == 9
     assert record["options"]["headers"] == {"trace": "abc", PRIORITY_HEADER: 9} and record["options"]["retries"] == 2
-    assert record["options"]["root_id"] == "root" and record["importance"] == 0 and record["backlog"] == 2345
+    assert record["options"]["root_id"] == "root" and record["importance"] == 0 and record["backlog"] == 2344
     [event] = recorder.events
     assert event.fields["task"] == "shedunit.work" and event.fields["task_id"] == "id-1"
-    assert event.fields["queue"] == "bulk" and event.fields["backlog"] == 2345 and event.fields["threshold"] == 1000
+    assert event.fields["queue"] == "bulk" and event.fields["backlog"] == 2344 and event.fields["threshold"] == 1000
     line = next(r for r in caplog.records if "supervision-shed" in r.getMessage())
     assert line.levelno == logging.WARNING
-    for field in ("task=shedunit.work", "task_id=id-1", "queue=bulk", "backlog=2345", "threshold=1000"):
+    for field in ("task=shedunit.work", "task_id=id-1", "queue=bulk", "backlog=2344", "threshold=1000"):
         assert field in line.getMessage()
 
 
@@ -376,6 +382,142 @@ def test_a_message_that_cannot_be_parked_safely_runs_instead() -> None:
     _shedding(runtime2, "bulk")
     assert _run(app2.tasks["shedunit.work"], priority=9) == "ran"
     assert recorder.events == []
+
+
+# -- decisions on the backlog of the moment --------------------------------------------------------
+class FakeBroker:
+    """A sampler probe over in-test backlogs (what LLEN or queue_declare would answer)."""
+
+    def __init__(self, **backlogs: int) -> None:
+        self.backlogs = backlogs
+
+    def sample(self, queues: Any) -> dict[str, int]:
+        return {q: self.backlogs.get(q, 0) for q in queues}
+
+    def close(self) -> None:
+        pass
+
+
+def _sampler(runtime: Runtime, broker: FakeBroker, now: list[float]) -> Sampler:
+    """The worker's sampler, on the test's clock, over ``broker``, feeding the guard of ``runtime``."""
+    guard = _guard(runtime)
+    return Sampler(runtime, ["bulk"], guard.policies, name=f"w{id(runtime)}", probe=broker, guard=guard,  # type: ignore[arg-type]
+                   clock=lambda: now[0])
+
+
+def _clocked(runtime: Runtime, now: list[float] | None = None) -> list[float]:
+    """The guard's estimate on a clock the test moves (seconds)."""
+    now = now or [100.0]
+    _guard(runtime).backlogs.clock = lambda: now[0]
+    return now
+
+
+def test_receipts_since_the_last_read_bring_the_estimate_below_the_resume_mark() -> None:
+    """Read 805, resume mark 800: five receipts later the estimate is 800 (still shed), then 799: the message
+    runs, and so do the next ones."""
+    app, runtime, recorder = _app()
+    _clocked(runtime)
+    _shedding(runtime, "bulk")
+    _shedding(runtime, "bulk", backlog=805)  # still shedding: between the marks
+    work = app.tasks["shedunit.work"]
+    assert _run(work) == "ran", "an unmarked receipt counts too"
+    assert [_run(work, priority=9, task_id=f"low{i}") for i in range(4)] == [SHED] * 4
+    assert [e.fields["backlog"] for e in recorder.events] == [803, 802, 801, 800]
+    assert [_run(work, priority=9, task_id=f"late{i}") for i in range(3)] == ["ran"] * 3
+
+
+@pytest.mark.parametrize("mode", ["park", "drop"])
+def test_nothing_is_shed_on_a_stale_read_or_without_one(mode: str) -> None:
+    """The state still says shedding, but this worker's last read is older than 0.1 s (its sampler is stuck),
+    or it has none: the message runs, in drop mode too."""
+    app, runtime, recorder = _app(prismatic_shed_mode=mode)
+    now = _clocked(runtime)
+    _shedding(runtime, "bulk", backlog=5000)
+    work = app.tasks["shedunit.work"]
+    now[0] += 0.1
+    assert _run(work, priority=9, task_id="fresh-enough") == SHED
+    now[0] += 0.01
+    assert _run(work, priority=9, task_id="stale") == "ran"
+    _, runtime2, _ = _app(prismatic_shed_mode=mode)
+    publish_sample(runtime2.store, runtime2.keys, {"bulk": 5000},
+                   {"bulk": QueuePolicy("bulk", 1000, 800, 5, mode)}, ttl_s=60, sampler="another-worker")
+    assert _run(runtime2.app.tasks["shedunit.work"], priority=9) == "ran", "no read of its own"
+    assert len(recorder.events) == 1
+
+
+def test_the_sampler_hands_each_read_and_state_change_to_the_guard_at_once() -> None:
+    """The guard's view, read just before shedding started, does not wait out its period: the sampler that
+    started shedding refreshes it, so the first low message after the sample is shed. While the queue sheds the
+    sampler reads it every 20 ms without publishing, and publishes at once when a read is below the mark."""
+    app, runtime, recorder = _app()
+    now = _clocked(runtime)
+    guard = _guard(runtime)
+    broker = FakeBroker(bulk=5000)
+    sampler = _sampler(runtime, broker, now)
+    work = app.tasks["shedunit.work"]
+    assert _run(work, priority=9, task_id="before") == "ran" and guard.view.current() == {}
+    assert sampler.tick() == SHEDDING_PERIOD_S and sampler.published == 1
+    assert _run(work, priority=9, task_id="after") == SHED
+    broker.backlogs["bulk"] = 900
+    now[0] += SHEDDING_PERIOD_S
+    assert sampler.tick() == SHEDDING_PERIOD_S and (sampler.samples, sampler.published) == (2, 1)
+    assert guard.backlogs.estimate("bulk") == 900
+    broker.backlogs["bulk"] = 700
+    now[0] += SHEDDING_PERIOD_S
+    assert sampler.tick() is None and sampler.published == 2 and guard.view.current() == {}
+    assert _run(work, priority=9, task_id="below") == "ran" and len(recorder.events) == 1
+
+
+def _drain(workers: list[tuple[Runtime, Sampler]], now: list[float], broker: FakeBroker) -> list[tuple[int, str]]:
+    """1,500 queued messages (a third low, a third unmarked, a third high), one received every millisecond by
+    each worker in turn; each worker's sampler ticks when its Ticker would. The backlog when each shed message
+    was received, and its kind."""
+    due = [now[0]] * len(workers)
+    shed_at: list[tuple[int, str]] = []
+    for i in range(1500):
+        for w, (_, sampler) in enumerate(workers):
+            if now[0] >= due[w]:
+                due[w] = now[0] + (sampler.tick() or sampler.interval_s)
+        runtime = workers[i % len(workers)][0]
+        broker.backlogs["bulk"] -= 1  # received: no longer in the broker
+        kind = ("low", "unmarked", "high")[i % 3]
+        headers = {"prismatic_importance": {"low": 0, "high": 9}[kind]} if kind != "unmarked" else None
+        if _run(runtime.app.tasks["shedunit.work"], headers=headers, task_id=f"m{i}") == SHED:
+            shed_at.append((broker.backlogs["bulk"], kind))
+        now[0] += 0.001
+    return shed_at
+
+
+@pytest.mark.parametrize("mode", ["park", "drop"])
+def test_a_single_worker_draining_through_the_resume_mark_sheds_nothing_below_it(mode: str) -> None:
+    """Low messages are shed from the first sample until the backlog is below 800, and not one after; unmarked
+    and high ones never are."""
+    _, runtime, recorder = _app(prismatic_shed_mode=mode)
+    now = _clocked(runtime)
+    broker = FakeBroker(bulk=1500)
+    shed_at = _drain([(runtime, _sampler(runtime, broker, now))], now, broker)
+    assert {kind for _, kind in shed_at} == {"low"}
+    assert min(backlog for backlog, _ in shed_at) >= 800, "nothing shed once the backlog was below the mark"
+    assert len(shed_at) == len([i for i in range(700) if i % 3 == 0]), "every low message above it was"
+    assert len(recorder.events) == len(shed_at) and {e.fields["mode"] for e in recorder.events} == {mode}
+
+
+def test_with_two_workers_at_most_what_the_other_takes_in_one_read_period_is_shed_below_the_mark() -> None:
+    """Two workers share the queue and the store: each subtracts only its own receipts, so after the crossing
+    the other worker's share of one 20 ms read period can still be shed (10 messages here, a third of them
+    low), and nothing later."""
+    store = MemoryStore()
+    now = [100.0]
+    broker = FakeBroker(bulk=1500)
+    workers = []
+    for _ in range(2):
+        _, runtime, _ = _app(store=store)
+        _clocked(runtime, now)
+        workers.append((runtime, _sampler(runtime, broker, now)))
+    shed_at = _drain(workers, now, broker)
+    below = [backlog for backlog, _ in shed_at if backlog < 800]
+    assert {kind for _, kind in shed_at} == {"low"} and len(shed_at) > 200
+    assert len(below) <= 4 and min(below, default=800) >= 800 - 20, below
 
 
 def test_shedding_can_be_switched_off() -> None:

@@ -8,12 +8,14 @@
   (default) or dropped and acknowledged, with a ``supervision-shed`` WARNING
   line and event.
 * :mod:`.park`: the parked lists, replay (exactly once) and purge.
+* :mod:`.estimate`: the backlog at the moment of a decision (last sample, corrected).
 * :mod:`.priority`: the importance rule, and the mark a producer puts on the priority it set.
 """
 
 from __future__ import annotations
 
 from .config import MODES, QueuePolicy, queue_policies
+from .estimate import BacklogEstimate
 from .guard import ShedGuard, guard_requests
 from .park import ParkOutcome, ReplayReport, park, parked_key, peek, purge, replay, republish, totals_key
 from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, TASK_OPTION, mark_priority, message_importance
@@ -28,6 +30,7 @@ __all__ = [
     "PRIORITY_HEADER",
     "REPLAYED_HEADER",
     "TASK_OPTION",
+    "BacklogEstimate",
     "BrokerBacklog",
     "ParkOutcome",
     "QueuePolicy",
