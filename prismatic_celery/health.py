@@ -707,7 +707,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
         "queue": "the shedding queue",
         "task": "task name",
         "task_id": "task id",
-        "backlog": "sampled backlog of the queue",
+        "backlog": "the queue's backlog at the decision (the worker's last read minus what it received since)",
         "threshold": "backlog above which the queue sheds",
         "importance": "the message's importance (0 lowest, 9 highest)",
         "cutoff": "messages below this importance are shed",
