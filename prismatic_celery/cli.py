@@ -47,6 +47,8 @@ __all__ = [
     "EXIT_UNKNOWN",
     "health_exit_code",
     "render_health",
+    "render_shed",
+    "render_shed_queues",
     "render_state",
     "render_tree",
     "supervision",
@@ -144,6 +146,8 @@ def render_tree(tree: dict[str, Any]) -> str:
     for domain in tree["domains"]:
         db = domain["budget"]
         cap = f", concurrency {domain['concurrency']}" if domain["concurrency"] else ""
+        if domain.get("cluster_concurrency"):
+            cap += f", cluster concurrency {domain['cluster_concurrency']}"
         spec = f"{domain['strategy']}, budget {db['max_restarts']} in {db['period_s']:g}s{cap}"
         lines.append(f"+-- {domain['name']} ({spec})")
         for child in domain["children"]:
@@ -198,6 +202,16 @@ def _child_status(child: Mapping[str, Any]) -> str:
     return f"paused ({pause['reason']} by {pause['by']}, {pause['remaining_s']:.1f}s left)"
 
 
+_SHED_MODES = {"park": "parked", "drop": "dropped"}
+
+
+def render_shed(counts: Mapping[str, Any] | None) -> str:
+    """Shed messages per mode: ``3 parked / 1 dropped`` (``n/a`` when shedding reports nothing)."""
+    if counts is None:
+        return "n/a"
+    return " / ".join(f"{n} {_SHED_MODES.get(mode, mode)}" for mode, n in counts.items()) or "none"
+
+
 def render_state(state: Mapping[str, Any]) -> str:
     """The tree with each child's state, for people."""
     lines = [_unreachable_line(state)] if state.get("state") == "unknown" else []
@@ -206,8 +220,9 @@ def render_state(state: Mapping[str, Any]) -> str:
         lines.append(f"{domain['name']} ({domain['strategy']}){flag}")
         for child in domain["children"]:
             hot = "  HOTSPOT" if child["hotspot"] else ""
+            shed = f"  shed {render_shed(child['shed'])}" if child.get("shed") is not None else ""
             lines.append(f"  {child['queue']:<24} {_child_status(child):<44} restarts "
-                         f"{_na(child['restarts_in_window'])} recent / {_na(child['restarts_total'])} total{hot}")
+                         f"{_na(child['restarts_in_window'])} recent / {_na(child['restarts_total'])} total{shed}{hot}")
     return "\n".join(lines)
 
 
@@ -263,10 +278,17 @@ def render_health(health: Mapping[str, Any]) -> str:
     escalations = health.get("escalations") or []
     lines.append("escalations: " + (", ".join(f"{e['domain']} ({e['reason']})" for e in escalations) or "none"))
     shed = health.get("shed")
-    lines.append("shed: " + ("n/a" if shed is None else str(shed.get("total", 0))))
+    lines.append("shed: " + ("n/a" if shed is None else render_shed_queues(shed)))
     knowledge = health.get("knowledge")
     lines.append("knowledge: " + ("n/a" if knowledge is None else render_knowledge_line(knowledge)))
     return "\n".join(lines)
+
+
+def render_shed_queues(shed: Mapping[str, Any]) -> str:
+    """Shed messages per queue and mode, on one line (queues that shed nothing left out)."""
+    queues = shed.get("queues") or {}
+    shown = [f"{queue} {render_shed(counts)}" for queue, counts in sorted(queues.items()) if any(counts.values())]
+    return f"{shed.get('total', 0)} total" + (f" ({', '.join(shown)})" if shown else "")
 
 
 def render_circuits(circuits: Mapping[str, Mapping[str, Any]]) -> str:

@@ -203,7 +203,8 @@ SETTINGS: tuple[Setting, ...] = (
             "park|drop", "`park`: move shed messages to a capped Redis list for `shed replay`; `drop`: discard them."),
     Setting("shed_interval_s", 1.0, as_seconds, "s",
             "Backlog sampler period (each worker, in a background thread); also the longest staleness of a "
-            "process's view of the shedding state."),
+            "process's view of the shedding state. A queue that sheds is also read every 20 ms, and a message "
+            "is shed only on a read at most 0.1 s old."),
     Setting("shed_park_max", 100000, _positive_int, "messages",
             "Cap of each queue's parked list (beyond it the oldest are dropped and counted as `overflowed`)."),
     Setting("shed_queues", None,

@@ -373,8 +373,9 @@ def connect_sampler() -> None:
 
 def tree_state(runtime: Runtime, *, now: float | None = None,
                registrations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The declared tree with each child's pauses, restarts, hotspot flag and whether a live worker serves it,
-    and each domain's escalation (``registrations``: the live workers', read here when not given)."""
+    """The declared tree with each child's pauses, restarts, hotspot flag, shed counts (``{mode: n}``) and whether
+    a live worker serves it, and each domain's escalation (``registrations``: the live workers', read here when
+    not given; ``shed`` is :func:`shed_view`)."""
     from .engine.hotspots import is_hotspot
     from .engine.pauses import read_pauses
 
@@ -389,6 +390,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None,
     names = [d.name for d in tree.domain_list]
     escalations = dict(zip(names, store.get_many([keys.key("escalation", n) for n in names]), strict=True))
     described = tree.describe()
+    shed = shed_view(runtime)
     for domain in described["domains"]:
         escalation = escalations.get(domain["name"])
         domain["escalated"] = isinstance(escalation, dict)
@@ -405,6 +407,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None,
                 "paused": pause is not None,
                 "pause": None if pause is None else {"reason": pause.reason, "by": pause.by,
                                                      "remaining_s": round(max(0.0, pause.until - at), 3)},
+                "shed": None if shed is None else shed["queues"].get(queue, {}),
             })
         reasons = {c["pause"]["reason"] for c in domain["children"] if c["paused"]}
         domain["cooldown"] = not domain["escalated"] and "cooldown" in reasons
@@ -414,6 +417,7 @@ def tree_state(runtime: Runtime, *, now: float | None = None,
         domain["restarts_total"] = sum(c["restarts_total"] for c in domain["children"])
         domain["restarts_in_window"] = sum(c["restarts_in_window"] for c in domain["children"])
     described["escalated"] = any(d["escalated"] for d in described["domains"])
+    described["shed"] = shed
     described["at"] = at
     described["state"] = "known"
     described["store"] = store_view(runtime)
@@ -434,8 +438,8 @@ def unknown_state(runtime: Runtime) -> dict[str, Any]:
                        "restarts_total": None, "restarts_in_window": None, "memory_rss_bytes": None})
         for child in domain["children"]:
             child.update({"status": "unknown", "restarts_total": None, "restarts_in_window": None, "hotspot": None,
-                          "served": None, "paused": None, "pause": None})
-    described.update({"escalated": None, "at": time.time(), "state": "unknown",
+                          "served": None, "paused": None, "pause": None, "shed": None})
+    described.update({"escalated": None, "shed": None, "at": time.time(), "state": "unknown",
                       "store": {**store_view(runtime), "reachable": False}})
     return described
 
@@ -648,7 +652,7 @@ def get_tree_health(
         "escalated": bool(escalated),
         "total_processes": _sum(s["total_processes"] for s in samples) if samples else None,
         "workers": workers,
-        "shed": shed_view(runtime),
+        "shed": state["shed"],
         "knowledge": knowledge,
         "lessons_total": None if knowledge is None else knowledge.get("total_lessons"),
         "store": state["store"],
@@ -771,7 +775,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
         "queue": "the shedding queue",
         "task": "task name",
         "task_id": "task id",
-        "backlog": "sampled backlog of the queue",
+        "backlog": "the queue's backlog at the decision (the worker's last read minus what it received since)",
         "threshold": "backlog above which the queue sheds",
         "importance": "the message's importance (0 lowest, 9 highest)",
         "cutoff": "messages below this importance are shed",

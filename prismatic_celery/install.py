@@ -14,6 +14,7 @@ from .bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
 from .log import get_logger, log_event, set_json
 from .observer import connect_signals
 from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
+from .shedding.priority import connect_priority_marks
 from .store import Store
 from .store.base import safe_url
 from .task import SupervisedTask, supervise_task
@@ -36,8 +37,10 @@ def install(
     Reads the ``prismatic_*`` settings from ``app.conf`` (validated as soon as
     the app is configured, and again when a worker boots), makes
     :class:`SupervisedTask` the app's task base, supervises tasks already
-    declared with another base, connects the observation signals, and adds the
-    worker bootsteps and the ``--domain`` worker option.
+    declared with another base, connects the observation signals, marks the
+    priority of each message this process publishes (load shedding reads it as
+    importance only when a producer set it), and adds the worker bootsteps and
+    the ``--domain`` worker option.
 
     ``supervisor`` declares the tree in Python instead of ``prismatic_domains``;
     ``listeners`` are :class:`SupervisionListener` instances; ``store``
@@ -54,6 +57,7 @@ def install(
     _use_supervised_base(app)
     _censor_store_url()
     connect_signals()
+    connect_priority_marks()
     app.steps["worker"].add(DomainStep)
     app.steps["consumer"].add(SupervisionStep)
     app.steps["consumer"].add("prismatic_celery.shedding.step:SheddingStep")
