@@ -51,7 +51,7 @@ from prismatic_celery.testing import WorkerProcess, wait_for
 #: Messages per round: healthy ones keep the queue busy; the faults in the proportions of a real fleet.
 FULL = {"healthy": 250, "blip": 32, "stale_redis": 20, "stale_db": 20, "corrupt_cache": 20, "overloaded": 24,
         "leak": 6, "bug": 6}
-QUICK = {"healthy": 40, "blip": 8, "stale_redis": 5, "stale_db": 5, "corrupt_cache": 5, "overloaded": 6,
+QUICK = {"healthy": 40, "blip": 8, "stale_redis": 5, "stale_db": 5, "corrupt_cache": 5, "overloaded": 12,
          "leak": 6, "bug": 1}
 PUBLISH_RATE = 60.0  # messages per second
 SETTLE_S = 180.0

@@ -24,8 +24,9 @@ from .engine.slots import RunningSlots, watch_pool
 from .errors import ConfigurationError
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
+from .workers import register_worker, unregister_worker
 
-__all__ = ["DOMAIN_OPTION", "DomainStep", "SupervisionStep", "Ticker", "worker_key"]
+__all__ = ["DOMAIN_OPTION", "DomainStep", "SupervisionStep", "Ticker"]
 
 logger = get_logger("worker")
 
@@ -37,12 +38,13 @@ DOMAIN_OPTION = click.Option(
 
 
 def _selected_queues(runtime: Runtime, domains: tuple[str, ...]) -> list[str]:
+    """The queues of ``domains``; an unknown one stops ``celery worker`` with one line and exit code 1."""
     queues: list[str] = []
     for name in domains:
         try:
             queues.extend(runtime.supervisor.domain(name).queues)
         except KeyError as exc:
-            raise ConfigurationError("--domain", str(exc.args[0])) from None
+            raise click.ClickException(str(ConfigurationError("--domain", str(exc.args[0])))) from None
     return queues
 
 
@@ -52,7 +54,10 @@ class DomainStep(bootsteps.Step):
     name = "prismatic.domain"
 
     def __init__(self, worker: Any, domain: tuple[str, ...] | list[str] | str | None = None, **kwargs: Any) -> None:
-        runtime = get_runtime(worker.app)  # raises ConfigurationError: the worker does not start
+        try:
+            runtime = get_runtime(worker.app)
+        except ConfigurationError as exc:  # the worker does not start: one line naming the setting, exit 1
+            raise click.ClickException(f"prismatic-celery: invalid configuration: {exc}") from None
         if runtime is None:
             return
         domains = (domain,) if isinstance(domain, str) else tuple(domain or ())
@@ -87,11 +92,6 @@ def _check_task_circuits(app: Celery, runtime: Runtime) -> None:
                 known = ", ".join(runtime.circuits.names) or "none declared"
                 raise ConfigurationError(f"{name}.circuits", f"unknown circuit {circuit!r}; prismatic_circuits "
                                                              f"declares: {known}")
-
-
-def worker_key(runtime: Runtime, hostname: str) -> str:
-    """``prismatic:<ns>:worker:<hostname>``: a worker's registration (JSON, expires)."""
-    return runtime.keys.key("worker", hostname)
 
 
 class Ticker:
@@ -156,15 +156,14 @@ class SupervisionStep(bootsteps.StartStopStep):
             runtime.consumed_queues = tuple(app.amqp.queues.consume_from)
             runtime.reconciler = Reconciler(runtime, runtime.consumed_queues)
         reconciler = runtime.reconciler
-        ttl_s = max(10.0, 5 * runtime.settings.reconcile_interval_s)
         last_beat = [0.0]
 
         def tick() -> float | None:
             snapshot = reconciler.poll()
             if time.monotonic() - last_beat[0] >= runtime.settings.reconcile_interval_s:
                 last_beat[0] = time.monotonic()
-                runtime.store.set_json(worker_key(runtime, hostname), self._registration(consumer, runtime),
-                                       ttl_s=ttl_s)
+                register_worker(runtime.store, runtime.keys, runtime.settings,
+                                self._registration(consumer, runtime))
             return snapshot.next_change_s()  # a pause that ends by expiry is read again as it ends
 
         self.ticker = Ticker("prismatic-supervision", runtime.settings.reconcile_interval_s, tick,
@@ -183,7 +182,9 @@ class SupervisionStep(bootsteps.StartStopStep):
             "pool": type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
             "concurrency": getattr(pool, "limit", None),
             "domains": list(getattr(runtime, "worker_domains", ())),
-            "queues": sorted(q.name for q in consumer.app.amqp.queues.consume_from.values()),
+            # what the worker serves: its queues when nothing is paused (a paused queue is served, only held)
+            "queues": sorted(runtime.consumed_queues
+                             or (q.name for q in consumer.app.amqp.queues.consume_from.values())),
             "pool_watched": self.pool_watched,
             "started_at": self.started_at,
             "heartbeat_at": time.time(),
@@ -201,4 +202,4 @@ class SupervisionStep(bootsteps.StartStopStep):
         self.stop(consumer)
         runtime = self.runtime
         if runtime is not None:
-            runtime.store.delete(worker_key(runtime, consumer.hostname))
+            unregister_worker(runtime.store, runtime.keys, consumer.hostname)

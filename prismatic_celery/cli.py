@@ -11,6 +11,8 @@ same data for scripts. Exit codes:
 | 2 | a domain is escalated (``status``, ``health``, ``watch``); also click's code for a usage error |
 | 3 | no worker registered (``workers``) |
 | 4 | the health score is below ``--min-score`` (``health``, ``watch``; default 50, i.e. ``critical``) |
+| 5 | unknown: the store does not answer, so nothing can be said (``check``, ``status``, ``health``, ``watch``, |
+|   | ``workers``) |
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import click
 from celery import Celery
 
 from .errors import ConfigurationError
-from .health import get_tree_health, recent_events
+from .health import get_tree_health, recent_events, unknown_state
 from .health import tree_state as _tree_state
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
+from .workers import live_registrations
 
 __all__ = [
     "EXIT_ERROR",
@@ -41,8 +44,11 @@ __all__ = [
     "EXIT_NO_WORKERS",
     "EXIT_OK",
     "EXIT_UNHEALTHY",
+    "EXIT_UNKNOWN",
     "health_exit_code",
     "render_health",
+    "render_shed",
+    "render_shed_queues",
     "render_state",
     "render_tree",
     "supervision",
@@ -56,6 +62,7 @@ EXIT_ERROR = 1
 EXIT_ESCALATED = 2
 EXIT_NO_WORKERS = 3
 EXIT_UNHEALTHY = 4
+EXIT_UNKNOWN = 5
 DEFAULT_MIN_SCORE = 50
 
 
@@ -101,16 +108,35 @@ def supervision(ctx: click.Context) -> None:
     """prismatic-celery: inspect and steer the supervision tree."""
 
 
+def _store_line(runtime: Runtime) -> str:
+    store = runtime.store
+    shared = "shared by every worker" if store.shared else "in this process only: nothing is shared between workers"
+    return f"store {store.display_url} ({shared})"
+
+
+def _unreachable(runtime: Runtime) -> str:
+    return (f"unknown: the store {runtime.store.display_url} does not answer; nothing about the tree can be known "
+            "(see the warning above for the error)")
+
+
 @supervision.command()
+@click.option("--offline", is_flag=True, help="Validate the settings only; do not connect to the store.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Validate every prismatic_* setting; exit 1 naming the first bad one."""
+def check(ctx: click.Context, offline: bool, as_json: bool) -> None:
+    """Validate every prismatic_* setting and connect to the store; exit 1 naming the first bad setting,
+    5 when the store does not answer."""
     runtime = _runtime(ctx)
     tree = runtime.supervisor
-    click.echo(
-        f"configuration OK: {len(tree.domain_list)} domains, {len(tree.queues)} supervised queues, "
-        f"store {runtime.settings.store_url.split('@')[-1]}"
-    )
+    reachable = None if offline else runtime.store.ping()
+    data = {"domains": len(tree.domain_list), "queues": len(tree.queues), "store": runtime.store.display_url,
+            "shared": runtime.store.shared, "reachable": reachable}
+    human = f"configuration OK: {len(tree.domain_list)} domains, {len(tree.queues)} supervised queues, "
+    human += _store_line(runtime) + {None: ", not contacted (--offline)", True: ", answering"}.get(
+        reachable, f"\n{_unreachable(runtime)}")
+    _emit(data, as_json, human)
+    if reachable is False:
+        sys.exit(EXIT_UNKNOWN)
 
 
 def render_tree(tree: dict[str, Any]) -> str:
@@ -120,6 +146,8 @@ def render_tree(tree: dict[str, Any]) -> str:
     for domain in tree["domains"]:
         db = domain["budget"]
         cap = f", concurrency {domain['concurrency']}" if domain["concurrency"] else ""
+        if domain.get("cluster_concurrency"):
+            cap += f", cluster concurrency {domain['cluster_concurrency']}"
         spec = f"{domain['strategy']}, budget {db['max_restarts']} in {db['period_s']:g}s{cap}"
         lines.append(f"+-- {domain['name']} ({spec})")
         for child in domain["children"]:
@@ -140,10 +168,13 @@ def tree(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def workers(ctx: click.Context, as_json: bool) -> None:
-    """List workers registered in the store (heartbeat within the last few seconds); exit 3 when none."""
+    """List workers registered in the store (heartbeat within the last few seconds); exit 3 when none, 5 when
+    the store does not answer."""
     runtime = _runtime(ctx)
-    found = [runtime.store.get_json(k) for k in runtime.store.scan(runtime.keys.pattern("worker"))]
-    rows = [w for w in found if isinstance(w, dict)]
+    if not runtime.store.ping():
+        _emit({"state": "unknown", "workers": None}, as_json, _unreachable(runtime))
+        sys.exit(EXIT_UNKNOWN)
+    rows = live_registrations(runtime.store, runtime.keys, runtime.settings)
     human = "\n".join(
         f"{w.get('hostname')}  pid={w.get('pid')} pool={w.get('pool')} queues={','.join(w.get('queues') or [])}"
         for w in rows
@@ -154,37 +185,62 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 
 
 def tree_state(runtime: Runtime) -> dict[str, Any]:
-    """Per-child state read from the store: pauses, restarts, hotspots and escalations."""
-    return _tree_state(runtime)
+    """Per-child state read from the store: pauses, restarts, hotspots, escalations and whether a live worker
+    serves each child; every child ``unknown`` when the store does not answer."""
+    if not runtime.store.ping():
+        return unknown_state(runtime)
+    state = _tree_state(runtime)
+    return unknown_state(runtime) if runtime.store.degraded else state
 
 
 def _child_status(child: Mapping[str, Any]) -> str:
+    if child.get("status") == "unknown":
+        return "unknown"
     if not child["paused"]:
-        return "running"
+        return "running" if child.get("served", True) else "unserved (no live worker consumes it)"
     pause = child["pause"]
     return f"paused ({pause['reason']} by {pause['by']}, {pause['remaining_s']:.1f}s left)"
 
 
-def render_state(state: dict[str, Any]) -> str:
+_SHED_MODES = {"park": "parked", "drop": "dropped"}
+
+
+def render_shed(counts: Mapping[str, Any] | None) -> str:
+    """Shed messages per mode: ``3 parked / 1 dropped`` (``n/a`` when shedding reports nothing)."""
+    if counts is None:
+        return "n/a"
+    return " / ".join(f"{n} {_SHED_MODES.get(mode, mode)}" for mode, n in counts.items()) or "none"
+
+
+def render_state(state: Mapping[str, Any]) -> str:
     """The tree with each child's state, for people."""
-    lines = []
+    lines = [_unreachable_line(state)] if state.get("state") == "unknown" else []
     for domain in state["domains"]:
         flag = "  ESCALATED" if domain["escalated"] else ""
         lines.append(f"{domain['name']} ({domain['strategy']}){flag}")
         for child in domain["children"]:
             hot = "  HOTSPOT" if child["hotspot"] else ""
-            lines.append(f"  {child['queue']:<24} {_child_status(child):<44} restarts {child['restarts_in_window']} "
-                         f"recent / {child['restarts_total']} total{hot}")
+            shed = f"  shed {render_shed(child['shed'])}" if child.get("shed") is not None else ""
+            lines.append(f"  {child['queue']:<24} {_child_status(child):<44} restarts "
+                         f"{_na(child['restarts_in_window'])} recent / {_na(child['restarts_total'])} total{shed}{hot}")
     return "\n".join(lines)
+
+
+def _unreachable_line(report: Mapping[str, Any]) -> str:
+    url = (report.get("store") or {}).get("url", "")
+    return f"UNKNOWN: the store {url} does not answer; pauses, restarts, circuits and escalations cannot be read"
 
 
 @supervision.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """The tree with pauses, restarts and hotspots; exit 2 when a domain is escalated."""
+    """The tree with pauses, restarts and hotspots; exit 2 when a domain is escalated, 5 when the store does
+    not answer."""
     state = tree_state(_runtime(ctx))
     _emit(state, as_json, render_state(state))
+    if state.get("state") == "unknown":
+        sys.exit(EXIT_UNKNOWN)
     if state["escalated"]:
         sys.exit(EXIT_ESCALATED)
 
@@ -194,6 +250,9 @@ def render_health(health: Mapping[str, Any]) -> str:
     workers = health.get("workers") or []
     where = (f"worker {health.get('hostname')}" if health.get("scope") == "worker"
              else f"cluster, {len(workers)} worker(s)")
+    if health.get("state") == "unknown":
+        return "\n".join([f"health UNKNOWN  ({where}, namespace {health['namespace']})", _unreachable_line(health),
+                          "", render_state(health).split("\n", 1)[1]])
     lines = [f"health {health['score']}/100  {health['state'].upper()}  ({where}, namespace {health['namespace']}, "
              f"{_na(health.get('total_processes'))} processes)"]
     penalties = health.get("penalties") or []
@@ -219,10 +278,17 @@ def render_health(health: Mapping[str, Any]) -> str:
     escalations = health.get("escalations") or []
     lines.append("escalations: " + (", ".join(f"{e['domain']} ({e['reason']})" for e in escalations) or "none"))
     shed = health.get("shed")
-    lines.append("shed: " + ("n/a" if shed is None else str(shed.get("total", 0))))
+    lines.append("shed: " + ("n/a" if shed is None else render_shed_queues(shed)))
     knowledge = health.get("knowledge")
     lines.append("knowledge: " + ("n/a" if knowledge is None else render_knowledge_line(knowledge)))
     return "\n".join(lines)
+
+
+def render_shed_queues(shed: Mapping[str, Any]) -> str:
+    """Shed messages per queue and mode, on one line (queues that shed nothing left out)."""
+    queues = shed.get("queues") or {}
+    shown = [f"{queue} {render_shed(counts)}" for queue, counts in sorted(queues.items()) if any(counts.values())]
+    return f"{shed.get('total', 0)} total" + (f" ({', '.join(shown)})" if shown else "")
 
 
 def render_circuits(circuits: Mapping[str, Mapping[str, Any]]) -> str:
@@ -250,7 +316,10 @@ def render_knowledge_line(knowledge: Mapping[str, Any]) -> str:
 
 
 def health_exit_code(health: Mapping[str, Any], min_score: int = DEFAULT_MIN_SCORE) -> int:
-    """2 when escalated, 4 when the score is below ``min_score``, else 0."""
+    """5 when unknown (the store does not answer), 2 when escalated, 4 when the score is below ``min_score``,
+    else 0."""
+    if health.get("state") == "unknown" or health.get("score") is None:
+        return EXIT_UNKNOWN
     if health.get("escalated"):
         return EXIT_ESCALATED
     if int(health["score"]) < min_score:
@@ -268,7 +337,7 @@ _MIN_SCORE = click.option("--min-score", type=click.IntRange(0, 100), default=DE
 @click.option("--events", "events", type=click.IntRange(0, 1000), default=0, help="Also list the newest N events.")
 @click.pass_context
 def health(ctx: click.Context, as_json: bool, min_score: int, events: int) -> None:
-    """Cluster-wide tree health and score 0-100; exit 2 escalated, 4 below --min-score."""
+    """Cluster-wide tree health and score 0-100; exit 2 escalated, 4 below --min-score, 5 unknown (store down)."""
     runtime = _runtime(ctx)
     report = get_tree_health(runtime, events=events)
     human = render_health(report)
@@ -374,7 +443,8 @@ def resume(ctx: click.Context, target: str) -> None:
 @_MIN_SCORE
 @click.pass_context
 def watch(ctx: click.Context, interval: float, count: int, as_json: bool, min_score: int) -> None:
-    """Refresh the health report live; exits with the last report's code (2 escalated, 4 below --min-score)."""
+    """Refresh the health report live; exits with the last report's code (2 escalated, 4 below --min-score,
+    5 unknown)."""
     runtime = _runtime(ctx)
     interactive = sys.stdout.isatty() and not as_json
     code = EXIT_OK

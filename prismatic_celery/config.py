@@ -15,6 +15,7 @@ from celery import Celery
 
 from .errors import ConfigurationError
 from .keys import Keys
+from .store.base import safe_url
 from .store.urls import parse_store_url, transport_options
 from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
 from .validate import as_bool, as_int, as_mapping, as_seconds, as_str, as_str_list, reject_unknown
@@ -108,8 +109,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("namespace", None, _optional_str, "str",
             "The `<app>` part of every Redis key. Default: the app's main name, else `celery`."),
     Setting("store_url", None, _store_url, "URL",
-            "Supervision store. Default: the broker URL when it is Redis, else `memory://` "
-            "(per-process state, logged as a warning)."),
+            "Supervision store. Default: the result backend when it is Redis, else the broker when it is Redis "
+            "(or the in-process `memory://` broker); anything else must set it. `memory://` (state in each "
+            "process, shared by nobody) is used only when asked for."),
     Setting("store_timeout_s", 0.5, as_seconds, "s", "Socket timeout of every store command."),
     Setting("store_retry_s", 1.0, as_seconds, "s",
             "After a store outage, how long decisions use in-process state before Redis is tried again."),
@@ -212,7 +214,8 @@ SETTINGS: tuple[Setting, ...] = (
             "park|drop", "`park`: move shed messages to a capped Redis list for `shed replay`; `drop`: discard them."),
     Setting("shed_interval_s", 1.0, as_seconds, "s",
             "Backlog sampler period (each worker, in a background thread); also the longest staleness of a "
-            "process's view of the shedding state."),
+            "process's view of the shedding state. A queue that sheds is also read every 20 ms, and a message "
+            "is shed only on a read at most 0.1 s old."),
     Setting("shed_park_max", 100000, _positive_int, "messages",
             "Cap of each queue's parked list (beyond it the oldest are dropped and counted as `overflowed`)."),
     Setting("shed_queues", None,
@@ -298,11 +301,23 @@ def _raw_values(conf: Mapping[str, Any]) -> dict[str, Any]:
     return raw
 
 
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def _default_store_url(app: Celery) -> str:
-    broker = app.conf.broker_url or ""
-    if isinstance(broker, str) and broker.startswith(("redis://", "rediss://", "unix://")):
-        return broker
-    return "memory://"
+    """The result backend when it is Redis, else the broker when it is Redis; the in-process ``memory://``
+    broker (tests, one process) implies an in-process store. Anything else: a :class:`ConfigurationError`,
+    so that no worker silently supervises with state nobody shares."""
+    backend, broker = app.conf.result_backend, app.conf.broker_url
+    for url in (backend, broker):
+        if isinstance(url, str) and url.startswith(_REDIS_SCHEMES):
+            return url
+    if isinstance(broker, str) and broker.startswith("memory://"):
+        return "memory://"
+    raise ConfigurationError("prismatic_store_url", (
+        f"not set, and neither the result backend ({safe_url(str(backend or 'none'))}) nor the broker "
+        f"({safe_url(str(broker or 'none'))}) is Redis: set it to the Redis every worker shares "
+        "(or to 'memory://' for state in each process, shared by nobody)"))
 
 
 def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Settings:

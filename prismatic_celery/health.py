@@ -12,14 +12,14 @@ moment. What is read (``<ns>`` is ``prismatic_namespace``):
 | ``prismatic:<ns>:restarts:<queue>`` | restarts per child in the hotspot window (ZCOUNT each) |
 | ``prismatic:<ns>:escalation:<domain>`` | escalated domains (one MGET) |
 | ``prismatic:<ns>:circuit:<name>`` | circuit states (declared circuits and any found by SCAN) |
-| ``prismatic:<ns>:worker:<hostname>`` | live workers (SCAN + MGET) |
+| ``prismatic:<ns>:workers`` | live workers: the index of heartbeats (ZRANGEBYSCORE), then their registrations |
+| ``prismatic:<ns>:worker:<hostname>`` | each live worker's queues, pool and pid (one MGET) |
 | ``prismatic:<ns>:health:<hostname>`` | each worker's processes and memory, published by the worker |
 | ``prismatic:<ns>:events`` | recent supervision events (XREVRANGE) |
 
-Lessons, knowledge metrics and shed counts come from ``runtime.lessons`` /
-``runtime.learning.lessons``, ``runtime.knowledge`` / ``runtime.learning.metrics``
-and ``runtime.shedding`` when the runtime has them (else they are reported as
-None, shown "n/a").
+Lessons, knowledge metrics and shed counts come from ``runtime.learning`` and
+``runtime.shedding`` when the runtime has them (else they are reported as None,
+shown "n/a").
 
 Health score
 ------------
@@ -33,10 +33,13 @@ Health score
 | hotspot child (more than ``prismatic_hotspot_restarts`` restarts in the window) | 10 | none |
 | half-open circuit | 5 | none |
 | paused child, other than one paused by its domain's cool-down or escalation | 5 | none |
+| unserved child (no live worker consumes its queue) | 10 | none |
 | restart within the hotspot window, all children together | 1 | 20 |
 
 The state is ``escalated`` whenever a domain is escalated (whatever the score),
-else ``healthy`` from 80, ``degraded`` from 50 and ``critical`` below 50. The
+else ``healthy`` from 80, ``degraded`` from 50 and ``critical`` below 50. When the
+store does not answer, nothing above can be known: the state is ``unknown``, the
+score None, and every child's status ``unknown`` (see :func:`unknown_health`). The
 score depends only on cluster-wide state, so every worker reports the cluster's
 score; memory and process counts are reported, never scored (they move on
 their own and have no threshold that means the same for every app).
@@ -61,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .log import get_logger, log_event
+from .workers import live_registrations, served_queues
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -82,8 +86,11 @@ __all__ = [
     "rss_bytes",
     "sample_worker",
     "shed_view",
+    "store_view",
     "summary_numbers",
     "tree_state",
+    "unknown_health",
+    "unknown_state",
 ]
 
 logger = get_logger("health")
@@ -98,6 +105,7 @@ PENALTIES: dict[str, int] = {
     "hotspot": 10,
     "half_open_circuit": 5,
     "paused_child": 5,
+    "unserved_child": 10,
     "recent_restart": 1,
 }
 #: Largest total penalty of a condition (absent: no cap).
@@ -116,6 +124,7 @@ class ScoreInputs:
     half_open_circuits: int = 0
     hotspots: int = 0
     paused_children: int = 0
+    unserved_children: int = 0
     recent_restarts: int = 0
 
     def counts(self) -> dict[str, int]:
@@ -127,6 +136,7 @@ class ScoreInputs:
             "hotspot": self.hotspots,
             "half_open_circuit": self.half_open_circuits,
             "paused_child": self.paused_children,
+            "unserved_child": self.unserved_children,
             "recent_restart": self.recent_restarts,
         }
 
@@ -361,19 +371,26 @@ def connect_sampler() -> None:
 # -- cluster-wide state from the store -----------------------------------------------------------------
 
 
-def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
-    """The declared tree with each child's pauses, restarts and hotspot flag, and each domain's escalation."""
+def tree_state(runtime: Runtime, *, now: float | None = None,
+               registrations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The declared tree with each child's pauses, restarts, hotspot flag, shed counts (``{mode: n}``) and whether
+    a live worker serves it, and each domain's escalation (``registrations``: the live workers', read here when
+    not given; ``shed`` is :func:`shed_view`)."""
     from .engine.hotspots import is_hotspot
     from .engine.pauses import read_pauses
 
     store, keys, settings = runtime.store, runtime.keys, runtime.settings
     tree = runtime.supervisor
     at = store.time() if now is None else now
+    if registrations is None:
+        registrations = live_registrations(store, keys, settings)
+    served = served_queues(registrations)
     pauses = read_pauses(store, keys, tree, tree.queues)
     totals = store.hgetall(keys.key("restart-totals"))
     names = [d.name for d in tree.domain_list]
     escalations = dict(zip(names, store.get_many([keys.key("escalation", n) for n in names]), strict=True))
     described = tree.describe()
+    shed = shed_view(runtime)
     for domain in described["domains"]:
         escalation = escalations.get(domain["name"])
         domain["escalated"] = isinstance(escalation, dict)
@@ -386,18 +403,44 @@ def tree_state(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
                 "restarts_total": _int(totals.get(queue)),
                 "restarts_in_window": recent,
                 "hotspot": is_hotspot(recent, settings.hotspot_restarts),
+                "served": queue in served,
                 "paused": pause is not None,
                 "pause": None if pause is None else {"reason": pause.reason, "by": pause.by,
                                                      "remaining_s": round(max(0.0, pause.until - at), 3)},
+                "shed": None if shed is None else shed["queues"].get(queue, {}),
             })
         reasons = {c["pause"]["reason"] for c in domain["children"] if c["paused"]}
         domain["cooldown"] = not domain["escalated"] and "cooldown" in reasons
         domain["status"] = ("escalated" if domain["escalated"] else "cooldown" if domain["cooldown"]
-                            else "paused" if reasons else "running")
+                            else "paused" if reasons
+                            else "unserved" if not any(c["served"] for c in domain["children"]) else "running")
         domain["restarts_total"] = sum(c["restarts_total"] for c in domain["children"])
         domain["restarts_in_window"] = sum(c["restarts_in_window"] for c in domain["children"])
     described["escalated"] = any(d["escalated"] for d in described["domains"])
+    described["shed"] = shed
     described["at"] = at
+    described["state"] = "known"
+    described["store"] = store_view(runtime)
+    return described
+
+
+def store_view(runtime: Runtime) -> dict[str, Any]:
+    """Which store the report was read from, whether workers share it and whether it answered."""
+    store = runtime.store
+    return {"url": store.display_url, "shared": store.shared, "reachable": not store.degraded}
+
+
+def unknown_state(runtime: Runtime) -> dict[str, Any]:
+    """The declared tree when the store does not answer: every child and domain ``unknown``, nothing claimed."""
+    described = runtime.supervisor.describe()
+    for domain in described["domains"]:
+        domain.update({"status": "unknown", "escalated": None, "escalation": None, "cooldown": None,
+                       "restarts_total": None, "restarts_in_window": None, "memory_rss_bytes": None})
+        for child in domain["children"]:
+            child.update({"status": "unknown", "restarts_total": None, "restarts_in_window": None, "hotspot": None,
+                          "served": None, "paused": None, "pause": None, "shed": None})
+    described.update({"escalated": None, "shed": None, "at": time.time(), "state": "unknown",
+                      "store": {**store_view(runtime), "reachable": False}})
     return described
 
 
@@ -432,12 +475,13 @@ def circuits_view(runtime: Runtime) -> dict[str, dict[str, Any]]:
     return found
 
 
-def workers_view(runtime: Runtime) -> list[dict[str, Any]]:
-    """Live workers (registrations) with their latest processes/memory sample, by hostname."""
-    store, keys = runtime.store, runtime.keys
-    registered = store.scan(keys.key("worker", "*"))
+def workers_view(runtime: Runtime, registrations: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Live workers (registrations, read from the index when not given) with their latest processes/memory
+    sample, by hostname."""
+    store = runtime.store
+    if registrations is None:
+        registrations = live_registrations(store, runtime.keys, runtime.settings)
     rows: list[dict[str, Any]] = []
-    registrations = [r for r in store.get_many(registered) if isinstance(r, dict)] if registered else []
     hostnames = sorted(str(r.get("hostname")) for r in registrations if r.get("hostname"))
     samples = dict(zip(hostnames, store.get_many([sample_key(runtime, h) for h in hostnames]), strict=True))
     for registration in sorted(registrations, key=lambda r: str(r.get("hostname"))):
@@ -541,10 +585,13 @@ def get_tree_health(
     ``lessons_total``; with ``local``: ``hostname``, ``pid``, ``pool``, ``processes``; with
     ``events`` / ``lessons`` > 0: the newest events and lessons too.
     """
-    state = tree_state(runtime, now=now)
+    if not runtime.store.ping():
+        return unknown_health(runtime, local=local)
+    registrations = live_registrations(runtime.store, runtime.keys, runtime.settings)
+    state = tree_state(runtime, now=now, registrations=registrations)
     at = float(state["at"])
     circuits = circuits_view(runtime)
-    workers = workers_view(runtime)
+    workers = workers_view(runtime, registrations)
     samples: list[dict[str, Any]]
     if local is not None:
         samples = [{"memory_per_domain": local.memory_per_domain, "total_processes": len(local.processes)}]
@@ -579,6 +626,7 @@ def get_tree_health(
         half_open_circuits=sum(1 for c in circuits.values() if c["state"] == "half-open"),
         hotspots=len(hotspots),
         paused_children=sum(1 for p in paused if p["domain"] not in escalated | cooldown),
+        unserved_children=sum(1 for d in domains for c in d["children"] if not c["served"]),
         recent_restarts=sum(c["in_window"] for c in restart_counts.values()),
     )
     score = health_score(inputs)
@@ -604,10 +652,13 @@ def get_tree_health(
         "escalated": bool(escalated),
         "total_processes": _sum(s["total_processes"] for s in samples) if samples else None,
         "workers": workers,
-        "shed": shed_view(runtime),
+        "shed": state["shed"],
         "knowledge": knowledge,
         "lessons_total": None if knowledge is None else knowledge.get("total_lessons"),
+        "store": state["store"],
     }
+    if runtime.store.degraded:  # the store stopped answering while the report was read: nothing is known
+        return unknown_health(runtime, local=local)
     if local is not None:
         result.update({"hostname": local.hostname, "pid": local.pid, "pool": local.pool,
                        "processes": list(local.processes), "rss_total": local.rss_total})
@@ -615,6 +666,27 @@ def get_tree_health(
         result["events"] = recent_events(runtime, events)
     if lessons > 0:
         result["lessons"] = lessons_view(runtime, lessons)
+    return result
+
+
+def unknown_health(runtime: Runtime, *, local: WorkerSample | None = None) -> dict[str, Any]:
+    """The report when the store does not answer: state ``unknown``, no score, no count claimed.
+
+    The same keys as :func:`get_tree_health`'s, with None or empty values; ``reason`` says why.
+    """
+    state = unknown_state(runtime)
+    result: dict[str, Any] = {
+        "scope": "cluster" if local is None else "worker", "namespace": runtime.keys.namespace, "at": state["at"],
+        "score": None, "state": "unknown", "reason": f"store {state['store']['url']} unreachable",
+        "penalties": [], "domains": state["domains"], "budget": state["budget"], "restart_counts": {},
+        "restarts_total": None, "restarts_in_window": None, "hotspot_threshold": runtime.settings.hotspot_restarts,
+        "hotspot_window_s": runtime.settings.hotspot_window_s, "hotspots": [], "circuits": {}, "paused": [],
+        "escalations": [], "escalated": None, "total_processes": len(local.processes) if local else None,
+        "workers": [], "shed": None, "knowledge": None, "lessons_total": None, "store": state["store"],
+    }
+    if local is not None:
+        result.update({"hostname": local.hostname, "pid": local.pid, "pool": local.pool,
+                       "processes": list(local.processes), "rss_total": local.rss_total})
     return result
 
 
@@ -703,7 +775,7 @@ EVENT_FIELDS: dict[str, dict[str, str]] = {
         "queue": "the shedding queue",
         "task": "task name",
         "task_id": "task id",
-        "backlog": "sampled backlog of the queue",
+        "backlog": "the queue's backlog at the decision (the worker's last read minus what it received since)",
         "threshold": "backlog above which the queue sheds",
         "importance": "the message's importance (0 lowest, 9 highest)",
         "cutoff": "messages below this importance are shed",

@@ -14,7 +14,9 @@ from .bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
 from .log import get_logger, log_event, set_json
 from .observer import connect_signals
 from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
+from .shedding.priority import connect_priority_marks
 from .store import Store
+from .store.base import safe_url
 from .task import SupervisedTask, supervise_task
 from .tree import Supervisor
 
@@ -35,8 +37,10 @@ def install(
     Reads the ``prismatic_*`` settings from ``app.conf`` (validated as soon as
     the app is configured, and again when a worker boots), makes
     :class:`SupervisedTask` the app's task base, supervises tasks already
-    declared with another base, connects the observation signals, and adds the
-    worker bootsteps and the ``--domain`` worker option.
+    declared with another base, connects the observation signals, marks the
+    priority of each message this process publishes (load shedding reads it as
+    importance only when a producer set it), and adds the worker bootsteps and
+    the ``--domain`` worker option.
 
     ``supervisor`` declares the tree in Python instead of ``prismatic_domains``;
     ``listeners`` are :class:`SupervisionListener` instances; ``store``
@@ -51,7 +55,9 @@ def install(
         return setup
 
     _use_supervised_base(app)
+    _censor_store_url()
     connect_signals()
+    connect_priority_marks()
     app.steps["worker"].add(DomainStep)
     app.steps["consumer"].add(SupervisionStep)
     app.steps["consumer"].add("prismatic_celery.shedding.step:SheddingStep")
@@ -63,6 +69,23 @@ def install(
     if getattr(app, "finalized", False):
         supervise_registered_tasks(app)
     return setup
+
+
+def _censor_store_url() -> None:
+    """Mask the store's password wherever Celery prints settings (``celery inspect conf``, ``celery report``,
+    Flower's worker pages): Celery censors ``broker_url`` and ``result_backend`` by name, not this setting."""
+    from celery.app import utils
+
+    original = utils.filter_hidden_settings
+    if getattr(original, "_prismatic", False):
+        return
+
+    def filter_hidden_settings(conf: Any) -> Any:
+        return {key: safe_url(value) if isinstance(key, str) and key.lower() == "prismatic_store_url"
+                and isinstance(value, str) else value for key, value in original(conf).items()}
+
+    filter_hidden_settings._prismatic = True  # type: ignore[attr-defined]
+    utils.filter_hidden_settings = filter_hidden_settings
 
 
 def _use_supervised_base(app: Celery) -> None:

@@ -8,7 +8,9 @@ child works, :mod:`prismatic_celery.engine.window`). A supervised task counts
 its own start and success in ``SupervisedTask.__call__`` (no signal receiver, so
 Celery's tracer skips the ``task_prerun``/``task_success`` dispatch for every
 task); failures, retries, revocations and rejections come from Celery's
-signals. Under prefork those fire in the pool child, and the
+signals. A message put back before its body ran (a paused queue, a full
+bulkhead, an open circuit) counts as ``deferred``: neither a start nor a
+retry. Under prefork those fire in the pool child, and the
 ``WorkerLostError``/time-limit failures in the main process; each process
 flushes its own counters, so every outcome is counted once whichever pool runs it.
 """
@@ -29,12 +31,15 @@ from .engine.window import FLUSH_INTERVAL_S, ExecutionWindow
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
 
-__all__ = ["OUTCOMES", "SUCCEEDED_MARK", "TaskStats", "connect_signals", "count_outcome", "stats_for"]
+__all__ = ["DEFERRED_MARK", "OUTCOMES", "SUCCEEDED_MARK", "TaskStats", "connect_signals", "count_outcome",
+           "stats_for"]
 
 logger = get_logger("observer")
 
-OUTCOMES = ("started", "succeeded", "failed", "retried", "revoked", "rejected")
+OUTCOMES = ("started", "succeeded", "failed", "retried", "deferred", "revoked", "rejected")
 UNSUPERVISED = "-"
+#: How long a worker's counters outlive its last flush (a hostname that stopped reporting, e.g. a gone pod).
+STATS_TTL_S = 7 * 24 * 3600.0
 
 
 class TaskStats:
@@ -73,7 +78,7 @@ class TaskStats:
             if amount:
                 by_host.setdefault(hostname, {})[field] = amount
         for hostname, increments in by_host.items():
-            self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments)
+            self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments, ttl_s=STATS_TTL_S)
 
     def _loop(self) -> None:
         pid = os.getpid()
@@ -124,6 +129,7 @@ def _runtime_of(sender: Any) -> Runtime | None:
 
 
 SUCCEEDED_MARK = "_prismatic_succeeded"  # set on a request whose task body returned (and was counted)
+DEFERRED_MARK = "_prismatic_deferred"  # set on a request put back before its body ran (not a start, not a retry)
 
 
 def count_outcome(runtime: Runtime, request: Any, queue: str | None, outcome: str, amount: int = 1) -> None:
@@ -171,7 +177,8 @@ def _count_delivery(sender: Any, carrier: Any, task_name: str | None, hostname: 
 
 @_guarded
 def on_task_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
-    _count_delivery(sender, request, getattr(sender, "name", None), getattr(request, "hostname", None), "retried")
+    outcome = "deferred" if getattr(request, DEFERRED_MARK, False) else "retried"
+    _count_delivery(sender, request, getattr(sender, "name", None), getattr(request, "hostname", None), outcome)
 
 
 @_guarded

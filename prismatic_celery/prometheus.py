@@ -15,7 +15,8 @@ Every metric has the label ``namespace`` (``prismatic_namespace``).
 | Metric | Type | Labels | Meaning |
 |---|---|---|---|
 | ``prismatic_store_up`` | gauge | | 1 when the store answered the scrape's ping |
-| ``prismatic_health_score`` | gauge | | health score 0-100 (formula: :mod:`prismatic_celery.health`) |
+| ``prismatic_health_score`` | gauge | | health score 0-100 (formula: :mod:`prismatic_celery.health`); no sample while |
+| | | | the store does not answer (``prismatic_health_state{state="unknown"} 1`` then) |
 | ``prismatic_health_state`` | gauge | ``state`` | 1 for the current state (healthy, degraded, critical, escalated) |
 | ``prismatic_restarts_total`` | counter | ``domain``, ``child`` | restarts of a child since the store was created |
 | ``prismatic_restarts_in_window`` | gauge | ``domain``, ``child`` | restarts within the hotspot window |
@@ -65,7 +66,7 @@ __all__ = ["SupervisionCollector", "families_from_health", "make_server", "regis
 
 logger = get_logger("prometheus")
 
-STATES = ("healthy", "degraded", "critical", "escalated")
+STATES = ("healthy", "degraded", "critical", "escalated", "unknown")
 CIRCUIT_STATES = ("closed", "open", "half-open")
 #: Knowledge counters, each exported as ``prismatic_knowledge_<name>_total``.
 KNOWLEDGE_COUNTERS = ("crashes", "known_pattern_crashes", "recurring_crashes", "auto_remediated",
@@ -93,11 +94,13 @@ def families_from_health(health: Mapping[str, Any], *, store_up: bool = True) ->
     out: list[Metric] = []
     up = _gauge("store_up", "1 when the supervision store answered.")
     up.add_metric([ns], 1.0 if store_up else 0.0)
-    score = _gauge("health_score", "Health score of the supervision tree, 0-100.")
-    score.add_metric([ns], float(health["score"]))
     state = _gauge("health_state", "1 for the tree's current health state.", ["state"])
     for name in STATES:
         state.add_metric([ns, name], 1.0 if health["state"] == name else 0.0)
+    if health["state"] == "unknown":  # the store did not answer: no score and no count is claimed
+        return [up, state]
+    score = _gauge("health_score", "Health score of the supervision tree, 0-100.")
+    score.add_metric([ns], float(health["score"]))
     out += [up, score, state]
 
     restarts = _counter("restarts", "Restarts of a child since the store was created.", ["domain", "child"])
@@ -205,8 +208,7 @@ class SupervisionCollector(Collector):
                 return
             with self._lock:  # one read at a time per app, however many scrapers
                 health = get_tree_health(runtime)
-                up = runtime.store.ping()
-            yield from families_from_health(health, store_up=up)
+            yield from families_from_health(health, store_up=health["state"] != "unknown")
         except Exception as exc:  # a scrape must not fail because supervision state is unreadable
             log_event(logging.WARNING, "metrics-unavailable", logger, error=repr(exc)[:300])
             fallback = GaugeMetricFamily("prismatic_store_up", "1 when the supervision store answered.")

@@ -16,8 +16,9 @@ from celery import Task
 from celery._state import _task_stack  # type: ignore[attr-defined]  # private, not in the stubs
 from celery.exceptions import Ignore, Reject, Retry
 
+from .circuits import CircuitOpenError
 from .log import get_logger, log_event
-from .observer import SUCCEEDED_MARK, count_outcome
+from .observer import DEFERRED_MARK, SUCCEEDED_MARK, count_outcome
 from .runtime import Runtime, get_runtime
 
 __all__ = ["CONTROL_FLOW", "SupervisedTask", "TaskGuard", "supervise_task"]
@@ -82,6 +83,10 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
             # Control flow, never shown: Celery copies every frame of its traceback into the
             # result it sends back to the worker, so it leaves from here, one frame deep.
             raise diverted.with_traceback(None) from None
+        except Retry:
+            if counted and getattr(request, DEFERRED_MARK, False):
+                count_outcome(runtime, request, queue, "started", -1)  # put back before it started
+            raise
         finally:
             if slots is not None:
                 slots.leave()
@@ -93,16 +98,19 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
     def _supervised(self, runtime: Runtime, request: Any, args: Any, kwargs: Any) -> Any:
         """The task body between the engine's and the guards' hooks."""
         engine = runtime.engine
-        _guarded(engine.before_run, self)
+        _deferring(request, engine.before_run, self)
         guards = runtime.guards
         for guard in guards:
-            _guarded(guard.before_run, self)
+            _deferring(request, guard.before_run, self)
         failed = True
         body = self._traced_run if self._plain_call() and not request.called_directly else super().__call__
         try:
             result = engine.call(self, body, args, kwargs)
             failed = False
         except CONTROL_FLOW:
+            raise
+        except CircuitOpenError as exc:  # a circuit the task depends on is open: the engine defers the message
+            _deferring(request, engine.on_crash, self, exc)
             raise
         except Exception as exc:
             _guarded(engine.on_crash, self, exc)
@@ -143,6 +151,15 @@ def _guarded(hook: Callable[..., None], *args: Any) -> None:
     except Exception as exc:  # the plugin must never be the reason a task fails
         log_event(logging.ERROR, "supervision-hook-failed", logger, hook=getattr(hook, "__name__", "?"),
                   error=repr(exc)[:300])
+
+
+def _deferring(request: Any, hook: Callable[..., None], *args: Any) -> None:
+    """Run a hook that may put the message back before its body ran; its Retry then marks a deferral."""
+    try:
+        _guarded(hook, *args)
+    except Retry:
+        setattr(request, DEFERRED_MARK, True)
+        raise
 
 
 def supervise_task(task: Task[Any, Any]) -> bool:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .engine.restarts import RestartOutcome
     from .runtime import Runtime
 
-__all__ = ["WorkerProcess", "fail_child", "wait_for"]
+__all__ = ["WorkerProcess", "fail_child", "serve", "wait_for"]
 
 T = TypeVar("T")
 
@@ -184,3 +184,15 @@ def fail_child(runtime: Runtime, queue: str, member: str = "test:0") -> RestartO
     call = failure_call(runtime.keys, runtime.supervisor, domain, child, member, policy,
                         context={"task": "test", "task_id": member})
     return record_failure(runtime.store, call, domain)
+
+
+def serve(runtime: Runtime, hostname: str = "test@localhost", queues: Sequence[str] | None = None,
+          **fields: Any) -> dict[str, Any]:
+    """Register a live worker consuming ``queues`` (default: every supervised queue), as a worker's heartbeat
+    does, so health counts those children as served; ``fields`` add to the registration. Returns it."""
+    from .workers import register_worker
+
+    registration = {"hostname": hostname, "pid": os.getpid(), "pool": "solo", "concurrency": 1, "domains": [],
+                    "queues": sorted(runtime.supervisor.queues if queues is None else queues), **fields}
+    register_worker(runtime.store, runtime.keys, runtime.settings, registration)
+    return registration

@@ -191,19 +191,29 @@ class DependencyDown(Exception):
 
 
 # a dependency on 127.0.0.1 that is down for a while, and processes hammering it ---------------
+@dataclass(frozen=True)
+class Hit:
+    """One request the flaky server answered: when it started and ended (wall clock), and whether it was down."""
+
+    start: float
+    end: float
+    down: bool
+
+
 class FlakyServer:
     """A line-protocol TCP server on 127.0.0.1: answers ``ERR`` until ``down_until``, then ``OK``.
 
-    Counts, at the server, every request that reached it while down and while up.
+    Records, at the server, every request (:class:`Hit`); a request while down takes ``hold_s``
+    before its answer, so calls in flight at the same time overlap visibly.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hold_s: float = 0.0) -> None:
         import socketserver
         import threading
 
         self.down_until = float("inf")
-        self.down_hits = 0
-        self.up_hits = 0
+        self.hold_s = hold_s
+        self.hits: list[Hit] = []
         self._lock = threading.Lock()
         outer = self
 
@@ -211,23 +221,39 @@ class FlakyServer:
             def handle(self) -> None:
                 if not self.rfile.readline():
                     return
+                start = time.time()
+                down = time.monotonic() < outer.down_until
+                if down and outer.hold_s:
+                    time.sleep(outer.hold_s)
                 with outer._lock:
-                    down = time.monotonic() < outer.down_until
-                    if down:
-                        outer.down_hits += 1
-                    else:
-                        outer.up_hits += 1
+                    outer.hits.append(Hit(start, time.time(), down))
                 self.wfile.write(b"ERR\n" if down else b"OK\n")
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+            request_queue_size = 128  # 16 processes connecting at once: no SYN dropped (a 1-s retry)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
+    @property
+    def down_hits(self) -> list[Hit]:
+        with self._lock:
+            return [hit for hit in self.hits if hit.down]
+
+    @property
+    def up_hits(self) -> list[Hit]:
+        with self._lock:
+            return [hit for hit in self.hits if not hit.down]
+
     def go_down_for(self, seconds: float) -> None:
         self.down_until = time.monotonic() + seconds
+
+    def go_up(self) -> None:
+        self.down_until = time.monotonic()
 
     def close(self) -> None:
         self.server.shutdown()
@@ -238,20 +264,29 @@ def ping(port: int) -> None:
     """One request to the flaky server; DependencyDown unless it answers OK."""
     import socket
 
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=5.0) as sock:
         sock.sendall(b"PING\n")
         answer = sock.recv(16)
     if answer.strip() != b"OK":
         raise DependencyDown(answer.decode(errors="replace"))
 
 
+STATE_CODES = ("closed", "open", "half-open")
+
+
 def hammer(url: str, namespace: str, port: int, spec: dict[str, Any], ready: Any, go: Any, run_s: float,
-           results: Any) -> None:
-    """A worker process: call the dependency through the shared breaker "dep" in a loop for ``run_s``."""
+           results: Any, index: int = 0, views: Any = None, pace_s: float = 0.002, stop: Any = None) -> None:
+    """A worker process: call the dependency through the shared breaker "dep" in a loop for ``run_s``.
+
+    Puts ``{"ok", "failed", "refused", "failed_at"}`` on ``results`` (``failed`` counts every call that
+    reached the dead dependency, ``failed_at`` when each ended). With ``views`` (a shared array of
+    doubles), keeps ``views[2 * index]`` at the state it sees (an index of :data:`STATE_CODES`) and
+    ``views[2 * index + 1]`` at that record's ``seq``. ``stop`` (an event) ends the loop early.
+    """
     from prismatic_celery.circuits import CircuitOpenError
 
     circuits = Circuits(RedisStore(url), Keys(namespace), specs={"dep": CircuitSpec(**spec)})
-    counts = {"ok": 0, "failed": 0, "refused": 0}
+    counts: dict[str, Any] = {"ok": 0, "failed": 0, "refused": 0, "failed_at": []}
     try:
         circuits.start(wait_s=5)
         breaker = circuits.get("dep")
@@ -259,16 +294,20 @@ def hammer(url: str, namespace: str, port: int, spec: dict[str, Any], ready: Any
         ready.put(os.getpid())
         go.wait(30)
         end = time.monotonic() + run_s
-        while time.monotonic() < end:
+        while time.monotonic() < end and not (stop is not None and stop.is_set()):
             try:
                 breaker.call(ping, port)
                 counts["ok"] += 1
-            except DependencyDown:
-                counts["failed"] += 1
-            except CircuitOpenError as exc:
-                counts["refused"] += 1
-                time.sleep(min(exc.retry_after_s, 0.01))
-            time.sleep(0.002)
+            except (DependencyDown, CircuitOpenError) as exc:
+                if isinstance(exc, DependencyDown) or isinstance(exc.__cause__, DependencyDown):
+                    counts["failed"] += 1
+                    counts["failed_at"].append(time.time())
+                else:
+                    counts["refused"] += 1
+            if views is not None:
+                record = breaker.view()[0]
+                views[2 * index], views[2 * index + 1] = STATE_CODES.index(record.state), record.seq
+            time.sleep(pace_s)
     finally:
         results.put(counts)
         circuits.stop()

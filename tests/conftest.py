@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -65,19 +66,28 @@ def _lease_db(real_redis: str) -> tuple[int, str]:
     raise RuntimeError("no free test database on the real Redis (15 leased)")
 
 
-@pytest.fixture
-def redis_url(real_redis: str) -> Iterator[str]:
-    """A flushed database of the real Redis, leased to this test while it runs."""
+@contextlib.contextmanager
+def leased_db(real_redis: str) -> Iterator[str]:
+    """A flushed database of the real Redis, leased while the block runs (then flushed and released)."""
     db, token = _lease_db(real_redis)
     client = redis.Redis.from_url(f"{real_redis}/{db}")
     client.flushdb()
-    yield f"{real_redis}/{db}"
-    client.flushdb()
-    client.close()
-    lock = redis.Redis.from_url(f"{real_redis}/0")
-    if lock.get(f"prismatic-tests:db-lease:{db}") == token.encode():
-        lock.delete(f"prismatic-tests:db-lease:{db}")
-    lock.close()
+    try:
+        yield f"{real_redis}/{db}"
+    finally:
+        client.flushdb()
+        client.close()
+        lock = redis.Redis.from_url(f"{real_redis}/0")
+        if lock.get(f"prismatic-tests:db-lease:{db}") == token.encode():
+            lock.delete(f"prismatic-tests:db-lease:{db}")
+        lock.close()
+
+
+@pytest.fixture
+def redis_url(real_redis: str) -> Iterator[str]:
+    """A flushed database of the real Redis, leased to this test while it runs."""
+    with leased_db(real_redis) as url:
+        yield url
 
 
 @pytest.fixture

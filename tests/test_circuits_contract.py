@@ -176,9 +176,14 @@ def test_open_for_forces_open_for_a_fixed_time_and_never_shortens(circuit_env: C
 
 
 def test_a_success_on_a_healthy_circuit_writes_nothing(circuit_env: CircuitEnv) -> None:
-    """Closed with no failure counted: a successful call costs no write, and no round trip while cached."""
-    circuits = circuit_env.circuits(specs={"pay": spec()}, cache_ttl_s=60, listen=False)
-    counter = fx.OpCounter(circuits.store)
+    """Closed with no failure counted: a successful call costs no write, and no round trip while cached.
+
+    (The state is read once, when the breaker is built, as pybreaker's constructor reads it.)
+    """
+    counted = circuit_env.circuits(cache_ttl_s=60, listen=False)
+    counter = fx.OpCounter(counted.store)
+    circuits = circuit_env.circuits(specs={"pay": spec()}, store=counted.store, cache_ttl_s=60, listen=False)
+    assert counter.ops == ["read"]
     for _ in range(100):
         assert circuits.get("pay").call(lambda: 1) == 1
         with circuits.guard("pay"):
@@ -247,17 +252,21 @@ def test_listener_errors_never_break_the_protected_call(circuit_env: CircuitEnv)
 
 
 def test_strict_breakers_admit_no_more_calls_than_the_failure_budget(circuit_env: CircuitEnv) -> None:
-    """Strict: once a failure is counted, failures plus calls in flight never exceed fail_max."""
+    """Strict: every call holds a permit, and failures plus calls in flight never exceed fail_max."""
     breaker = circuit_env.circuits(specs={"pay": spec(strict=True)}, cache_ttl_s=0).get("pay")
-    with pytest.raises(Boom):
-        breaker.call(fail)
-    tickets = [breaker.admit(), breaker.admit()]
-    assert [t.kind for t in tickets] == ["permit", "permit"]
+    tickets = [breaker.admit() for _ in range(3)]
+    assert [t.kind for t in tickets] == ["permit"] * 3
     with pytest.raises(CircuitOpenError) as info:
         breaker.admit()
     assert info.value.state == "closed" and info.value.retry_after_s > 0
     breaker.succeeded(tickets[0])
-    assert breaker.fail_counter == 0 and breaker.admit().kind == "free"
+    with pytest.raises(Boom), breaker.guard():  # the freed permit
+        fail()
+    assert breaker.fail_counter == 1 and breaker.record().permits == 2
+    with pytest.raises(CircuitOpenError):
+        breaker.admit()  # 1 failure + 2 in flight = fail_max
+    breaker.succeeded(tickets[1])
+    assert breaker.fail_counter == 0 and breaker.admit().kind == "permit"
 
 
 def test_decorator_guard_and_unknown_names(circuit_env: CircuitEnv) -> None:

@@ -14,10 +14,12 @@ from click.testing import CliRunner, Result
 
 import prismatic_celery
 from prismatic_celery import Runtime
-from prismatic_celery.cli import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, supervision, table
+from prismatic_celery.cli import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN, supervision, table
 from prismatic_celery.engine.pauses import Pause, read_pauses, set_pause
 from prismatic_celery.health import get_tree_health, summary_numbers
-from prismatic_celery.store import MemoryStore
+from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.testing import serve
+from tests.conftest import free_port
 
 DOMAINS = {
     "core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]},
@@ -31,6 +33,7 @@ def app() -> Iterator[Celery]:
     app.conf.update(prismatic_domains=DOMAINS, prismatic_store_url="memory://",
                     prismatic_circuits={"payments": {"fail_max": 2}})
     prismatic_celery.install(app, store=MemoryStore())
+    serve(runtime_of(app))  # a live worker consumes every queue
     yield app
 
 
@@ -231,3 +234,53 @@ def test_optional_groups_are_added_when_their_modules_exist() -> None:
 def test_table_aligns_columns() -> None:
     """A small helper, exercised once."""
     assert table(["A", "BB"], [["xyz", 1], [None, "q"]]).splitlines() == ["A    BB", "xyz  1", "     q"]
+
+
+# -- what cannot be known -----------------------------------------------------------------------------
+@pytest.fixture
+def dark_app() -> Iterator[Celery]:
+    """An app whose store does not answer (nothing listens on its port)."""
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    app = Celery("dark", broker="memory://", set_as_current=False)
+    app.conf.update(prismatic_domains=DOMAINS, prismatic_store_url=url)
+    prismatic_celery.install(app, store=RedisStore(url, timeout_s=0.2))
+    yield app
+
+
+@pytest.mark.parametrize("command", [["health"], ["status"], ["workers"], ["check"], ["watch", "--count", "1"]])
+def test_every_view_says_unknown_and_exits_5_when_the_store_does_not_answer(dark_app: Celery,
+                                                                           command: list[str]) -> None:
+    """No score, no running child, no empty worker list: unknown, exit 5, the password never printed."""
+    for args in (command, [*command, "--json"]):
+        result = run(dark_app, *args)
+        assert result.exit_code == EXIT_UNKNOWN == 5, result.output
+        assert "s3cret" not in result.output and "100/100" not in result.output and "running" not in result.output
+        if "--json" in args and command[0] != "watch":
+            data = json.loads(result.output)
+            assert data.get("state") == "unknown" or data.get("reachable") is False, data
+        else:
+            assert "unknown" in result.output.lower(), result.output
+
+
+def test_check_connects_unless_offline_and_names_the_store(app: Celery, dark_app: Celery) -> None:
+    """check says which store and whether workers share it; --offline validates without connecting."""
+    result = run(app, "check")
+    assert result.exit_code == 0 and "store memory:// (in this process only" in result.output
+    assert "answering" in result.output
+    offline = run(dark_app, "check", "--offline")
+    assert offline.exit_code == 0 and "not contacted (--offline)" in offline.output
+    assert "(shared by every worker)" in offline.output and "s3cret" not in offline.output
+
+
+def test_status_shows_a_child_no_live_worker_consumes_as_unserved() -> None:
+    """Only core's queues have a worker: osint's children are unserved, in text and JSON."""
+    app = Celery("half", broker="memory://", set_as_current=False)
+    app.conf.update(prismatic_domains=DOMAINS, prismatic_store_url="memory://")
+    prismatic_celery.install(app, store=MemoryStore())
+    serve(runtime_of(app), "core@h", ["storage", "cache", "telemetry"])
+    result = run(app, "status")
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
+    assert "unserved" in lines["sources"] and "unserved" in lines["monitor"] and "running" in lines["storage"]
+    data = json.loads(run(app, "status", "--json").output)
+    assert [d["status"] for d in data["domains"]] == ["running", "unserved"]

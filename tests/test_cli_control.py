@@ -16,6 +16,7 @@ from prismatic_celery import Runtime
 from prismatic_celery.control import supervision_health, supervision_pause, supervision_resume
 from prismatic_celery.engine.pauses import read_pauses
 from prismatic_celery.store import MemoryStore
+from prismatic_celery.testing import serve
 
 DOMAINS = {"core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]}}
 
@@ -39,6 +40,7 @@ def worker() -> Iterator[tuple[Any, Runtime]]:
     prismatic_celery.install(app, store=MemoryStore())
     runtime = prismatic_celery.get_runtime(app)
     assert runtime is not None
+    serve(runtime, "w1@test")
     runtime.reconciler = FakeReconciler()  # type: ignore[assignment]
     broadcasts: list[dict[str, Any]] = []
     runtime.broadcast_reconcile = lambda *, pause: broadcasts.append({"pause": pause})  # type: ignore[method-assign]

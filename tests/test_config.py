@@ -111,10 +111,28 @@ def test_defaults_load_from_an_empty_configuration() -> None:
     assert settings.hotspot_restarts == 3 and settings.hotspot_window_s == 300.0
 
 
-def test_store_defaults_to_a_redis_broker() -> None:
-    """The store defaults to the broker URL when the broker is Redis."""
+def test_store_defaults_to_a_redis_result_backend_then_a_redis_broker() -> None:
+    """The store is the result backend when it is Redis, else the broker when it is Redis."""
     app = Celery("x", broker="redis://127.0.0.1:6379/3", set_as_current=False)
     assert load_settings(app).store_url == "redis://127.0.0.1:6379/3"
+    both = Celery("x", broker="redis://127.0.0.1:6379/3", backend="redis://127.0.0.1:6379/4", set_as_current=False)
+    assert load_settings(both).store_url == "redis://127.0.0.1:6379/4"
+    rabbit = Celery("x", broker="amqp://guest@127.0.0.1//", backend="rediss://:pw@cache:6380/1", set_as_current=False)
+    assert load_settings(rabbit).store_url == "rediss://:pw@cache:6380/1"
+
+
+@pytest.mark.parametrize("backend", [None, "db+postgresql://u:secret@db/results", "rpc://"])
+def test_without_a_redis_to_share_the_store_url_must_be_set(backend: str | None) -> None:
+    """A RabbitMQ broker and no Redis result backend: no silent per-process store; one line naming the setting
+    (the URLs it looked at, passwords masked); memory:// asked for explicitly is accepted."""
+    app = Celery("x", broker="amqp://guest:secret@127.0.0.1:5672//", backend=backend, set_as_current=False)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(app)
+    message = str(raised.value)
+    assert raised.value.setting == "prismatic_store_url" and "\n" not in message and "secret" not in message
+    assert "amqp://guest:***@127.0.0.1:5672//" in message and "memory://" in message
+    app.conf.prismatic_store_url = "memory://"
+    assert load_settings(app).store_url == "memory://"
 
 
 def test_a_full_tree_is_parsed_in_declaration_order() -> None:

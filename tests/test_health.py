@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -25,10 +26,14 @@ from prismatic_celery.health import (
     sample_key,
     sample_worker,
     summary_numbers,
+    tree_state,
+    workers_view,
 )
 from prismatic_celery.listeners import EVENT_TYPES
-from prismatic_celery.store import MemoryStore
-from prismatic_celery.testing import fail_child
+from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.testing import fail_child, serve
+from prismatic_celery.workers import registration_ttl_s
+from tests.conftest import free_port
 
 DOMAINS = {
     "core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]},
@@ -124,6 +129,7 @@ def test_every_penalty_is_documented_in_the_module_docstring() -> None:
 
 def test_a_fresh_tree_reports_every_child_with_zero_restarts(runtime: Runtime) -> None:
     """Every declared child appears, running, with no restart; circuits closed; score 100."""
+    serve(runtime)
     health = get_tree_health(runtime)
     assert health["scope"] == "cluster" and health["namespace"] == "healthy"
     assert [c["queue"] for d in health["domains"] for c in d["children"]] == \
@@ -132,11 +138,12 @@ def test_a_fresh_tree_reports_every_child_with_zero_restarts(runtime: Runtime) -
     assert health["circuits"]["payments"]["state"] == "closed"
     assert health["circuits"]["payments"]["fail_max"] == 4
     assert (health["score"], health["state"]) == (100, "healthy")
-    assert health["workers"] == [] and health["total_processes"] is None
+    assert [w["hostname"] for w in health["workers"]] == ["test@localhost"] and health["total_processes"] is None
 
 
 def test_restarts_hotspots_pauses_and_circuits_are_read_from_the_store(runtime: Runtime) -> None:
     """Four restarts of sources make a hotspot; a storage crash pauses cache and telemetry; an open circuit."""
+    serve(runtime)
     for i in range(4):
         crash(runtime, "sources", f"s{i}:0")
     crash(runtime, "storage", "x:0")
@@ -157,6 +164,7 @@ def test_restarts_hotspots_pauses_and_circuits_are_read_from_the_store(runtime: 
 
 def test_an_escalated_domain_is_reported_and_its_pauses_are_not_counted_twice(runtime: Runtime) -> None:
     """An escalation record makes the tree escalated; the domain's escalation pauses cost nothing more."""
+    serve(runtime)
     now = runtime.store.time()
     runtime.store.set_json(runtime.keys.key("escalation", "osint"),
                            {"domain": "osint", "at": now, "by": "sources", "reason": "supervisor_budget_exceeded"},
@@ -174,6 +182,7 @@ def test_an_escalated_domain_is_reported_and_its_pauses_are_not_counted_twice(ru
 
 def test_a_domain_paused_for_its_cooldown_costs_20_points(runtime: Runtime) -> None:
     """Cool-down pauses make the domain's status cooldown (one penalty for the domain)."""
+    serve(runtime)
     now = runtime.store.time()
     for queue in ("sources", "monitor"):
         set_pause(runtime.store, runtime.keys, Pause(queue, "osint", "cooldown", "sources", now, now + 60))
@@ -195,10 +204,9 @@ def test_a_circuit_opened_elsewhere_is_found_in_the_store(runtime: Runtime) -> N
 
 def test_worker_samples_add_up_to_cluster_processes_and_memory(runtime: Runtime) -> None:
     """Each registered worker's sample counts: processes summed, memory per domain summed."""
-    store, keys = runtime.store, runtime.keys
+    store = runtime.store
     for host, pids, memory in (("a@h", [1, 2, 3], {"core": 100, "osint": None}), ("b@h", [7], {"core": 50})):
-        store.set_json(keys.key("worker", host), {"hostname": host, "pid": pids[0], "pool": "prefork",
-                                                  "queues": ["storage"]}, ttl_s=30)
+        serve(runtime, host, ["storage"], pid=pids[0], pool="prefork")
         sample = WorkerSample(host, pids[0], "prefork", tuple(pids), memory, 150, store.time())
         store.set_json(sample_key(runtime, host), sample.to_json(), ttl_s=30)
     health = get_tree_health(runtime)
@@ -210,7 +218,7 @@ def test_worker_samples_add_up_to_cluster_processes_and_memory(runtime: Runtime)
 
 def test_a_corrupt_worker_sample_is_skipped_with_a_warning(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
     """A malformed sample counts as no sample; the report still renders."""
-    runtime.store.set_json(runtime.keys.key("worker", "a@h"), {"hostname": "a@h", "pid": 1}, ttl_s=30)
+    serve(runtime, "a@h", pid=1)
     runtime.store.set_json(sample_key(runtime, "a@h"), {"hostname": "a@h", "pid": "not a pid"}, ttl_s=30)
     health = get_tree_health(runtime)
     assert health["workers"][0]["total_processes"] is None
@@ -282,3 +290,53 @@ def test_every_event_type_has_documented_fields() -> None:
     table = event_fields_table()
     for kind in EVENT_TYPES:
         assert f"`supervision-{kind.replace('_', '-')}`" in table
+
+
+# -- what cannot be known, and who serves what ------------------------------------------------------
+def test_with_the_store_unreachable_health_is_unknown_and_claims_nothing() -> None:
+    """A store that does not answer: state unknown, no score, every child unknown, the password masked."""
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    app = Celery("dark", broker="memory://", set_as_current=False)
+    app.conf.update({"prismatic_domains": DOMAINS, "prismatic_store_url": url})
+    prismatic_celery.install(app, store=RedisStore(url, timeout_s=0.2))
+    runtime = prismatic_celery.get_runtime(app)
+    assert runtime is not None
+    health = get_tree_health(runtime, events=5, lessons=5)
+    assert (health["state"], health["score"], health["escalated"]) == ("unknown", None, None)
+    assert health["store"] == {"url": "redis://:***@" + url.split("@")[1], "shared": True, "reachable": False}
+    assert {c["status"] for d in health["domains"] for c in d["children"]} == {"unknown"}
+    assert health["penalties"] == [] and health["workers"] == [] and health["knowledge"] is None
+    assert "s3cret" not in json.dumps(health, default=str)
+    assert summary_numbers(health)["score"] is None
+
+
+def test_a_child_no_live_worker_consumes_is_unserved_and_costs_10_points(runtime: Runtime) -> None:
+    """Workers serve core's queues only: osint's two children are unserved (10 points each), its domain too."""
+    serve(runtime, "core@h", ["storage", "cache", "telemetry"])
+    health = get_tree_health(runtime)
+    osint = next(d for d in health["domains"] if d["name"] == "osint")
+    assert [c["served"] for c in osint["children"]] == [False, False] and osint["status"] == "unserved"
+    assert [(p["reason"], p["count"], p["points"]) for p in health["penalties"]] == [("unserved_child", 2, 20)]
+    assert (health["score"], health["state"]) == (80, "healthy")
+    serve(runtime, "osint@h", ["sources", "monitor"])
+    assert get_tree_health(runtime)["score"] == 100
+
+
+def test_live_workers_come_from_the_heartbeat_index_never_a_scan() -> None:
+    """A worker whose heartbeat is older than its registration TTL drops out of the views; no view SCANs."""
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    app = Celery("index", broker="memory://", set_as_current=False)
+    app.conf.update({"prismatic_domains": DOMAINS, "prismatic_store_url": "memory://"})
+    prismatic_celery.install(app, store=store)
+    runtime = prismatic_celery.get_runtime(app)
+    assert runtime is not None
+
+    def no_scan(pattern: str) -> list[str]:
+        raise AssertionError(f"SCAN {pattern}")
+
+    serve(runtime, "a@h")
+    store.scan = no_scan  # type: ignore[method-assign]
+    assert [w["hostname"] for w in workers_view(runtime)] == ["a@h"]
+    now[0] += registration_ttl_s(runtime.settings) + 1
+    assert workers_view(runtime) == [] and tree_state(runtime)["domains"][0]["status"] == "unserved"

@@ -9,8 +9,10 @@ from celery import Celery, signals
 from celery.app.trace import build_tracer
 
 from prismatic_celery import MemoryStore, get_runtime, install
-from prismatic_celery.observer import stats_for
+from prismatic_celery.engine.requeue import requeue
+from prismatic_celery.observer import STATS_TTL_S, stats_for
 from prismatic_celery.runtime import Runtime
+from prismatic_celery.task import TaskGuard
 
 DOMAINS = {"core": {"children": ["storage"]}}
 
@@ -22,7 +24,8 @@ class Unencodable:
 def _app() -> tuple[Celery, Runtime]:
     app = Celery("obs", broker="memory://", backend="cache+memory://", set_as_current=False)
     app.conf.update(prismatic_domains=DOMAINS, prismatic_send_events=False, prismatic_store_url="memory://",
-                    prismatic_max_restarts_per_message=0, task_store_errors_even_if_ignored=True)
+                    prismatic_max_restarts_per_message=0, task_store_errors_even_if_ignored=True,
+                    prismatic_circuits={"dep": {"fail_max": 1}})
     install(app, store=MemoryStore())
 
     @app.task(name="obs.work", shared=False)
@@ -30,6 +33,10 @@ def _app() -> tuple[Celery, Runtime]:
         if kind == "boom":
             raise ValueError("boom")
         return Unencodable() if kind == "unencodable" else "ok"
+
+    @app.task(name="obs.dep", shared=False, circuits=["dep"])
+    def dep() -> str:
+        return "ok"
 
     @app.task(name="obs.plain", shared=False, supervise=False)
     def plain() -> str:
@@ -61,6 +68,8 @@ def test_a_success_and_a_failure_are_each_counted_once() -> None:
     _trace(app, "obs.work", "ok")
     _trace(app, "obs.work", "boom")
     assert _counts(runtime) == {"storage:started": 2, "storage:succeeded": 1, "storage:failed": 1}
+    ttl = runtime.store.ttl(runtime.keys.key("stats", "w1@test"))
+    assert ttl is not None and 0 < ttl <= STATS_TTL_S, "a worker's counters expire when it stops reporting"
 
 
 def test_a_result_celery_cannot_encode_is_a_failure_not_a_success() -> None:
@@ -85,6 +94,29 @@ def test_an_opted_out_task_and_an_unsupervised_queue_are_still_counted() -> None
     _trace(app, "obs.plain")
     _trace(app, "obs.work", "ok", queue="elsewhere")
     assert _counts(runtime) == {"storage:started": 1, "storage:succeeded": 1, "-:started": 1, "-:succeeded": 1}
+
+
+class Full(TaskGuard):
+    """A bulkhead with no free slot: every message goes back to its queue before its body runs."""
+
+    def before_run(self, task: Any) -> None:
+        requeue(task, countdown_s=1.0, retries=0)
+
+
+def test_a_deferral_counts_as_deferred_not_as_a_start_or_a_retry() -> None:
+    """A full bulkhead and an open circuit put the message back before its body runs: deferred, once each;
+    a retry the body asks for stays a start and a retry."""
+    app, runtime = _app()
+    runtime.guards.append(Full())
+    _trace(app, "obs.work", "ok")
+    runtime.guards.pop()
+    runtime.circuits.open_for("dep", 60_000)
+    _trace(app, "obs.dep")
+    assert _counts(runtime) == {"storage:deferred": 2}
+    retried = app.tasks["obs.plain"]
+    retried.run = lambda: retried.retry(countdown=1)  # type: ignore[method-assign]
+    _trace(app, "obs.plain")
+    assert _counts(runtime) == {"storage:deferred": 2, "storage:started": 1, "storage:retried": 1}
 
 
 def test_a_direct_call_is_not_an_execution_and_is_not_counted() -> None:

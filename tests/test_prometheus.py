@@ -18,7 +18,9 @@ from prismatic_celery import Runtime
 from prismatic_celery.engine.pauses import Pause, set_pause
 from prismatic_celery.health import get_tree_health
 from prismatic_celery.prometheus import SupervisionCollector, make_server, register
-from prismatic_celery.store import MemoryStore
+from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.testing import serve
+from tests.conftest import free_port
 
 DOMAINS = {
     "core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]},
@@ -32,6 +34,7 @@ def app() -> Iterator[Celery]:
     app.conf.update(prismatic_domains=DOMAINS, prismatic_store_url="memory://",
                     prismatic_circuits={"payments": {}, "geo": {}})
     prismatic_celery.install(app, store=MemoryStore())
+    serve(runtime_of(app))
     yield app
 
 
@@ -66,8 +69,22 @@ def test_a_quiet_tree_exports_score_100_and_zeros(app: Celery) -> None:
     assert got[("prismatic_restarts_total", (("child", "storage"), ("domain", "core")))] == 0.0
     assert got[("prismatic_child_paused", (("child", "monitor"), ("domain", "osint")))] == 0.0
     assert got[("prismatic_circuit_state", (("circuit", "geo"), ("state", "closed")))] == 1.0
-    assert got[("prismatic_workers", ())] == 0.0
+    assert got[("prismatic_workers", ())] == 1.0
     assert ("prismatic_processes", ()) not in got, "unknown, not zero"
+
+
+def test_with_the_store_unreachable_no_score_is_exported() -> None:
+    """store_up 0 and health_state unknown; no score sample and no per-child series that would claim zeros."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    dark = Celery("dark", broker="memory://", set_as_current=False)
+    dark.conf.update(prismatic_domains=DOMAINS, prismatic_store_url=url)
+    prismatic_celery.install(dark, store=RedisStore(url, timeout_s=0.2))
+    got = scrape(dark)
+    assert got[("prismatic_store_up", ())] == 0.0
+    assert got[("prismatic_health_state", (("state", "unknown"),))] == 1.0
+    assert got[("prismatic_health_state", (("state", "healthy"),))] == 0.0
+    assert not [name for name, _ in got if name in ("prismatic_health_score", "prismatic_restarts_total",
+                                                     "prismatic_child_paused", "prismatic_workers")]
 
 
 def test_metrics_carry_restarts_hotspots_circuits_pauses_and_escalations(app: Celery) -> None:

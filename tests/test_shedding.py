@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery import Celery
+from celery import Celery, signals
 from celery.contrib.testing.mocks import TaskMessage
 from celery.worker.request import Request
 
@@ -24,6 +24,7 @@ from prismatic_celery.keys import Keys
 from prismatic_celery.runtime import Runtime
 from prismatic_celery.shedding import (
     QueuePolicy,
+    Sampler,
     ShedGuard,
     ShedView,
     park,
@@ -36,7 +37,14 @@ from prismatic_celery.shedding import (
     state_key,
     totals_key,
 )
-from prismatic_celery.shedding.priority import importance_from_priority, message_importance, replayed
+from prismatic_celery.shedding.priority import (
+    PRIORITY_HEADER,
+    importance_from_priority,
+    mark_priority,
+    message_importance,
+    replayed,
+)
+from prismatic_celery.shedding.sampler import SHEDDING_PERIOD_S
 from prismatic_celery.store import Store
 
 DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
@@ -75,28 +83,44 @@ def _guard(runtime: Runtime) -> ShedGuard:
 
 
 def _shedding(runtime: Runtime, queue: str, backlog: int = 2000) -> None:
+    """``queue`` sheds, as this worker's own sampler just saw it (the guard's estimate starts at ``backlog``)."""
     policy = QueuePolicy(queue, threshold=1000, resume_below=800, cutoff=5, mode="park")
     publish_sample(runtime.store, runtime.keys, {queue: backlog}, {queue: policy}, ttl_s=60, sampler="test")
+    estimate = _guard(runtime).backlogs
+    estimate.observe({queue: backlog}, estimate.receipts())
 
 
 SHED = "shed"
 
 
-def _run(task: Any, *, queue: str = "bulk", priority: int | None = None, headers: dict[str, Any] | None = None,
-         args: tuple[Any, ...] = (), task_id: str = "id-1") -> str:
-    """Deliver a message from ``queue`` as the worker would: the shedding guard in the main process, then the
-    task in a pool process. ``SHED`` when the guard took the message (it is then acknowledged)."""
-    message = TaskMessage(task.name, id=task_id, kwargs={}, retries=2, root_id="root", **(headers or {}))
+def _deliver(task: Any, *, queue: str = "bulk", priority: int | None = None, headers: dict[str, Any] | None = None,
+             args: tuple[Any, ...] = (), task_id: str = "id-1", marked: bool = True) -> tuple[Request, bool]:
+    """A message from ``queue`` through the shedding guard, as in the worker's main process: the request, and
+    whether it was shed (it is then acknowledged).
+
+    ``priority`` is the message's priority property; ``marked``: its producer had the plugin, which recorded
+    ``priority`` as the one it set (False: a producer without the plugin, or kombu's default priority)."""
+    headers = dict(headers or {})
+    if marked:
+        mark_priority(headers, {"priority": priority})
+    message = TaskMessage(task.name, id=task_id, kwargs={}, retries=2, root_id="root", **headers)
     message.payload = (list(args), {}, {"callbacks": None, "errbacks": None, "chain": None})  # any serializer
     message.delivery_info = {"exchange": "", "routing_key": queue}
     message.properties = {"priority": priority}
     acks: list[bool] = []
     request = Request(message, app=task.app, task=task, hostname="w1@test", on_ack=lambda *_: acks.append(True))
     guard = get_runtime(task.app).shed_guard  # type: ignore[union-attr]
-    if guard is not None and not guard.admit(request):
-        assert acks == [True], "a shed message is acknowledged"
+    shed = guard is not None and not guard.admit(request)
+    assert acks == ([True] if shed else []), "a shed message is acknowledged, another is not"
+    return request, shed
+
+
+def _run(task: Any, *, args: tuple[Any, ...] = (), **delivery: Any) -> str:
+    """Deliver a message (see :func:`_deliver`), then run the task as a pool process would; ``SHED`` when the
+    guard took the message."""
+    request, shed = _deliver(task, args=args, **delivery)
+    if shed:
         return SHED
-    assert acks == []
     context = request._context
     task.push_request(**{**context.__dict__, "called_directly": False, "is_eager": False})
     try:
@@ -116,16 +140,18 @@ def test_priority_becomes_importance_in_the_brokers_own_order() -> None:
     assert importance_from_priority(42, higher_first=True) == 9, "clamped to 0..9"
 
 
-def test_header_beats_task_option_beats_message_priority() -> None:
-    """A per-call header overrides the task's option, which overrides the message priority; none means unknown."""
+def test_header_beats_task_option_beats_the_priority_the_producer_set() -> None:
+    """A per-call header overrides the task's option, which overrides the priority the producer set (its mark);
+    none means unknown, and so does a delivered priority no producer marked (kombu's default)."""
     app, _, _ = _app()
     minor, work = app.tasks["shedunit.minor"], app.tasks["shedunit.work"]
     for task, headers, priority, expected in [
-        (work, {"prismatic_importance": 7}, 9, 7),
+        (work, {"prismatic_importance": 7, PRIORITY_HEADER: 9}, 9, 7),
         (minor, {"prismatic_importance": "8"}, None, 8),
-        (minor, None, 0, 1),
-        (work, None, 9, 0),
-        (work, None, None, None),
+        (minor, {PRIORITY_HEADER: 0}, 0, 1),
+        (work, {PRIORITY_HEADER: 9}, 9, 0),
+        (work, {PRIORITY_HEADER: None}, 0, None),
+        (work, None, 9, None),
         (work, {"prismatic_importance": "high"}, None, None),
     ]:
         task.push_request(delivery_info={"priority": priority}, headers=headers)
@@ -136,6 +162,41 @@ def test_header_beats_task_option_beats_message_priority() -> None:
     work.push_request(headers={"prismatic_replayed": 1})
     assert replayed(work)
     work.pop_request()
+
+
+def test_a_producer_marks_the_priority_it_set_and_a_re_publish_keeps_the_first_mark() -> None:
+    """send_task without a priority is marked None (kombu then stamps 0), apply_async(priority=7) 7; a retry
+    copies the delivered priority 0 as if explicit, but keeps the original's mark: still no importance."""
+    app, _, _ = _app()
+    sent: list[dict[str, Any]] = []
+
+    def capture(headers: Any = None, properties: Any = None, **_: Any) -> None:
+        sent.append({"mark": headers.get(PRIORITY_HEADER, "absent"), "priority": properties.get("priority")})
+
+    signals.before_task_publish.connect(capture, weak=False)  # after the plugin's receiver
+    try:
+        work = app.tasks["shedunit.work"]
+        app.send_task("shedunit.work", queue="bulk")
+        work.apply_async(queue="bulk", priority=7)
+        work.push_request(id="r1", headers={PRIORITY_HEADER: None}, delivery_info={"priority": 0, "routing_key": "bulk",
+                                                                                    "exchange": ""})
+        try:
+            work.signature_from_request().apply_async()
+        finally:
+            work.pop_request()
+    finally:
+        signals.before_task_publish.disconnect(capture)
+    assert sent == [{"mark": None, "priority": None}, {"mark": 7, "priority": 7}, {"mark": None, "priority": 0}]
+
+
+def test_a_delivery_no_producer_marked_is_marked_none_so_its_re_publishes_stay_without_importance() -> None:
+    """A producer without the plugin: kombu's priority 0 arrives unmarked; the guard marks it None as it arrives,
+    so the retry or deferral the task publishes carries None, not the delivered 0 (importance 0 on RabbitMQ)."""
+    app, _, _ = _app()
+    request, shed = _deliver(app.tasks["shedunit.work"], priority=0, marked=False)
+    assert not shed and request._context.headers[PRIORITY_HEADER] is None
+    request, _ = _deliver(app.tasks["shedunit.work"], priority=3)
+    assert request._context.headers[PRIORITY_HEADER] == 3
 
 
 # -- settings -----------------------------------------------------------------------------------
@@ -252,7 +313,8 @@ def test_replay_publishes_each_message_once_in_order_and_puts_back_what_failed(s
 def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and_an_event(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Redis-style priority 9 is importance 0: parked with everything needed to publish it again."""
+    """Redis-style priority 9 is importance 0: parked with everything needed to publish it again. The backlog
+    reported is the one at the decision: the sample minus this message, received since."""
     app, runtime, recorder = _app()
     _shedding(runtime, "bulk", backlog=2345)
     work = app.tasks["shedunit.work"]
@@ -261,30 +323,38 @@ def test_a_low_priority_message_on_a_shedding_queue_is_parked_with_a_warning_and
     [record] = peek(runtime.store, runtime.keys, "bulk", limit=5)
     assert record["id"] == "id-1" and record["task"] == "shedunit.work" and record["queue"] == "bulk"
     assert record["args"] == [{"a": [1, 2]}] and record["kwargs"] == {} and record["priority"] == 9
-    assert record["options"]["headers"] == {"trace": "abc"} and record["options"]["retries"] == 2
-    assert record["options"]["root_id"] == "root" and record["importance"] == 0 and record["backlog"] == 2345
+    assert record["options"]["headers"] == {"trace": "abc", PRIORITY_HEADER: 9} and record["options"]["retries"] == 2
+    assert record["options"]["root_id"] == "root" and record["importance"] == 0 and record["backlog"] == 2344
     [event] = recorder.events
     assert event.fields["task"] == "shedunit.work" and event.fields["task_id"] == "id-1"
-    assert event.fields["queue"] == "bulk" and event.fields["backlog"] == 2345 and event.fields["threshold"] == 1000
+    assert event.fields["queue"] == "bulk" and event.fields["backlog"] == 2344 and event.fields["threshold"] == 1000
     line = next(r for r in caplog.records if "supervision-shed" in r.getMessage())
     assert line.levelno == logging.WARNING
-    for field in ("task=shedunit.work", "task_id=id-1", "queue=bulk", "backlog=2345", "threshold=1000"):
+    for field in ("task=shedunit.work", "task_id=id-1", "queue=bulk", "backlog=2344", "threshold=1000"):
         assert field in line.getMessage()
 
 
-def test_important_unmarked_replayed_and_direct_messages_run() -> None:
-    """Only messages below the cut-off are shed; no importance, a replay or a direct call always runs."""
+@pytest.mark.parametrize("higher_first", [False, True], ids=["redis", "rabbitmq"])
+def test_important_unmarked_replayed_and_direct_messages_run(higher_first: bool) -> None:
+    """Only messages below the cut-off are shed; no importance, a replay or a direct call always runs. A priority
+    no producer set (kombu stamps 0; a producer without the plugin) is no importance on either broker."""
     app, runtime, recorder = _app()
+    _guard(runtime)._higher_first = higher_first
     _shedding(runtime, "bulk")
     work = app.tasks["shedunit.work"]
-    assert _run(work, priority=0) == "ran"
-    assert _run(work, priority=4) == "ran", "importance 5 is not below the cut-off 5"
+    low, high, five = (1, 8, 5) if higher_first else (8, 1, 4)  # importance 1, 8 and 5 on this broker
+    assert _run(work, priority=high) == "ran"
+    assert _run(work, priority=five) == "ran", "importance 5 is not below the cut-off 5"
     assert _run(work) == "ran", "no priority: never shed"
-    assert _run(work, priority=9, headers={"prismatic_replayed": 1}) == "ran"
-    assert _run(work, priority=9, queue="core") == "ran", "core does not shed"
+    assert _run(work, priority=0, headers={PRIORITY_HEADER: None}) == "ran", "send_task: kombu's 0, marked none"
+    for delivered in (0, 9):
+        assert _run(work, priority=delivered, marked=False) == "ran", "no producer marked it"
+    assert _run(work, priority=low, headers={"prismatic_replayed": 1}) == "ran"
+    assert _run(work, priority=low, queue="core") == "ran", "core does not shed"
     assert work() == "ran"
     assert recorder.events == [] and runtime.store.list_len(parked_key(runtime.keys, "bulk")) == 0
     assert _run(app.tasks["shedunit.minor"]) == SHED
+    assert _run(work, priority=low) == SHED
 
 
 def test_drop_mode_discards_and_counts() -> None:
@@ -312,6 +382,142 @@ def test_a_message_that_cannot_be_parked_safely_runs_instead() -> None:
     _shedding(runtime2, "bulk")
     assert _run(app2.tasks["shedunit.work"], priority=9) == "ran"
     assert recorder.events == []
+
+
+# -- decisions on the backlog of the moment --------------------------------------------------------
+class FakeBroker:
+    """A sampler probe over in-test backlogs (what LLEN or queue_declare would answer)."""
+
+    def __init__(self, **backlogs: int) -> None:
+        self.backlogs = backlogs
+
+    def sample(self, queues: Any) -> dict[str, int]:
+        return {q: self.backlogs.get(q, 0) for q in queues}
+
+    def close(self) -> None:
+        pass
+
+
+def _sampler(runtime: Runtime, broker: FakeBroker, now: list[float]) -> Sampler:
+    """The worker's sampler, on the test's clock, over ``broker``, feeding the guard of ``runtime``."""
+    guard = _guard(runtime)
+    return Sampler(runtime, ["bulk"], guard.policies, name=f"w{id(runtime)}", probe=broker, guard=guard,  # type: ignore[arg-type]
+                   clock=lambda: now[0])
+
+
+def _clocked(runtime: Runtime, now: list[float] | None = None) -> list[float]:
+    """The guard's estimate on a clock the test moves (seconds)."""
+    now = now or [100.0]
+    _guard(runtime).backlogs.clock = lambda: now[0]
+    return now
+
+
+def test_receipts_since_the_last_read_bring_the_estimate_below_the_resume_mark() -> None:
+    """Read 805, resume mark 800: five receipts later the estimate is 800 (still shed), then 799: the message
+    runs, and so do the next ones."""
+    app, runtime, recorder = _app()
+    _clocked(runtime)
+    _shedding(runtime, "bulk")
+    _shedding(runtime, "bulk", backlog=805)  # still shedding: between the marks
+    work = app.tasks["shedunit.work"]
+    assert _run(work) == "ran", "an unmarked receipt counts too"
+    assert [_run(work, priority=9, task_id=f"low{i}") for i in range(4)] == [SHED] * 4
+    assert [e.fields["backlog"] for e in recorder.events] == [803, 802, 801, 800]
+    assert [_run(work, priority=9, task_id=f"late{i}") for i in range(3)] == ["ran"] * 3
+
+
+@pytest.mark.parametrize("mode", ["park", "drop"])
+def test_nothing_is_shed_on_a_stale_read_or_without_one(mode: str) -> None:
+    """The state still says shedding, but this worker's last read is older than 0.1 s (its sampler is stuck),
+    or it has none: the message runs, in drop mode too."""
+    app, runtime, recorder = _app(prismatic_shed_mode=mode)
+    now = _clocked(runtime)
+    _shedding(runtime, "bulk", backlog=5000)
+    work = app.tasks["shedunit.work"]
+    now[0] += 0.1
+    assert _run(work, priority=9, task_id="fresh-enough") == SHED
+    now[0] += 0.01
+    assert _run(work, priority=9, task_id="stale") == "ran"
+    _, runtime2, _ = _app(prismatic_shed_mode=mode)
+    publish_sample(runtime2.store, runtime2.keys, {"bulk": 5000},
+                   {"bulk": QueuePolicy("bulk", 1000, 800, 5, mode)}, ttl_s=60, sampler="another-worker")
+    assert _run(runtime2.app.tasks["shedunit.work"], priority=9) == "ran", "no read of its own"
+    assert len(recorder.events) == 1
+
+
+def test_the_sampler_hands_each_read_and_state_change_to_the_guard_at_once() -> None:
+    """The guard's view, read just before shedding started, does not wait out its period: the sampler that
+    started shedding refreshes it, so the first low message after the sample is shed. While the queue sheds the
+    sampler reads it every 20 ms without publishing, and publishes at once when a read is below the mark."""
+    app, runtime, recorder = _app()
+    now = _clocked(runtime)
+    guard = _guard(runtime)
+    broker = FakeBroker(bulk=5000)
+    sampler = _sampler(runtime, broker, now)
+    work = app.tasks["shedunit.work"]
+    assert _run(work, priority=9, task_id="before") == "ran" and guard.view.current() == {}
+    assert sampler.tick() == SHEDDING_PERIOD_S and sampler.published == 1
+    assert _run(work, priority=9, task_id="after") == SHED
+    broker.backlogs["bulk"] = 900
+    now[0] += SHEDDING_PERIOD_S
+    assert sampler.tick() == SHEDDING_PERIOD_S and (sampler.samples, sampler.published) == (2, 1)
+    assert guard.backlogs.estimate("bulk") == 900
+    broker.backlogs["bulk"] = 700
+    now[0] += SHEDDING_PERIOD_S
+    assert sampler.tick() is None and sampler.published == 2 and guard.view.current() == {}
+    assert _run(work, priority=9, task_id="below") == "ran" and len(recorder.events) == 1
+
+
+def _drain(workers: list[tuple[Runtime, Sampler]], now: list[float], broker: FakeBroker) -> list[tuple[int, str]]:
+    """1,500 queued messages (a third low, a third unmarked, a third high), one received every millisecond by
+    each worker in turn; each worker's sampler ticks when its Ticker would. The backlog when each shed message
+    was received, and its kind."""
+    due = [now[0]] * len(workers)
+    shed_at: list[tuple[int, str]] = []
+    for i in range(1500):
+        for w, (_, sampler) in enumerate(workers):
+            if now[0] >= due[w]:
+                due[w] = now[0] + (sampler.tick() or sampler.interval_s)
+        runtime = workers[i % len(workers)][0]
+        broker.backlogs["bulk"] -= 1  # received: no longer in the broker
+        kind = ("low", "unmarked", "high")[i % 3]
+        headers = {"prismatic_importance": {"low": 0, "high": 9}[kind]} if kind != "unmarked" else None
+        if _run(runtime.app.tasks["shedunit.work"], headers=headers, task_id=f"m{i}") == SHED:
+            shed_at.append((broker.backlogs["bulk"], kind))
+        now[0] += 0.001
+    return shed_at
+
+
+@pytest.mark.parametrize("mode", ["park", "drop"])
+def test_a_single_worker_draining_through_the_resume_mark_sheds_nothing_below_it(mode: str) -> None:
+    """Low messages are shed from the first sample until the backlog is below 800, and not one after; unmarked
+    and high ones never are."""
+    _, runtime, recorder = _app(prismatic_shed_mode=mode)
+    now = _clocked(runtime)
+    broker = FakeBroker(bulk=1500)
+    shed_at = _drain([(runtime, _sampler(runtime, broker, now))], now, broker)
+    assert {kind for _, kind in shed_at} == {"low"}
+    assert min(backlog for backlog, _ in shed_at) >= 800, "nothing shed once the backlog was below the mark"
+    assert len(shed_at) == len([i for i in range(700) if i % 3 == 0]), "every low message above it was"
+    assert len(recorder.events) == len(shed_at) and {e.fields["mode"] for e in recorder.events} == {mode}
+
+
+def test_with_two_workers_at_most_what_the_other_takes_in_one_read_period_is_shed_below_the_mark() -> None:
+    """Two workers share the queue and the store: each subtracts only its own receipts, so after the crossing
+    the other worker's share of one 20 ms read period can still be shed (10 messages here, a third of them
+    low), and nothing later."""
+    store = MemoryStore()
+    now = [100.0]
+    broker = FakeBroker(bulk=1500)
+    workers = []
+    for _ in range(2):
+        _, runtime, _ = _app(store=store)
+        _clocked(runtime, now)
+        workers.append((runtime, _sampler(runtime, broker, now)))
+    shed_at = _drain(workers, now, broker)
+    below = [backlog for backlog, _ in shed_at if backlog < 800]
+    assert {kind for _, kind in shed_at} == {"low"} and len(shed_at) > 200
+    assert len(below) <= 4 and min(below, default=800) >= 800 - 20, below
 
 
 def test_shedding_can_be_switched_off() -> None:

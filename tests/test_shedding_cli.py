@@ -10,14 +10,16 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 from prismatic_celery import MemoryStore, get_runtime, install
+from prismatic_celery.cli import supervision
 from prismatic_celery.runtime import Runtime
-from prismatic_celery.shedding import QueuePolicy, park, parked_key, publish_sample
+from prismatic_celery.shedding import QueuePolicy, park, parked_key, publish_sample, totals_key
 from prismatic_celery.shedding_cli import shed
 
 
 def _app() -> tuple[Celery, Runtime, list[dict[str, Any]]]:
     app = Celery("shedcli", broker="memory://", set_as_current=False)
-    app.conf.update(prismatic_domains={"bulk": {"children": ["bulk", "reports"]}}, prismatic_send_events=False)
+    app.conf.update(prismatic_domains={"bulk": {"children": ["bulk", "reports"], "cluster_concurrency": 3}},
+                    prismatic_send_events=False)
     install(app, store=MemoryStore())
     runtime = get_runtime(app)
     assert runtime is not None
@@ -97,3 +99,25 @@ def test_unknown_queue_and_missing_app_are_usage_errors() -> None:
     assert bad.exit_code == 2 and "not a supervised queue" in bad.output
     assert _invoke(app, "replay").exit_code == 2
     assert CliRunner().invoke(shed, ["list"], obj=SimpleNamespace(app=None)).exit_code == 2
+
+
+def _supervision(app: Celery, *args: str) -> Result:
+    return CliRunner().invoke(supervision, list(args), obj=SimpleNamespace(app=app))
+
+
+def test_status_health_and_tree_show_shed_counts_and_the_cluster_cap() -> None:
+    """status: each child's counts per mode (text and JSON); health: per queue and mode; tree: cluster_concurrency."""
+    app, runtime, _ = _app()
+    runtime.store.hincr(totals_key(runtime.keys), {"reports:dropped": 2})
+    status = json.loads(_supervision(app, "status", "--json").output)
+    children = {c["queue"]: c["shed"] for c in status["domains"][0]["children"]}
+    assert children == {"bulk": {"park": 3, "drop": 0}, "reports": {"park": 0, "drop": 2}}
+    assert status["shed"]["total"] == 5
+    text = _supervision(app, "status").output
+    assert "shed 3 parked / 0 dropped" in text and "shed 0 parked / 2 dropped" in text
+    health = _supervision(app, "health")
+    assert "shed: 5 total (bulk 3 parked / 0 dropped, reports 0 parked / 2 dropped)" in health.output
+    assert json.loads(_supervision(app, "health", "--json").output)["shed"]["queues"]["reports"] == {"park": 0,
+                                                                                                    "drop": 2}
+    assert "cluster concurrency 3" in _supervision(app, "tree").output
+    assert json.loads(_supervision(app, "tree", "--json").output)["domains"][0]["cluster_concurrency"] == 3

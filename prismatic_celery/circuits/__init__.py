@@ -1,13 +1,15 @@
 """Shared circuit breakers: pybreaker semantics, one atomic Redis script per decision.
 
-See :mod:`.registry` for the staleness bound and :mod:`.storage` for the Redis keys.
+See :mod:`.breaker` for the call path and store outages, :mod:`.registry` for the staleness bound
+and :mod:`.storage` for the Redis keys. Outside a worker, build one with pybreaker's arguments plus
+the store: ``SharedBreaker(fail_max=5, reset_timeout=30, name="payments", store=url, namespace=ns)``.
 """
 
 from __future__ import annotations
 
 from .breaker import Allowance, CircuitOpenError, Guard, SharedBreaker
 from .config import DEFAULT_EXCLUDE, CircuitSpec, parse_circuit, parse_circuits
-from .registry import Circuits, UnknownCircuitError
+from .registry import Circuits, UnknownCircuitError, connect
 from .storage import CLOSED, HALF_OPEN, OPEN, CircuitRecord, CircuitStorage
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "Guard",
     "SharedBreaker",
     "UnknownCircuitError",
+    "connect",
     "parse_circuit",
     "parse_circuits",
 ]

@@ -33,10 +33,10 @@ class CircuitSpec:
     ``success_threshold``: successful trial calls (one at a time) needed to close it again.
     ``call_timeout_s``: lease of a trial (or strict permit): if its holder dies or overruns,
     another caller may try after this; set it above the protected call's own timeout.
-    ``strict``: once a failure is recorded, admit calls only while failures plus calls in flight
-    stay below ``fail_max`` (one extra round trip per call while the counter is non-zero, and
-    concurrent callers beyond that budget are told the circuit is open). Without it, calls already
-    in flight when the circuit opens still reach the dependency.
+    ``strict``: admit a call only while failures plus calls in flight stay below ``fail_max``,
+    cluster-wide, so no more than ``fail_max`` calls can fail before it opens, whatever the
+    concurrency (one extra round trip per call, and callers beyond that budget are told the circuit
+    is open). Without it, calls already in flight when the circuit opens still reach the dependency.
     """
 
     fail_max: int = 5

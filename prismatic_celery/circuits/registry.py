@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -24,20 +25,17 @@ from ..errors import PrismaticError
 from ..keys import Keys
 from ..listeners import Dispatcher, LogListener
 from ..log import RateLimitedWarning, get_logger, log_event
-from ..store import STORE_ERRORS, RedisStore, Store
-from .breaker import Allowance, SharedBreaker
+from ..store import STORE_ERRORS, RedisStore, Store, open_store
+from .breaker import Allowance, Hub, SharedBreaker, default_cache_ttl
 from .config import CircuitSpec
 from .storage import CircuitRecord, CircuitStorage, parse_message
 
-__all__ = ["Circuits", "UnknownCircuitError"]
+__all__ = ["Circuits", "UnknownCircuitError", "connect"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = get_logger("circuits")
 
-DEFAULT_CACHE_TTL_S = 1.0
-#: What ends a subscription (and is retried): a store error of any deployment, a broken socket, a bad reply.
-_LISTENER_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, OSError, ValueError)
 POLL_S = 0.2
 
 
@@ -49,10 +47,21 @@ class UnknownCircuitError(PrismaticError, LookupError):
         super().__init__(f"unknown circuit {name!r}; declared: {', '.join(known) or '(none)'}")
 
 
+_listeners: weakref.WeakSet[_Listener] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for listener in list(_listeners):
+        listener._start_lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _Listener:
     """A daemon thread subscribed to the events channel of a :class:`RedisStore`.
 
-    Restarted lazily in a forked child (threads do not survive ``fork``). Any Redis error ends
+    Restarted lazily in a forked child (threads do not survive ``fork``). Any error ends
     the subscription; it is retried after ``retry_s`` and every cache is dropped meanwhile.
     """
 
@@ -67,6 +76,7 @@ class _Listener:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._warning = RateLimitedWarning()
+        _listeners.add(self)
 
     def ensure_listening(self) -> None:
         """Start the thread in this process if it is not running (cheap when it is)."""
@@ -100,7 +110,7 @@ class _Listener:
                     message = pubsub.get_message(timeout=POLL_S)
                     if message and message.get("type") == "message":
                         self._deliver(message.get("data"))
-            except _LISTENER_ERRORS as exc:
+            except Exception as exc:  # RedisError, RedisClusterException, or redis-py's errors on a closed connection
                 self.subscribed.clear()
                 self.circuits.invalidate_all()
                 if self._stop.is_set():  # the store was closed under us while stopping
@@ -129,7 +139,8 @@ class Circuits:
 
     ``specs`` declares breakers up front (e.g. from ``parse_circuits``); :meth:`declare` adds
     more. Names that were never declared raise :class:`UnknownCircuitError`. ``cache_ttl_s``
-    is the staleness bound (module docstring); ``listen=False`` disables the pub/sub listener.
+    is the staleness bound (module docstring); ``listen=False`` disables the pub/sub listener;
+    ``monotonic`` and ``clock`` (wall time, used while the store is unreachable) are injectable.
     """
 
     def __init__(
@@ -141,15 +152,16 @@ class Circuits:
         specs: Mapping[str, CircuitSpec] | None = None,
         cache_ttl_s: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         listen: bool = True,
     ) -> None:
         self.store = store
         self.keys = keys
         self.dispatcher = dispatcher or Dispatcher([LogListener()])  # state changes are logged by the listener
         self.channel = keys.key("circuit-events")
-        redis_store = isinstance(store, RedisStore)
-        self.cache_ttl_s = (DEFAULT_CACHE_TTL_S if redis_store else 0.0) if cache_ttl_s is None else cache_ttl_s
+        self.cache_ttl_s = default_cache_ttl(store) if cache_ttl_s is None else cache_ttl_s
         self._monotonic = monotonic
+        self._clock = clock
         self.breakers: dict[str, SharedBreaker] = {}
         self._lock = threading.Lock()
         self._listener = _Listener(store, self.channel, self) if listen and isinstance(store, RedisStore) else None
@@ -159,14 +171,22 @@ class Circuits:
     # declaring and finding ---------------------------------------------------------------------
     def declare(self, name: str, spec: CircuitSpec | None = None) -> SharedBreaker:
         """Declare (or re-declare with a new spec) the breaker ``name``."""
+        spec = spec or CircuitSpec()
         storage = CircuitStorage(self.store, self.keys, name, spec=spec, channel=self.channel)
-        breaker = SharedBreaker(
-            storage, dispatcher=self.dispatcher, cache_ttl_s=self.cache_ttl_s, monotonic=self._monotonic,
-            hub=self._listener,
-        )
+        breaker = SharedBreaker.from_spec(storage, spec, dispatcher=self.dispatcher, cache_ttl_s=self.cache_ttl_s,
+                                          monotonic=self._monotonic, clock=self._clock, hub=self._listener)
+        return self.adopt(breaker)
+
+    def adopt(self, breaker: SharedBreaker) -> SharedBreaker:
+        """Keep ``breaker`` under its name: the listener keeps its cache fresh (it replaces one of that name)."""
         with self._lock:
-            self.breakers[name] = breaker
+            self.breakers[breaker.circuit] = breaker
         return breaker
+
+    @property
+    def hub(self) -> Hub | None:
+        """What keeps this registry's breakers in sync (None: ``cache_ttl_s`` alone)."""
+        return self._listener
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -251,3 +271,22 @@ class Circuits:
         """Stop the listener thread (caches then rely on ``cache_ttl_s`` alone); wait up to ``timeout_s``."""
         if self._listener is not None:
             self._listener.stop(timeout_s)
+
+
+_connected: dict[tuple[object, str], Circuits] = {}
+_connect_lock = threading.Lock()
+
+
+def connect(store: Store | str, namespace: str) -> Circuits:
+    """This process's registry for ``store`` (a :class:`Store` or a URL) and ``namespace``, made once.
+
+    It is what :class:`SharedBreaker` joins when built from a store outside a worker: the breakers
+    built for one store and namespace share its pub/sub listener.
+    """
+    identity: object = store if isinstance(store, str) else id(store)
+    with _connect_lock:
+        registry = _connected.get((identity, namespace))
+        if registry is None:
+            registry = Circuits(open_store(store) if isinstance(store, str) else store, Keys(namespace))
+            _connected[(identity, namespace)] = registry
+        return registry

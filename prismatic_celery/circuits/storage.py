@@ -17,8 +17,9 @@ rely on, and at most one trial permit exists cluster-wide.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ class Outcome:
     record: CircuitRecord
     changed: bool
     corrupt: bool
+    shared: bool = True
+    """False when the store was unreachable and the answer came from a process-local stand-in."""
 
     @property
     def transitioned(self) -> bool:
@@ -114,6 +117,7 @@ def transition(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
     op, _channel, _name, token = (str(a) for a in args[:4])
     fail_max, reset_ms, lease_ms, success_threshold = (int(a) for a in args[4:8])
     strict, amount_ms, target = str(args[8]) == "1", int(args[9]), str(args[10])
+    forced = (str(args[11]) if len(args) > 11 else "") or "forced"
     now = int(store.time() * 1000)
 
     h = store.raw(key)
@@ -194,7 +198,7 @@ def transition(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
                 verdict = "trial"
             else:
                 verdict = "rejected"
-        elif strict and fail > 0:
+        elif strict:
             if fail + len(permits) < fail_max:
                 grant()
                 verdict = "permit"
@@ -224,6 +228,7 @@ def transition(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
                 trip("failures", now + reset_ms)
                 verdict = "opened"
         elif state == HALF_OPEN and held:
+            fail += 1  # the failed trial is counted, as pybreaker counts it
             trip("trial-failed", now + reset_ms)
             verdict = "opened"
     elif op == "release":
@@ -233,11 +238,11 @@ def transition(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
             until_ms = now + amount_ms
             if state == OPEN and open_until > until_ms:
                 until_ms = open_until
-            trip("forced", until_ms)
+            trip(forced, until_ms)
         elif target == HALF_OPEN:
-            half_open("forced")
+            half_open(forced)
         else:
-            close("forced")
+            close(forced)
     elif op == "incr_fail":
         fail, changed = fail + 1, True
     elif op == "reset_fail":
@@ -273,7 +278,16 @@ def transition(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
             1 if changed else 0, reason, 1 if corrupt else 0]
 
 
-SCRIPT = Script.from_file(Path(__file__).with_name("scripts") / "circuit.lua", transition)
+_twin_runs = threading.local()
+
+
+def _twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> list[Any]:
+    """:func:`transition`, noting which in-memory store ran it (see :meth:`CircuitStorage.apply`)."""
+    _twin_runs.store = store
+    return transition(store, keys, args)
+
+
+SCRIPT = Script.from_file(Path(__file__).with_name("scripts") / "circuit.lua", _twin)
 
 
 def _text(value: Any) -> str:
@@ -331,17 +345,32 @@ class CircuitStorage(pybreaker.CircuitBreakerStorage):
         self._corrupt = RateLimitedWarning()
 
     def apply(self, op: str, spec: CircuitSpec | None = None, *, token: str = "", amount_ms: int = 0,
-              target: str = "") -> Outcome:
-        """Run one atomic operation of ``circuit.lua`` and parse its reply."""
+              target: str = "", reason: str = "") -> Outcome:
+        """Run one atomic operation of ``circuit.lua`` and parse its reply.
+
+        ``Outcome.shared`` is False when the store could not run it (a :class:`RedisStore` whose
+        server is unreachable answers from its in-process fallback): the reply then says nothing
+        about the shared record.
+        """
         s = spec or self.spec
-        args: list[Scalar] = [
-            op, self.channel, self.circuit, token, s.fail_max, s.reset_timeout_ms, s.call_timeout_ms,
-            s.success_threshold, "1" if s.strict else "0", int(amount_ms), target,
-        ]
-        outcome = parse_reply(self.circuit, self.store.run(SCRIPT, [self.key], args))
+        args = self.arguments(op, s, token=token, amount_ms=amount_ms, target=target, reason=reason)
+        _twin_runs.store = None
+        reply = self.store.run(SCRIPT, [self.key], args)
+        ran_on, _twin_runs.store = _twin_runs.store, None
+        outcome = parse_reply(self.circuit, reply)
         if outcome.corrupt:
             self._corrupt.warn("circuit-corrupt-record", key=self.key, action="read as closed, rewritten on change")
+        if ran_on is not None and ran_on is not self.store:
+            return replace(outcome, shared=False)
         return outcome
+
+    def arguments(self, op: str, spec: CircuitSpec, *, token: str = "", amount_ms: int = 0, target: str = "",
+                  reason: str = "") -> list[Scalar]:
+        """``ARGV`` of ``circuit.lua`` for one operation."""
+        return [
+            op, self.channel, self.circuit, token, spec.fail_max, spec.reset_timeout_ms, spec.call_timeout_ms,
+            spec.success_threshold, "1" if spec.strict else "0", int(amount_ms), target, reason,
+        ]
 
     def read(self) -> CircuitRecord:
         """The current record (one round trip, no write)."""

@@ -72,6 +72,19 @@ def _when(value: Any) -> str:
         return ""
 
 
+def _na(value: Any) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def _child_state(child: dict[str, Any]) -> str:
+    """``unknown`` (store down), ``paused``, ``unserved`` (no live worker consumes it) or ``running``."""
+    if child.get("status") == "unknown":
+        return "unknown"
+    if child.get("paused"):
+        return "paused"
+    return "running" if child.get("served", True) else "unserved"
+
+
 def _pct(value: Any, ratio: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -95,7 +108,7 @@ class SupervisionPage(BaseHandler):  # type: ignore[misc]
         data = await _read(runtime)
         refresh = self.get_argument("refresh", DEFAULT_REFRESH_S, type=int)
         self.render("supervision.html", report=data, refresh_s=max(0, int(refresh or 0)), ps_mib=_mib,
-                    ps_when=_when, ps_pct=_pct)
+                    ps_when=_when, ps_pct=_pct, ps_na=_na, ps_child_state=_child_state)
 
 
 class SupervisionApi(BaseApiHandler):  # type: ignore[misc]

@@ -8,15 +8,17 @@
   (default) or dropped and acknowledged, with a ``supervision-shed`` WARNING
   line and event.
 * :mod:`.park`: the parked lists, replay (exactly once) and purge.
-* :mod:`.priority`: the importance rule.
+* :mod:`.estimate`: the backlog at the moment of a decision (last sample, corrected).
+* :mod:`.priority`: the importance rule, and the mark a producer puts on the priority it set.
 """
 
 from __future__ import annotations
 
 from .config import MODES, QueuePolicy, queue_policies
+from .estimate import BacklogEstimate
 from .guard import ShedGuard, guard_requests
 from .park import ParkOutcome, ReplayReport, park, parked_key, peek, purge, replay, republish, totals_key
-from .priority import HEADER, REPLAYED_HEADER, TASK_OPTION, message_importance
+from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, TASK_OPTION, mark_priority, message_importance
 from .sampler import BrokerBacklog, Sampler, redis_subqueues
 from .state import ShedState, ShedView, publish_sample, read_states, state_key
 from .status import ShedStatus
@@ -25,8 +27,10 @@ from .step import SheddingStep
 __all__ = [
     "HEADER",
     "MODES",
+    "PRIORITY_HEADER",
     "REPLAYED_HEADER",
     "TASK_OPTION",
+    "BacklogEstimate",
     "BrokerBacklog",
     "ParkOutcome",
     "QueuePolicy",
@@ -38,6 +42,7 @@ __all__ = [
     "ShedView",
     "SheddingStep",
     "guard_requests",
+    "mark_priority",
     "message_importance",
     "park",
     "parked_key",

@@ -20,26 +20,35 @@ from celery.worker.state import task_ready
 
 from ..log import RateLimitedWarning, get_logger, log_event
 from .config import QueuePolicy
+from .estimate import BacklogEstimate
 from .park import park, park_record, totals_key
-from .priority import HEADER, REPLAYED_HEADER, broker_consumes_higher_first, importance_of
+from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, broker_consumes_higher_first, importance_of
 from .state import ShedView
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["ShedGuard", "guard_requests"]
+__all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
 
 logger = get_logger("shedding")
 _GUARDED = "_prismatic_shed_guarded"
+STALE_AFTER_S = 0.1
+"""A backlog read longer ago decides nothing (while a queue sheds its sampler reads it every 20 ms): without a
+fresher one, nothing is shed."""
 
 
 class ShedGuard:
     """Parks (or drops) a low-importance message about to run on a queue in shedding state.
 
-    Costs a dictionary check per message; the shedding state is read from the
-    store at most once per ``prismatic_shed_interval_s``. A message that cannot
-    be parked safely (arguments that are not JSON, Redis unreachable) runs
-    instead: shedding never loses work in ``park`` mode.
+    Costs a dictionary check per message while no queue is near shedding. The
+    shedding state (shared by every worker, with hysteresis) is read from the
+    store at most once per ``prismatic_shed_interval_s``, and at once when this
+    worker's sampler publishes a change. A message is shed only while the backlog
+    estimated at that moment (:mod:`.estimate`: this worker's last read, at most
+    ``STALE_AFTER_S`` old, minus what it received since) is at or above the
+    queue's resume mark. A message that cannot be parked safely (arguments that
+    are not JSON, Redis unreachable) runs instead: shedding never loses work in
+    ``park`` mode.
     """
 
     def __init__(self, runtime: Runtime, policies: Mapping[str, QueuePolicy]) -> None:
@@ -47,6 +56,8 @@ class ShedGuard:
         self.policies = dict(policies)
         self.view = ShedView(runtime.store, runtime.keys, tuple(self.policies),
                              max_age_s=runtime.settings.shed_interval_s)
+        self.backlogs = BacklogEstimate({q: p.resume_below for q, p in self.policies.items()},
+                                        max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
         self._unparkable = RateLimitedWarning()
 
@@ -60,28 +71,38 @@ class ShedGuard:
     def admit(self, request: Any) -> bool:
         """True when the worker's ``request`` should run; False when it was shed (parked or dropped,
         and acknowledged)."""
-        if not self.policies or not self.view.current():
-            return True  # no queue sheds (one dictionary check per message)
+        if not self.policies:
+            return True
+        info = request.request_dict  # the message's headers, flat (custom ones included)
+        if PRIORITY_HEADER not in info:  # no producer marked its priority: nor may a re-publish of it (a retry,
+            info[PRIORITY_HEADER] = None  # a deferral) turn the delivered one, maybe kombu's default, into one
+        states = self.view.current()
+        if not states and not self.backlogs.counting:
+            return True  # no queue sheds or is near it (a few dictionary checks per message)
         task: Task[Any, Any] = request.task
         delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
         located = self.runtime.locate(delivery, task.name)
         if located is None:
             return True
         domain, child = located
+        self.backlogs.received(child.queue)
         policy = self.policies.get(child.queue)
-        state = self.view.get(child.queue) if policy is not None else None
+        state = states.get(child.queue)
         if policy is None or state is None:
             return True
-        info = request.request_dict  # the message's headers, flat (custom ones included)
         if info.get(REPLAYED_HEADER):
             return True
-        importance = importance_of(task, (info.get(HEADER),), delivery.get("priority"), higher_first=self.higher_first)
+        importance = importance_of(task, (info.get(HEADER),), info.get(PRIORITY_HEADER),
+                                   higher_first=self.higher_first)
         if importance is None or importance >= policy.cutoff:
             return True
+        backlog = self.backlogs.estimate(child.queue)
+        if backlog is None or backlog < policy.resume_below:
+            return True  # below the resume mark now (the sampler's next read stops the state), or no fresh read
         context = request._context  # the Context the task would see as ``task.request``
         fields: dict[str, Any] = {
             "domain": domain.name, "queue": child.queue, "task": task.name, "task_id": request.id,
-            "backlog": state.backlog, "threshold": state.threshold, "importance": importance,
+            "backlog": backlog, "threshold": state.threshold, "importance": importance,
             "cutoff": policy.cutoff, "mode": policy.mode, "hostname": request.hostname or "",
         }
         if policy.mode == "park" and not self._park(task, context, policy, fields):
@@ -92,6 +113,13 @@ class ShedGuard:
         task_ready(request)
         request.acknowledge()
         return False
+
+    def published(self, shedding: Mapping[str, bool]) -> None:
+        """This worker's sampler left the queues of ``shedding`` in that state: read the store again now
+        when the view disagrees (sampler thread)."""
+        held = self.view.current()
+        if any(on != (queue in held) for queue, on in shedding.items()):
+            self.view.refresh()
 
     def _park(self, task: Task[Any, Any], context: Any, policy: QueuePolicy, fields: dict[str, Any]) -> bool:
         record = park_record(task, policy.queue, request=context, importance=fields["importance"],

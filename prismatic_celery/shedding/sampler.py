@@ -1,4 +1,5 @@
-"""The backlog sampler: once per period, never per message, in a background thread of each worker.
+"""The backlog sampler: once per period (every 20 ms while a queue sheds), never per message, in a
+background thread of each worker.
 
 Redis transport: one pipeline of ``LLEN`` over every priority sub-queue of
 every sampled queue (``name`` and ``name\\x06\\x16<step>`` for kombu's priority
@@ -7,14 +8,15 @@ options that change them are honoured). RabbitMQ and other transports: a
 passive ``queue_declare`` per queue (``message_count``, ready messages only).
 Then one Lua script publishes the sample and moves the shedding state.
 The cost per period is fixed by the number of queues: it does not depend on
-how many tasks run.
+how many tasks run. While a queue sheds, the reads of that queue between two
+periods cost one probe each and no store command.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -25,11 +27,14 @@ from .state import Transition, publish_sample
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+    from .guard import ShedGuard
 
-__all__ = ["BrokerBacklog", "Sampler", "redis_subqueues"]
+__all__ = ["SHEDDING_PERIOD_S", "BrokerBacklog", "Sampler", "redis_subqueues"]
 
 logger = get_logger("shedding")
 QUIET_PUBLISH_S = 5.0  # how stale the published backlog may get while every queue is far below its threshold
+SHEDDING_PERIOD_S = 0.02
+"""While a queue sheds, its backlog is read this often (at most: never more often than once per period)."""
 
 
 def redis_subqueues(queue: str, *, sep: str, steps: Sequence[int]) -> list[str]:
@@ -102,46 +107,89 @@ class BrokerBacklog:
 
 
 class Sampler:
-    """One worker's sampler: read backlogs, publish them, log the transitions."""
+    """One worker's sampler: read backlogs, publish them, log the transitions.
+
+    Once per ``prismatic_shed_interval_s`` it reads every queue and publishes
+    the sample (the shared state moves, with hysteresis). While one of its
+    queues sheds, it also reads the shedding queues every ``SHEDDING_PERIOD_S``
+    for the guard of its process, and publishes at once when one has fallen
+    below its resume mark, so shedding stops for every worker.
+
+    ``guard`` is the shedding guard of the same process: it gets every sample at
+    once (its backlog estimate) and every state this sampler publishes (its view).
+    """
 
     def __init__(
         self, runtime: Runtime, queues: Sequence[str], policies: Mapping[str, QueuePolicy], *, name: str,
-        probe: BrokerBacklog | None = None,
+        probe: BrokerBacklog | None = None, guard: ShedGuard | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runtime = runtime
+        self.guard = guard
         self.queues = tuple(q for q in queues if q in policies)
         self.policies = dict(policies)
         self.name = name
         self.probe = probe or BrokerBacklog(runtime.app)
-        self.ttl_s = max(5.0, 5 * runtime.settings.shed_interval_s)
+        self.clock = clock
+        self.interval_s = runtime.settings.shed_interval_s
+        self.follow_s = min(SHEDDING_PERIOD_S, self.interval_s)
+        self.ttl_s = max(5.0, 5 * self.interval_s)
         self.samples = 0
         self.published = 0
         self._failed = RateLimitedWarning()
         self._shedding: set[str] = set()
+        self._sampled_at = -float("inf")
         self._published_at = -float("inf")
 
-    def tick(self) -> None:
-        """The sampler thread's periodic call."""
-        self.sample()
+    def tick(self) -> float | None:
+        """The sampler thread's call: a full sample once per period, else a read of the shedding queues;
+        the wait before the next call while a queue sheds."""
+        if self.clock() - self._sampled_at >= self.interval_s:
+            self.sample()
+        else:
+            self.follow()
+        return self.follow_s if self._shedding else None
 
     def sample(self) -> list[Transition]:
         """Sample every queue once, publish the sample and log the state changes."""
+        self._sampled_at = self.clock()
+        backlogs = self._read(self.queues)
+        if backlogs is None or self._quiet(backlogs):
+            return []
+        return self._publish(backlogs)
+
+    def follow(self) -> list[Transition]:
+        """Read the shedding queues for the guard; publish at once when one fell below its resume mark."""
+        queues = [q for q in self.queues if q in self._shedding]
+        backlogs = self._read(queues) if queues else None
+        if not backlogs or all(backlog >= self.policies[q].resume_below for q, backlog in backlogs.items()):
+            return []
+        return self._publish(backlogs)
+
+    def _read(self, queues: Sequence[str]) -> dict[str, int] | None:
+        guard = self.guard
+        receipts = guard.backlogs.receipts() if guard is not None else {}
         try:
-            backlogs = self.probe.sample(self.queues)
+            backlogs = self.probe.sample(queues)
         except Exception as exc:
             self._failed.warn("shed-sample-failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            return []
+            return None
         self.samples += 1
-        if self._quiet(backlogs):
-            return []
+        if guard is not None:
+            guard.backlogs.observe(backlogs, receipts)
+        return backlogs
+
+    def _publish(self, backlogs: Mapping[str, int]) -> list[Transition]:
         transitions = publish_sample(self.runtime.store, self.runtime.keys, backlogs, self.policies,
                                      ttl_s=self.ttl_s, sampler=self.name)
         self.published += 1
-        self._published_at = time.monotonic()
+        self._published_at = self.clock()
+        if self.guard is not None:
+            self.guard.published({moved.queue: moved.shedding for moved in transitions})
         for moved in transitions:
-            if moved.started:
+            if moved.shedding:
                 self._shedding.add(moved.queue)
-            elif moved.stopped:
+            else:
                 self._shedding.discard(moved.queue)
             if moved.started or moved.stopped:
                 policy = self.policies[moved.queue]
@@ -154,7 +202,7 @@ class Sampler:
         """True when publishing can wait: every backlog is below its resume mark, this sampler saw no
         queue shedding, and the last publish is recent (the backlog hash is refreshed every
         ``QUIET_PUBLISH_S`` for the dashboards). A quiet worker then costs no store command per period."""
-        if self._shedding or time.monotonic() - self._published_at >= QUIET_PUBLISH_S:
+        if self._shedding or self.clock() - self._published_at >= QUIET_PUBLISH_S:
             return False
         return all(backlog < self.policies[queue].resume_below for queue, backlog in backlogs.items())
 

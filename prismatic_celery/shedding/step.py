@@ -21,8 +21,8 @@ logger = get_logger("shedding")
 
 
 class SheddingStep(bootsteps.StartStopStep):
-    """Samples the backlog of the supervised queues this worker consumes, once per ``prismatic_shed_interval_s``,
-    and puts the shedding guard in front of the consumer's task requests.
+    """Samples the backlog of the supervised queues this worker consumes, once per ``prismatic_shed_interval_s``
+    (and a shedding queue's every 20 ms), and puts the shedding guard in front of the consumer's task requests.
 
     Broker and store I/O run in the ``prismatic-shedding`` thread, never on the
     worker's event loop. Off when ``prismatic_shed_enabled`` is False or the
@@ -51,8 +51,9 @@ class SheddingStep(bootsteps.StartStopStep):
         queues = self._queues(consumer, runtime)
         if not queues:
             return
+        guard = runtime.shed_guard
         self.sampler = Sampler(runtime, queues, queue_policies(runtime.settings, runtime.supervisor),
-                               name=str(consumer.hostname))
+                               name=str(consumer.hostname), guard=guard)
         self.ticker = Ticker("prismatic-shedding", runtime.settings.shed_interval_s, self.sampler.tick)
         self.ticker.start()
 

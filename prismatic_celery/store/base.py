@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,19 @@ from ..log import get_logger, log_event
 if TYPE_CHECKING:
     from .memory import MemoryStore
 
-__all__ = ["Script", "ScriptCall", "Store", "StreamEntry", "decode_json", "encode_json"]
+__all__ = ["Script", "ScriptCall", "Store", "StreamEntry", "decode_json", "encode_json", "safe_url"]
+
+_USERINFO = re.compile(r"://([^@/;]*)@")
+
+
+def safe_url(url: str) -> str:
+    """``url`` with every password masked (``redis://user:***@host``), in each ``;``-separated part."""
+
+    def mask(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(1).partition(":")
+        return f"://{user}:***@" if colon else "://***@"
+
+    return _USERINFO.sub(mask, url)
 
 logger = get_logger("store")
 
@@ -79,6 +92,13 @@ class ScriptCall:
 class Store(ABC):
     """What the plugin asks of its store. Never raises for an outage."""
 
+    #: True while the store answers from in-process memory because its server is unreachable.
+    degraded: bool = False
+    #: Whether every worker and CLI shares this store (a server), or it lives in this process only.
+    shared: bool = True
+    #: The store's URL with any password masked (for logs, the CLI and health reports).
+    display_url: str = ""
+
     @abstractmethod
     def ping(self) -> bool:
         """True when the backing server answers."""
@@ -114,7 +134,7 @@ class Store(ABC):
 
     # hashes ------------------------------------------------------------------
     @abstractmethod
-    def hincr(self, key: str, increments: Mapping[str, int]) -> None:
+    def hincr(self, key: str, increments: Mapping[str, int], *, ttl_s: float | None = None) -> None:
         """Add each increment to its hash field (one round trip)."""
 
     @abstractmethod

@@ -21,6 +21,9 @@ __all__ = ["MemoryStore"]
 class MemoryStore(Store):
     """A thread-safe dictionary with Redis-like expiry; ``clock`` is injectable."""
 
+    shared = False
+    display_url = "memory://"
+
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.lock = threading.RLock()
@@ -97,11 +100,13 @@ class MemoryStore(Store):
             self.set_raw(key, value)
         return value
 
-    def hincr(self, key: str, increments: Mapping[str, int]) -> None:
+    def hincr(self, key: str, increments: Mapping[str, int], *, ttl_s: float | None = None) -> None:
         with self.lock:
             hashed = self._hash(key)
             for field, amount in increments.items():
                 hashed[field] = str(int(hashed.get(field, "0")) + amount)
+            if ttl_s is not None:
+                self.expire(key, ttl_s)
 
     def hset(self, key: str, mapping: Mapping[str, Scalar]) -> None:
         with self.lock:

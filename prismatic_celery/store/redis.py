@@ -32,7 +32,7 @@ from redis.exceptions import (
 from redis.sentinel import SentinelConnectionPool
 
 from ..log import RateLimitedWarning, get_logger, log_event
-from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json
+from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json, safe_url
 from .memory import MemoryStore
 from .urls import Client, connect, parse_store_url
 
@@ -109,6 +109,7 @@ class RedisStore(Store):
         home_key: str | None = None,
     ) -> None:
         self.url = url
+        self.display_url = safe_url(url)
         self.retry_s = retry_s
         self.target = parse_store_url(url)
         self.home_key = home_key
@@ -218,10 +219,7 @@ class RedisStore(Store):
             self._warning.warn("store-still-unavailable", url=self._safe_url(), error=type(exc).__name__)
 
     def _safe_url(self) -> str:
-        scheme, sep, rest = self.url.partition("://")
-        if "@" in rest:
-            rest = "***@" + rest.rsplit("@", 1)[1]
-        return f"{scheme}{sep}{rest}"
+        return self.display_url
 
     # Store interface ------------------------------------------------------------------
     def _home(self, r: Client) -> dict[str, Any]:
@@ -279,7 +277,7 @@ class RedisStore(Store):
 
         return self._guard(pttl, lambda m: m.ttl(key))
 
-    def hincr(self, key: str, increments: Mapping[str, int]) -> None:
+    def hincr(self, key: str, increments: Mapping[str, int], *, ttl_s: float | None = None) -> None:
         if not increments:
             return
 
@@ -287,9 +285,11 @@ class RedisStore(Store):
             pipe = r.pipeline(transaction=False)
             for field, amount in increments.items():
                 pipe.hincrby(key, field, amount)
+            if ttl_s is not None:
+                pipe.pexpire(key, max(1, int(ttl_s * 1000)))
             pipe.execute()
 
-        self._guard(incr, lambda m: m.hincr(key, increments))
+        self._guard(incr, lambda m: m.hincr(key, increments, ttl_s=ttl_s))
 
     def hset(self, key: str, mapping: Mapping[str, Scalar]) -> None:
         if mapping:

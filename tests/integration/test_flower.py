@@ -11,6 +11,7 @@ headless Chromium shows the paused child and the open circuit.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ from prismatic_celery.health import summary_numbers
 from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
+from tests.conftest import leased_db
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWERCONFIG = ROOT / "prismatic_celery" / "flower" / "flowerconfig.py"
@@ -112,20 +114,25 @@ class LiveRun:
     flower: str
     exporter: str
     namespace: str
+    dark_flower: str  # a Flower whose store does not answer
 
 
 @pytest.fixture(scope="module")
 def live(real_redis: str) -> Iterator[LiveRun]:
-    """One live run shared by this module's tests (its state is stable for two minutes)."""
-    broker = f"{real_redis}/15"
+    """One live run shared by this module's tests (its state is stable for two minutes), on a leased database."""
+    with leased_db(real_redis) as broker:
+        yield from _live(broker)
+
+
+def _live(broker: str) -> Iterator[LiveRun]:
     flush = redis.Redis.from_url(broker)
-    flush.flushdb()
     namespace = "flowertest"
     env = {"BASIC_BROKER_URL": broker, "BASIC_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),
            "BASIC_CONF": json.dumps(CONF)}
     app = make_app(broker, namespace, **CONF)
     host = f"flower-{namespace}@test"
-    flower_port, exporter_port = free_port(), free_port()
+    flower_port, exporter_port, dark_port = free_port(), free_port(), free_port()
+    dark_env = {**env, "BASIC_STORE_URL": f"redis://:s3cret@{HOST}:{free_port()}/0"}  # nothing listens there
     services: list[Service] = []
     worker = WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=2, env=env, cwd=ROOT)
     try:
@@ -133,6 +140,8 @@ def live(real_redis: str) -> Iterator[LiveRun]:
         services.append(Service(["flower", f"--conf={FLOWERCONFIG}", f"--port={flower_port}", f"--address={HOST}",
                                  f"--basic-auth={USER}:{PASSWORD}"], env))
         services.append(Service(["supervision", "exporter", "--port", str(exporter_port)], env))
+        services.append(Service(["flower", f"--conf={FLOWERCONFIG}", f"--port={dark_port}", f"--address={HOST}",
+                                 f"--basic-auth={USER}:{PASSWORD}"], dark_env))
         worker.wait_ready(app)
         # Given: every osint message fails (a bad deploy) until its second budget overrun escalates it
         # (cool-down of 120 s)
@@ -152,19 +161,20 @@ def live(real_redis: str) -> Iterator[LiveRun]:
         runtime.circuits.open_for("payments", 120_000)
         flower = f"http://{HOST}:{flower_port}"
         exporter = f"http://{HOST}:{exporter_port}"
-        for url, service in ((f"{flower}/healthcheck", services[0]), (f"{exporter}/metrics", services[1])):
+        dark = f"http://{HOST}:{dark_port}"
+        for url, service in ((f"{flower}/healthcheck", services[0]), (f"{exporter}/metrics", services[1]),
+                             (f"{dark}/healthcheck", services[2])):
             try:
                 wait_for(lambda u=url: answers(u), timeout_s=20, interval_s=0.2, message=url)  # type: ignore[misc]
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{service.output()}") from None
-        yield LiveRun(env=env, worker=host, flower=flower, exporter=exporter, namespace=namespace)
+        yield LiveRun(env=env, worker=host, flower=flower, exporter=exporter, namespace=namespace, dark_flower=dark)
         for result in failing:
             result.revoke()
     finally:
         for service in services:
             service.stop()
         worker.stop()
-        flush.flushdb()
         flush.close()
 
 
@@ -305,10 +315,10 @@ def chromium_paths() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
-    live: LiveRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A real browser renders /supervision; the screenshot shows the paused badge and the open-circuit badge."""
+@contextlib.contextmanager
+def chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Headless Debian Chromium through Selenium, logged in to Flower's basic auth; skipped (failed in CI) when
+    missing."""
     paths = chromium_paths()
     if paths is None:
         message = "Debian's chromium and chromium-driver are not installed (.ci/run installs them)"
@@ -318,7 +328,6 @@ def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service as DriverService
-        from selenium.webdriver.common.by import By
     except ImportError:
         if IN_CI:
             pytest.fail("selenium is not installed (dev extra)")
@@ -336,6 +345,18 @@ def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
         credentials = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {credentials}"}})
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
+    live: LiveRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real browser renders /supervision; the screenshot shows the paused badge and the open-circuit badge."""
+    from selenium.webdriver.common.by import By
+
+    with chromium(tmp_path, monkeypatch) as driver:
         driver.get(f"{live.flower}/supervision?refresh=0")
         assert driver.title.startswith("Supervision"), driver.page_source[:500]
         child = driver.find_element(By.CSS_SELECTOR, 'tr.ps-child[data-child="telemetry"]')
@@ -346,8 +367,6 @@ def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
         screenshot = tmp_path / "supervision.png"
         assert driver.save_screenshot(str(screenshot))
         child_shot, circuit_shot = child.screenshot_as_png, circuit.screenshot_as_png
-    finally:
-        driver.quit()
     artifacts = os.environ.get("PRISMATIC_ARTIFACTS")  # keep the screenshot for people, when asked
     if artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
@@ -357,3 +376,24 @@ def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
     assert page.count(OPEN_RGB) > 200, f"no open-circuit badge in {screenshot}"
     assert png_pixels(child_shot).count(PAUSED_RGB) > 100, "the telemetry row shows the paused badge"
     assert png_pixels(circuit_shot).count(OPEN_RGB) > 100, "the payments row shows the open badge"
+
+
+def test_a_flower_whose_store_does_not_answer_says_unknown_in_the_browser_and_in_metrics(
+    live: LiveRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is down for this Flower: the page shows the unknown banner, no score and every child unknown;
+    its /metrics has store_up 0, health_state unknown and no score sample; the password is never shown."""
+    from selenium.webdriver.common.by import By
+
+    status, text = get(f"{live.dark_flower}/metrics", auth=(USER, PASSWORD))
+    assert status == 200 and 'prismatic_store_up{namespace="flowertest"} 0.0' in text, text[:2000]
+    assert 'prismatic_health_state{namespace="flowertest",state="unknown"} 1.0' in text
+    assert "prismatic_health_score{" not in text
+    with chromium(tmp_path, monkeypatch) as driver:
+        driver.get(f"{live.dark_flower}/supervision?refresh=0")
+        banner = driver.find_element(By.ID, "store-unknown")
+        assert banner.is_displayed() and "does not answer" in banner.text and "s3cret" not in driver.page_source
+        assert driver.find_element(By.ID, "health-state").text == "UNKNOWN"
+        assert driver.find_element(By.ID, "health-score").text == "?"
+        states = {row.get_attribute("data-state") for row in driver.find_elements(By.CSS_SELECTOR, "tr.ps-child")}
+        assert states == {"unknown"}

@@ -20,7 +20,9 @@ from tornado.testing import AsyncHTTPTestCase
 
 import prismatic_celery
 from prismatic_celery.flower import install, installed_routes
-from prismatic_celery.store import MemoryStore
+from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.testing import serve
+from tests.conftest import free_port
 
 flower_app = pytest.importorskip("flower.app")
 flower_urls = pytest.importorskip("flower.urls")
@@ -31,6 +33,9 @@ def make_celery() -> Celery:
     app.conf.update(prismatic_domains={"core": {"strategy": "rest_for_one", "children": ["storage", "cache"]}},
                     prismatic_store_url="memory://", prismatic_circuits={"payments": {}})
     prismatic_celery.install(app, store=MemoryStore())
+    runtime = prismatic_celery.get_runtime(app)
+    assert runtime is not None
+    serve(runtime)
     return app
 
 
@@ -90,6 +95,15 @@ class TestWithoutAuth(FlowerCase):
         assert response.code == 200
         data = json.loads(response.body)
         assert data["namespace"] == "routes" and data["score"] == 100 and "events" in data
+
+    def test_a_store_that_does_not_answer_shows_a_banner_and_no_score(self) -> None:
+        """Unknown: a banner naming the store (password masked), '?' for the score, every child UNKNOWN."""
+        url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+        self.runtime.store = RedisStore(url, timeout_s=0.2)
+        page = self.fetch("/supervision?refresh=0").body.decode()
+        assert 'id="store-unknown"' in page and "redis://:***@127.0.0.1" in page and "s3cret" not in page
+        assert 'id="health-score">?<' in page and 'id="health-state">UNKNOWN<' in page
+        assert 'data-child="storage" data-state="unknown"' in page and 'data-state="running"' not in page
 
     def test_text_from_the_store_is_escaped(self) -> None:
         """An event field cannot inject markup into the page."""

@@ -146,6 +146,18 @@ def test_domain_option_consumes_only_that_domains_queues(app: Celery, redis_url:
         assert client.llen("storage") == 1, "the core message stays safely in the broker"
 
 
+@pytest.mark.integration
+def test_an_unknown_domain_stops_the_worker_with_one_line(redis_url: str, namespace: str) -> None:
+    """`celery worker --domain nope`: exit 1 and one line naming the known domains, no traceback."""
+    worker = WorkerProcess("tests.apps.basic", hostname=f"nodom-{namespace}@test", pool="solo",
+                           extra_args=["--domain", "nope"], env=_env(redis_url, namespace), cwd=ROOT)
+    worker.start()
+    assert worker.proc is not None
+    assert worker.proc.wait(60) == 1, worker.log
+    assert "Error: --domain: no domain 'nope'; known: core, osint, evo" in worker.log
+    assert "Traceback" not in worker.log
+
+
 def test_worker_process_fixture_reports_missing_app(tmp_path: Path) -> None:
     """The harness fails with the worker's own log when the worker cannot start."""
     worker = WorkerProcess("no_such_module_xyz", hostname="x@test", pool="solo", cwd=tmp_path,

@@ -2,14 +2,16 @@
 --
 -- KEYS[1]  the breaker's hash  prismatic:{<ns>}:circuit:<name>
 -- ARGV     op, channel ('' = do not publish), name, token, fail_max, reset_ms, lease_ms,
---          success_threshold, strict ('1' or '0'), amount_ms, target
+--          success_threshold, strict ('1' or '0'), amount_ms, target, reason (of a force; '' = 'forced')
 -- ops      read | acquire | success | failure | release | force (target open/half-open/closed,
 --          amount_ms = how long to stay open) | incr_fail | reset_fail | incr_success |
 --          reset_success | stamp (opened_at = amount_ms)
 --
 -- Hash fields: state, fail_counter, success_counter, opened_at_ms, open_until_ms, seq,
 -- changed_at_ms, reason, and one 'permit:<token>' per call in flight that holds a permit
--- (the half-open trial, or a metered call of a strict breaker), valued at its lease deadline.
+-- (the half-open trial, or any call of a strict breaker while closed), valued at its lease deadline.
+-- A strict breaker admits a call while closed only if failures plus permits stay below fail_max,
+-- so no more than fail_max calls can fail before it opens, whatever the concurrency.
 -- Every write of the record bumps seq (never below the server time in ms, so it grows even
 -- after the key is deleted) and publishes the record as JSON on the channel.
 --
@@ -22,6 +24,8 @@ local op, channel, name, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local fail_max, reset_ms, lease_ms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local success_threshold, strict = tonumber(ARGV[8]), ARGV[9] == '1'
 local amount_ms, target = tonumber(ARGV[10]), ARGV[11]
+local forced = ARGV[12] or ''
+if forced == '' then forced = 'forced' end
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -94,7 +98,7 @@ elseif op == 'acquire' then
     verdict = 'rejected'
   elseif state == 'half-open' then
     if live() == 0 then grant(); verdict = 'trial' else verdict = 'rejected' end
-  elseif strict and fail > 0 then
+  elseif strict then
     if fail + live() < fail_max then grant(); verdict = 'permit' else verdict = 'rejected' end
   else
     verdict = 'allowed'
@@ -115,6 +119,7 @@ elseif op == 'failure' then
     fail = fail + 1; changed = true; verdict = 'counted'
     if fail >= fail_max then trip('failures', now + reset_ms); verdict = 'opened' end
   elseif state == 'half-open' and held then
+    fail = fail + 1  -- the failed trial is counted, as pybreaker counts it
     trip('trial-failed', now + reset_ms); verdict = 'opened'
   end
 elseif op == 'release' then
@@ -123,11 +128,11 @@ elseif op == 'force' then
   if target == 'open' then
     local until_ms = now + amount_ms
     if state == 'open' and open_until > until_ms then until_ms = open_until end
-    trip('forced', until_ms)
+    trip(forced, until_ms)
   elseif target == 'half-open' then
-    half_open('forced')
+    half_open(forced)
   else
-    close('forced')
+    close(forced)
   end
 elseif op == 'incr_fail' then
   fail = fail + 1; changed = true
