@@ -16,7 +16,7 @@ from celery import Celery
 from .errors import ConfigurationError
 from .keys import Keys
 from .store.base import safe_url
-from .store.urls import parse_store_url, transport_options
+from .store.urls import StoreTarget, check_transport_options, parse_store_url
 from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
 from .validate import as_bool, as_int, as_mapping, as_seconds, as_str, as_str_list, reject_unknown
 
@@ -49,11 +49,16 @@ def _store_url(setting: str, value: Any) -> str | None:
     if value is None:
         return None
     url = as_str(setting, value)
+    _store_target(url, setting)
+    return url
+
+
+def _store_target(url: str, setting: str = "prismatic_store_url") -> StoreTarget:
+    """The deployment ``url`` names (set, or derived from the result backend or broker); checked."""
     try:
-        parse_store_url(url)
+        return parse_store_url(url)
     except ValueError as exc:
         raise ConfigurationError(setting, str(exc)) from exc
-    return url
 
 
 def _transport_options(setting: str, value: Any) -> dict[str, Any]:
@@ -357,8 +362,8 @@ def load_settings(app: Celery, *, supervisor: Supervisor | None = None) -> Setti
     except ValueError as exc:
         raise ConfigurationError("prismatic_namespace", str(exc)) from exc
     store_url = values.pop("store_url") or _default_store_url(app)
-    values["store_transport_options"] = transport_options(
-        "prismatic_store_transport_options", parse_store_url(store_url), values["store_transport_options"])
+    values["store_transport_options"] = check_transport_options(
+        "prismatic_store_transport_options", _store_target(store_url), values["store_transport_options"])
     return Settings(namespace=namespace, store_url=store_url, supervisor=supervisor, **values)
 
 

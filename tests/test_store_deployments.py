@@ -122,6 +122,19 @@ def test_bad_transport_options_fail_at_start_naming_the_setting(url: str, option
     assert failed.value.setting == setting and problem in failed.value.problem, failed.value
 
 
+def test_a_store_url_derived_from_the_result_backend_is_checked_too() -> None:
+    """No prismatic_store_url: the result backend's Redis URL is the store's, and a broken one fails at start-up
+    naming prismatic_store_url; a store built in code for a Sentinel without master_name says what is missing."""
+    app = Celery("derived", broker="memory://", backend="redis://h/0?socket_timeout=soon", set_as_current=False)
+    app.conf.update(prismatic_domains={"core": {"children": ["q"]}})
+    with pytest.raises(ConfigurationError) as failed:
+        load_settings(app)
+    assert failed.value.setting == "prismatic_store_url" and "socket_timeout" in failed.value.problem
+    with pytest.raises(ConfigurationError) as failed:
+        RedisStore("sentinel://s1:26379")
+    assert failed.value.setting == "prismatic_store_transport_options" and "master_name" in failed.value.problem
+
+
 # -- Redis Cluster --------------------------------------------------------------------------------------------
 
 def _cluster_client(cluster: ClusterServers) -> RedisCluster:

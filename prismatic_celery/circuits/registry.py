@@ -287,6 +287,8 @@ def connect(store: Store | str, namespace: str) -> Circuits:
     with _connect_lock:
         registry = _connected.get((identity, namespace))
         if registry is None:
-            registry = Circuits(open_store(store) if isinstance(store, str) else store, Keys(namespace))
+            keys = Keys(namespace)
+            registry = Circuits(open_store(store, home_key=keys.key("events")) if isinstance(store, str) else store,
+                                keys)
             _connected[(identity, namespace)] = registry
         return registry

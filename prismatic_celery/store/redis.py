@@ -34,7 +34,7 @@ from redis.sentinel import SentinelConnectionPool
 from ..log import RateLimitedWarning, get_logger, log_event
 from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json, safe_url
 from .memory import MemoryStore
-from .urls import Client, connect, parse_store_url
+from .urls import Client, check_transport_options, connect, parse_store_url
 
 __all__ = ["STORE_ERRORS", "RedisStore"]
 
@@ -113,7 +113,7 @@ class RedisStore(Store):
         self.retry_s = retry_s
         self.target = parse_store_url(url)
         self.home_key = home_key
-        self._options = dict(transport_options or {})
+        self._options = check_transport_options("prismatic_store_transport_options", self.target, transport_options)
         self._timeout_s = timeout_s
         self._client: Client | None = client
         self._connect_lock = threading.Lock()

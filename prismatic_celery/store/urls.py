@@ -32,7 +32,7 @@ from redis.sentinel import Sentinel
 from ..errors import ConfigurationError
 from ..validate import as_int, as_mapping, as_str, reject_unknown
 
-__all__ = ["Client", "StoreTarget", "connect", "parse_store_url", "transport_options"]
+__all__ = ["Client", "StoreTarget", "check_transport_options", "connect", "parse_store_url"]
 
 #: What a store talks to: one server (directly or through Sentinel) or a cluster.
 Client = redis.Redis | RedisCluster
@@ -133,7 +133,7 @@ def _cluster_target(url: str, *, tls: bool) -> StoreTarget:
     return StoreTarget("cluster", url, nodes=nodes, options=options)
 
 
-def transport_options(setting: str, target: StoreTarget, value: Any) -> dict[str, Any]:
+def check_transport_options(setting: str, target: StoreTarget, value: Any) -> dict[str, Any]:
     """Check ``prismatic_store_transport_options`` (``setting``) against the store URL it goes with."""
     options = dict(as_mapping(setting, value or {}))
     if target.shape == "memory":
