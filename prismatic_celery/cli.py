@@ -396,7 +396,7 @@ def render_events(events: Sequence[Mapping[str, Any]]) -> str:
 @click.option("--count", type=click.IntRange(1, 10000), default=20, show_default=True, help="Events listed.")
 @click.pass_context
 def events(ctx: click.Context, as_json: bool, count: int) -> None:
-    """The newest supervision events of the capped stream (prismatic:<ns>:events), newest first."""
+    """The newest supervision events of the capped stream (prismatic:{<ns>}:events), newest first."""
     found = recent_events(_runtime(ctx), count)
     _emit(found, as_json, render_events(found))
 

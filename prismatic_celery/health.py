@@ -7,15 +7,16 @@ moment. What is read (``<ns>`` is ``prismatic_namespace``):
 
 | Key | Read for |
 |---|---|
-| ``prismatic:<ns>:pause:<queue>:<cause>`` | paused children (one MGET) |
-| ``prismatic:<ns>:restart-totals`` | restarts per child since the start (HGETALL) |
-| ``prismatic:<ns>:restarts:<queue>`` | restarts per child in the hotspot window (ZCOUNT each) |
-| ``prismatic:<ns>:escalation:<domain>`` | escalated domains (one MGET) |
-| ``prismatic:<ns>:circuit:<name>`` | circuit states (declared circuits and any found by SCAN) |
-| ``prismatic:<ns>:workers`` | live workers: the index of heartbeats (ZRANGEBYSCORE), then their registrations |
-| ``prismatic:<ns>:worker:<hostname>`` | each live worker's queues, pool and pid (one MGET) |
-| ``prismatic:<ns>:health:<hostname>`` | each worker's processes and memory, published by the worker |
-| ``prismatic:<ns>:events`` | recent supervision events (XREVRANGE) |
+| ``prismatic:{<ns>}:pause:<queue>:<cause>`` | paused children (one MGET) |
+| ``prismatic:{<ns>}:restart-totals`` | restarts per child since the start (HGETALL) |
+| ``prismatic:{<ns>}:restarts:<queue>`` | restarts per child in the hotspot window (ZCOUNT each) |
+| ``prismatic:{<ns>}:escalation:<domain>`` | escalated domains (one MGET) |
+| ``prismatic:{<ns>}:circuits`` | the circuits any process declared (the index, never a SCAN) |
+| ``prismatic:{<ns>}:circuit:<name>`` | circuit states |
+| ``prismatic:{<ns>}:workers`` | live workers: the index of heartbeats (ZRANGEBYSCORE), then their registrations |
+| ``prismatic:{<ns>}:worker:<hostname>`` | each live worker's queues, pool and pid (one MGET) |
+| ``prismatic:{<ns>}:health:<hostname>`` | each worker's processes and memory, published by the worker |
+| ``prismatic:{<ns>}:events`` | recent supervision events (XREVRANGE) |
 
 Lessons, knowledge metrics and shed counts come from ``runtime.learning`` and
 ``runtime.shedding`` when the runtime has them (else they are reported as None,
@@ -48,7 +49,7 @@ Processes and memory: a worker counts its main process and its pool processes
 (solo and threads pools run tasks in the main process). The memory of a domain
 is the RSS of the pool processes that served that domain's tasks (a process
 that served two domains counts in both). Workers publish this sample every
-``max(5 s, prismatic_reconcile_interval_s)`` to ``prismatic:<ns>:health:<hostname>``
+``max(5 s, prismatic_reconcile_interval_s)`` to ``prismatic:{<ns>}:health:<hostname>``
 (JSON, expiring) so the cluster view can add them up.
 """
 
@@ -297,7 +298,7 @@ def sample_worker(
 
 
 def sample_key(runtime: Runtime, hostname: str) -> str:
-    """``prismatic:<ns>:health:<hostname>``: a worker's latest sample (JSON, expires)."""
+    """``prismatic:{<ns>}:health:<hostname>``: a worker's latest sample (JSON, expires)."""
     return runtime.keys.key("health", hostname)
 
 
@@ -453,14 +454,11 @@ def _int(value: Any) -> int:
 
 def circuits_view(runtime: Runtime) -> dict[str, dict[str, Any]]:
     """Every circuit's shared record: the declared ones and any other found in the store (read, never changed)."""
+    from .circuits.registry import indexed_circuits
     from .circuits.storage import CircuitStorage
 
     circuits = runtime.circuits
-    names = set(circuits.names)
-    for key in runtime.store.scan(runtime.keys.key("circuit", "*")):
-        parsed = runtime.keys.parse(key)
-        if parsed is not None and parsed[0] == "circuit" and parsed[1]:
-            names.add(parsed[1])
+    names = set(circuits.names) | set(indexed_circuits(runtime.store, runtime.keys))
     found: dict[str, dict[str, Any]] = {}
     for name in sorted(names):
         declared = name in circuits
@@ -503,7 +501,7 @@ def workers_view(runtime: Runtime, registrations: list[dict[str, Any]] | None = 
 
 
 def recent_events(runtime: Runtime, count: int = 50) -> list[dict[str, Any]]:
-    """The newest ``count`` entries of ``prismatic:<ns>:events``, newest first."""
+    """The newest ``count`` entries of ``prismatic:{<ns>}:events``, newest first."""
     entries = runtime.store.stream_range(runtime.keys.key("events"), max(1, count))
     return [{"id": entry_id, **fields} for entry_id, fields in reversed(entries)]
 
@@ -713,7 +711,7 @@ TASK_CONTEXT = {
     "exception": "exception class name",
 }
 
-#: The body of each ``supervision-<type>`` Celery event, and of the ``prismatic:<ns>:events`` stream
+#: The body of each ``supervision-<type>`` Celery event, and of the ``prismatic:{<ns>}:events`` stream
 #: entries. Every Celery event also carries Celery's own ``type``, ``hostname`` (the worker),
 #: ``timestamp``, ``utcoffset``, ``pid`` and ``clock``. Stream entries add ``type`` (``dead_letter``
 #: for ``supervision-dead-letter``), ``time`` (seconds since the epoch) and ``hostname``; pause

@@ -2,8 +2,8 @@
 
 | Key | Holds |
 |---|---|
-| ``prismatic:<ns>:worker:<hostname>`` | a worker's registration (JSON: pid, pool, queues, heartbeat) |
-| ``prismatic:<ns>:workers`` | sorted set: hostname -> last heartbeat (store clock), old entries dropped |
+| ``prismatic:{<ns>}:worker:<hostname>`` | a worker's registration (JSON: pid, pool, queues, heartbeat) |
+| ``prismatic:{<ns>}:workers`` | sorted set: hostname -> last heartbeat (store clock), old entries dropped |
 
 A worker writes both every ``prismatic_reconcile_interval_s``; both expire after
 :func:`registration_ttl_s` without a heartbeat, so a worker that died (or a short-lived pod name)
@@ -28,7 +28,7 @@ INDEX_CAP = 10_000
 
 
 def worker_key(keys: Keys, hostname: str) -> str:
-    """``prismatic:<ns>:worker:<hostname>``: a worker's registration."""
+    """``prismatic:{<ns>}:worker:<hostname>``: a worker's registration."""
     return keys.key("worker", hostname)
 
 

@@ -13,6 +13,7 @@ from celery import Celery
 
 import prismatic_celery
 from prismatic_celery import Runtime
+from prismatic_celery.circuits import Circuits
 from prismatic_celery.engine.pauses import Pause, set_pause
 from prismatic_celery.health import (
     EVENT_FIELDS,
@@ -322,8 +323,9 @@ def test_a_child_no_live_worker_consumes_is_unserved_and_costs_10_points(runtime
     assert get_tree_health(runtime)["score"] == 100
 
 
-def test_live_workers_come_from_the_heartbeat_index_never_a_scan() -> None:
-    """A worker whose heartbeat is older than its registration TTL drops out of the views; no view SCANs."""
+def test_live_workers_and_circuits_come_from_indexes_never_a_scan() -> None:
+    """A worker whose heartbeat is older than its registration TTL drops out of the views; a circuit another
+    process declared is found through the circuits index; no view SCANs."""
     now = [1000.0]
     store = MemoryStore(clock=lambda: now[0])
     app = Celery("index", broker="memory://", set_as_current=False)
@@ -336,7 +338,9 @@ def test_live_workers_come_from_the_heartbeat_index_never_a_scan() -> None:
         raise AssertionError(f"SCAN {pattern}")
 
     serve(runtime, "a@h")
+    Circuits(store, runtime.keys, listen=False).declare("geo-api").open_for(30_000)  # another process's circuit
     store.scan = no_scan  # type: ignore[method-assign]
     assert [w["hostname"] for w in workers_view(runtime)] == ["a@h"]
+    assert get_tree_health(runtime)["circuits"]["geo-api"]["state"] == "open", "found through the index"
     now[0] += registration_ttl_s(runtime.settings) + 1
     assert workers_view(runtime) == [] and tree_state(runtime)["domains"][0]["status"] == "unserved"

@@ -134,6 +134,17 @@ class _Listener:
             breaker.remember(record, newer_only=True)
 
 
+#: How long a circuit stays in the namespace's index after the last process declared it (seconds).
+INDEX_S = 30 * 24 * 3600.0
+#: Most circuit names the index keeps.
+INDEX_CAP = 10_000
+
+
+def indexed_circuits(store: Store, keys: Keys) -> list[str]:
+    """Every circuit some process declared within :data:`INDEX_S` (the index the views read, never a SCAN)."""
+    return sorted(name for name, _ in store.window_members(keys.key("circuits"), time.time(), INDEX_S))
+
+
 class Circuits:
     """Every declared breaker of one app, sharing one store, one namespace and one dispatcher.
 
@@ -178,9 +189,14 @@ class Circuits:
         return self.adopt(breaker)
 
     def adopt(self, breaker: SharedBreaker) -> SharedBreaker:
-        """Keep ``breaker`` under its name: the listener keeps its cache fresh (it replaces one of that name)."""
+        """Keep ``breaker`` under its name: the listener keeps its cache fresh (it replaces one of that name).
+
+        The name joins the namespace's index of circuits (``prismatic:{<ns>}:circuits``, refreshed by every
+        process that declares it, dropped :data:`INDEX_S` after the last), which the views read instead of a SCAN.
+        """
         with self._lock:
             self.breakers[breaker.circuit] = breaker
+        self.store.window_add(self.keys.key("circuits"), breaker.circuit, time.time(), INDEX_S, cap=INDEX_CAP)
         return breaker
 
     @property
