@@ -24,7 +24,7 @@ from .engine.slots import RunningSlots, watch_pool
 from .errors import ConfigurationError
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
-from .workers import register_worker, unregister_worker
+from .workers import index_every_s, register_worker, unregister_worker
 
 __all__ = ["DOMAIN_OPTION", "DomainStep", "SupervisionStep", "Ticker"]
 
@@ -156,14 +156,16 @@ class SupervisionStep(bootsteps.StartStopStep):
             runtime.consumed_queues = tuple(app.amqp.queues.consume_from)
             runtime.reconciler = Reconciler(runtime, runtime.consumed_queues)
         reconciler = runtime.reconciler
-        last_beat = [0.0]
+        last_beat, last_index = [0.0], [-1e9]
 
         def tick() -> float | None:
             snapshot = reconciler.poll()
             if time.monotonic() - last_beat[0] >= runtime.settings.reconcile_interval_s:
                 last_beat[0] = time.monotonic()
+                index = last_beat[0] - last_index[0] >= index_every_s(runtime.settings)
+                last_index[0] = last_beat[0] if index else last_index[0]
                 register_worker(runtime.store, runtime.keys, runtime.settings,
-                                self._registration(consumer, runtime))
+                                self._registration(consumer, runtime), index=index)
             return snapshot.next_change_s()  # a pause that ends by expiry is read again as it ends
 
         self.ticker = Ticker("prismatic-supervision", runtime.settings.reconcile_interval_s, tick,

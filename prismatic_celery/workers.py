@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from .keys import Keys
     from .store.base import Store
 
-__all__ = ["INDEX_CAP", "live_registrations", "register_worker", "registration_ttl_s", "served_queues",
-           "unregister_worker", "worker_key"]
+__all__ = ["INDEX_CAP", "index_every_s", "live_registrations", "register_worker", "registration_ttl_s",
+           "served_queues", "unregister_worker", "worker_key"]
 
 #: Most hostnames the index keeps (the oldest heartbeats go first beyond it).
 INDEX_CAP = 10_000
@@ -37,12 +37,23 @@ def registration_ttl_s(settings: Settings) -> float:
     return max(10.0, 5 * settings.reconcile_interval_s)
 
 
-def register_worker(store: Store, keys: Keys, settings: Settings, registration: Mapping[str, Any]) -> None:
-    """Write (refresh) a worker's registration and its index entry."""
+def register_worker(store: Store, keys: Keys, settings: Settings, registration: Mapping[str, Any], *,
+                    index: bool = True) -> None:
+    """Write (refresh) a worker's registration and, with ``index``, its index entry.
+
+    The index entry lives as long as the registration, so a heartbeat refreshes it every third of that
+    (:func:`index_every_s`), not at every beat.
+    """
     hostname = str(registration["hostname"])
     ttl_s = registration_ttl_s(settings)
     store.set_json(worker_key(keys, hostname), dict(registration), ttl_s=ttl_s)
-    store.window_add(keys.key("workers"), hostname, store.time(), ttl_s, cap=INDEX_CAP)
+    if index:
+        store.window_add(keys.key("workers"), hostname, store.time(), ttl_s, cap=INDEX_CAP)
+
+
+def index_every_s(settings: Settings) -> float:
+    """How often a heartbeat refreshes the worker's index entry: a third of the registration's TTL."""
+    return registration_ttl_s(settings) / 3
 
 
 def unregister_worker(store: Store, keys: Keys, hostname: str) -> None:
