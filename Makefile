@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install lint typecheck test unit demo clean
+.PHONY: install lint typecheck test unit demo fresh-install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ unit: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.prismatic_platform.demo
+
+# A fresh virtualenv with only `pip install .` runs a Redis-broker worker (about a minute: not in `make test`;
+# .ci/run runs it after the suite).
+fresh-install: $(STAMP)
+	$(BIN)/python -m tests.fresh_install
 
 
 clean:
