@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "SupervisionEvent",
     "SupervisionListener",
     "level_of",
+    "typed_fields",
 ]
 
 logger = get_logger("listeners")
@@ -87,7 +88,32 @@ class SupervisionListener:
         """Messages were shed under load."""
 
 
-_LEVELS = {"escalation": logging.ERROR, "restart": logging.WARNING, "dead_letter": logging.WARNING,
+#: Event fields that hold numbers (the stream stores every value as a string; readers type them back).
+NUMERIC_FIELDS = frozenset({
+    "time", "at", "executions", "failures", "window_s", "child_restarts", "domain_restarts", "attempt", "attempts",
+    "countdown_s", "deaths", "supervisor_restarts", "cooldown_s", "fail_counter", "fail_max", "retry_after_s",
+    "backlog", "threshold", "importance", "cutoff",
+})
+
+
+def typed_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's fields with the numeric ones (:data:`NUMERIC_FIELDS`) as numbers: ints stay ints; a value
+    that is not a number is kept as it is."""
+    typed: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in NUMERIC_FIELDS and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                typed[key] = value
+                continue
+            typed[key] = int(number) if number.is_integer() and "." not in value and "e" not in value else number
+        else:
+            typed[key] = value
+    return typed
+
+
+_LEVELS = {"escalation": logging.WARNING, "restart": logging.WARNING, "dead_letter": logging.WARNING,
            "shed": logging.WARNING}
 
 

@@ -197,17 +197,24 @@ def teach(ctx: click.Context, fingerprint: str, action: str | None, params: tupl
 
 @lessons.command(name="export")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Report what was written as JSON (FILE '-' is JSON anyway).")
 @click.pass_context
-def export_(ctx: click.Context, file: str) -> None:
+def export_(ctx: click.Context, file: str, as_json: bool) -> None:
     """Write every lesson as a JSON list to FILE ('-' for standard output)."""
     store, _ = _store(ctx)
     data = store.export()
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     if file == "-":
         click.echo(text, nl=False)
-    else:
+        return
+    try:
         with open(file, "w", encoding="utf-8") as handle:
             handle.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {file}: {exc}") from None
+    if as_json:
+        _emit({"exported": len(data), "file": file}, True, "")
+    else:
         click.echo(f"exported {len(data)} lessons to {file}", err=True)
 
 
