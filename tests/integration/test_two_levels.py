@@ -31,7 +31,7 @@ from prismatic_celery.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import DOMAINS, make_app
 from tests.conftest import failure_events
-from tests.integration.conftest import basic_env
+from tests.integration.conftest import basic_env, plugin_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
@@ -95,6 +95,10 @@ def test_a_steady_two_percent_error_rate_for_a_minute_pauses_nothing(
         assert client.hgetall(f"prismatic:{namespace}:restart-totals") == {}
         assert all({"storage", "cache", "telemetry"} <= q for q in consuming(app, workers).values())
         assert not any("queue-paused" in w.log for w in workers)
+        logged = [line for w in workers for line in plugin_lines(w.log)]
+        crashes = len(range(0, sent, 50))
+        assert len(logged) <= 1.1 * crashes, f"{len(logged)} plugin lines for {crashes} crashes"
+        assert not [line for line in logged if "WARNING/" in line or "CRITICAL/" in line], "re-runs are INFO"
 
 
 def test_a_child_whose_every_message_fails_trips_within_five_seconds_and_pauses_its_later_siblings(
@@ -170,12 +174,12 @@ def test_a_rest_for_one_resume_never_ends_a_cooldown(redis_url: str, namespace: 
         assert now + 6 <= ran <= now + 6 + 1.5, f"ran {ran - now:.2f} s after the cool-down began (6 s)"
 
 
-def test_a_hundred_dead_lettered_value_errors_are_one_escalation_and_no_critical_line(
+def test_a_hundred_dead_lettered_value_errors_are_one_escalation_at_most_110_lines_and_no_critical_line(
     redis_url: str, namespace: str, client: redis.Redis
 ) -> None:
-    """Given 100 logic errors among 900 good messages, then each runs once and is dead-lettered (WARNING),
-    one escalation event names the new failure pattern (ERROR), no line is CRITICAL, and the knowledge
-    metrics count 100 dead letters apart from 1 escalation."""
+    """Given 100 logic errors (one pattern) among 900 good messages, then each runs once and is dead-lettered
+    (WARNING), one escalation event names the new failure pattern (WARNING), the plugin writes at most 110 lines
+    at INFO, none CRITICAL, and the knowledge metrics count 100 dead letters apart from 1 escalation."""
     with two_workers(redis_url, namespace, DEFAULTS) as (app, workers):
         results = []
         for i in range(1000):
@@ -196,6 +200,11 @@ def test_a_hundred_dead_lettered_value_errors_are_one_escalation_and_no_critical
         logs = "".join(w.log for w in workers)
         assert logs.count("event=supervision-dead-letter") == 100
         assert "CRITICAL" not in logs
+        logged = plugin_lines(logs)
+        assert len(logged) <= 110, "\n".join(logged)
+        assert logs.count("File ") == 0 or all(
+            tb.count("/prismatic_celery/") <= 1 for tb in logs.split("Traceback (most recent call last):")[1:]), \
+            "one plugin frame per task traceback"
         metrics = runtime.learning.metrics.snapshot()
         assert (metrics.dead_letters, metrics.escalations) == (100, 1)
         assert stream(client, namespace, "restart") == [], "10 % failures on a busy queue: the child is fine"
