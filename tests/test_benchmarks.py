@@ -1,4 +1,5 @@
-"""The overhead benchmark runs end to end and ends with its JSON summary (speed is measured, not asserted)."""
+"""The benchmarks' quick runs end to end: each ends with its JSON summary, its correctness figures asserted (speed
+is measured, not asserted)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +22,67 @@ KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_
         "crash_round_trips"}
 
 
-def _quick(module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """Run ``python -m <module> --quick`` (it starts its own Redis servers and workers); its final JSON line."""
+#: The quick runs, started together by the first test that needs one: each spends most of its time waiting
+#: (outages, backoffs, drains, worker start-ups), so the suite waits for the longest, not for their sum. Each
+#: starts its own Redis servers and workers on free ports, so they never share anything.
+QUICK_RUNS = ("benchmarks.chaos", "benchmarks.outage", "benchmarks.overhead", "benchmarks.learning")
+
+
+class QuickRuns:
+    """``python -m <module> --quick`` for every module of :data:`QUICK_RUNS`, started at once."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.done: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": pythonpath()}
+        for module in QUICK_RUNS:
+            self.procs[module] = subprocess.Popen([sys.executable, "-m", module, "--quick"], cwd=ROOT, env=env,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def result(self, module: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        if module not in self.done:
+            proc = self.procs[module]
+            try:
+                out, err = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                err += f"\n(killed after {timeout_s} s)"
+            self.done[module] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return self.done[module]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def quick_runs() -> Iterator[QuickRuns]:
     _require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    proc = subprocess.run(
-        [sys.executable, "-m", module, "--quick"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True, text=True, timeout=timeout_s,
-    )
+    runs = QuickRuns()
+    runs.start()
+    try:
+        yield runs
+    finally:
+        runs.stop()
+
+
+def _quick(runs: QuickRuns, module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """The quick run of ``module`` (it starts its own Redis servers and workers); its final JSON line."""
+    proc = runs.result(module, timeout_s)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
-def test_overhead_benchmark_quick_run_ends_with_its_json_summary() -> None:
+def test_overhead_benchmark_quick_run_ends_with_its_json_summary(quick_runs: QuickRuns) -> None:
     """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
-    proc, summary = _quick("benchmarks.overhead", 170)
+    proc, summary = _quick(quick_runs, "benchmarks.overhead", 170)
     assert set(summary) == KEYS, summary
     assert summary["overhead_ratio"] > 0
     assert summary["redis_cmds_per_task"] >= 0
@@ -51,9 +98,10 @@ OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls"
 
 @pytest.mark.integration
 @pytest.mark.timeout(150)
-def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin() -> None:
+def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin(
+        quick_runs: QuickRuns) -> None:
     """`python -m benchmarks.outage --quick`: sane figures, and the plugin loses no task and runs none twice."""
-    proc, summary = _quick("benchmarks.outage", 140)
+    proc, summary = _quick(quick_runs, "benchmarks.outage", 140)
     assert set(summary) == OUTAGE_KEYS, summary
     assert summary["lost"] == 0 and summary["duplicates"] == 0, proc.stdout
     assert summary["plain_lost"] >= 0 and summary["plain_duplicates"] >= 0
@@ -74,10 +122,10 @@ CHAOS_KEYS = {"mode", "lost", "lost_unreceived", "unsettled_at_cap", "healthy_p5
 
 @pytest.mark.integration
 @pytest.mark.timeout(170)
-def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
+def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(quick_runs: QuickRuns) -> None:
     """`python -m benchmarks.chaos --quick`: one JSON line per mode, plain then plugin; with the plugin every
     message a worker received settles, each logic error runs once and each poison message at most 3 times."""
-    proc, plugin = _quick("benchmarks.chaos", 160)
+    proc, plugin = _quick(quick_runs, "benchmarks.chaos", 160)
     plain = json.loads(proc.stdout.strip().splitlines()[-2])
     assert set(plain) == CHAOS_KEYS and set(plugin) == CHAOS_KEYS, proc.stdout
     assert (plain["mode"], plugin["mode"]) == ("plain", "plugin")
@@ -107,10 +155,11 @@ LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures() -> None:
+def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures(
+        quick_runs: QuickRuns) -> None:
     """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; every pattern became a lesson,
     the bug was never re-run (escalated once), and remediations kept most known-pattern crashes from failing."""
-    proc, report = _quick("benchmarks.learning", 220)
+    proc, report = _quick(quick_runs, "benchmarks.learning", 220)
     assert set(report) == LEARNING_KEYS, proc.stdout
     lines = proc.stdout.splitlines()[:-1]
     assert [line.split(":")[0] for line in lines if line.startswith("round")] == [f"round {i}" for i in (1, 2, 3)]
