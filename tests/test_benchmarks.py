@@ -8,13 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.harness import pythonpath
+from tests.background import Background, register
 from tests.conftest import _require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,74 +22,41 @@ KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_
         "crash_round_trips"}
 
 
-#: The quick runs, started together by the first test that needs one: each spends most of its time waiting
-#: (outages, backoffs, drains, worker start-ups), so the suite waits for the longest, not for their sum. Each
-#: starts its own Redis servers and workers on free ports, so they never share anything.
-QUICK_RUNS = ("benchmarks.chaos", "benchmarks.outage", "benchmarks.overhead", "benchmarks.learning")
+#: The quick runs start in the background with the demo's runs (tests/background.py): each spends most of its
+#: time waiting, so the suite waits for the longest, not for their sum. Each starts its own Redis servers and
+#: workers on free ports. Phase 1 (chaos, outage, the demos) mostly waits; overhead (which keeps the CPU busy
+#: measuring throughput) runs alone after it, so that no busy CPU shifts the timing of the chaos run's SIGKILL,
+#: and learning runs alone last (its rounds need the CPU to see each fault pattern in time).
+QUICK_RUNS = {
+    "benchmarks.chaos": ("test_chaos_benchmark_quick_run_settles_everything_with_the_plugin", 1),
+    "benchmarks.outage": ("test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin", 1),
+    "benchmarks.overhead": ("test_overhead_benchmark_quick_run_ends_with_its_json_summary", 2),
+    "benchmarks.learning": ("test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures", 3),
+}
 
 
-class QuickRuns:
-    """``python -m <module> --quick`` for every module of :data:`QUICK_RUNS`, started at once."""
+def _starter(module: str) -> Any:
+    def start(_: Any) -> subprocess.Popen[str] | None:
+        if shutil.which("redis-server") is None:
+            return None
+        return subprocess.Popen([sys.executable, "-m", module, "--quick"], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": pythonpath()}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen[str]] = {}
-        self.done: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": pythonpath()}
-        for module in QUICK_RUNS:
-            self.procs[module] = subprocess.Popen([sys.executable, "-m", module, "--quick"], cwd=ROOT, env=env,
-                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def result(self, module: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
-        if module not in self.done:
-            proc = self.procs[module]
-            try:
-                out, err = proc.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-                err += f"\n(killed after {timeout_s} s)"
-            self.done[module] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        return self.done[module]
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    return start
 
 
-@pytest.fixture(scope="module")
-def quick_runs() -> Iterator[QuickRuns]:
-    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    runs = QuickRuns()
-    runs.start()
-    try:
-        yield runs
-    finally:
-        runs.stop()
+for _module, (_test, _phase) in QUICK_RUNS.items():
+    register(_module, _starter(_module), f"tests/test_benchmarks.py::{_test}", phase=_phase)
 
 
-def _quick(runs: QuickRuns, module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+def _quick(runs: Background, module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str],
+                                                                     dict[str, Any]]:
     """The quick run of ``module`` (it starts its own Redis servers and workers); its final JSON line."""
+    _require(runs.started(module), "redis-server is not installed")
     proc = runs.result(module, timeout_s)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(180)
-def test_overhead_benchmark_quick_run_ends_with_its_json_summary(quick_runs: QuickRuns) -> None:
-    """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
-    proc, summary = _quick(quick_runs, "benchmarks.overhead", 170)
-    assert set(summary) == KEYS, summary
-    assert summary["overhead_ratio"] > 0
-    assert summary["redis_cmds_per_task"] >= 0
-    assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
-    assert summary["pairs"] >= 1 and summary["tasks"] > 0
-    assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
-    assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
 
 
 OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls", "plugin_calls", "plain_drain_s",
@@ -99,9 +66,9 @@ OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls"
 @pytest.mark.integration
 @pytest.mark.timeout(150)
 def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin(
-        quick_runs: QuickRuns) -> None:
+        background: Background) -> None:
     """`python -m benchmarks.outage --quick`: sane figures, and the plugin loses no task and runs none twice."""
-    proc, summary = _quick(quick_runs, "benchmarks.outage", 140)
+    proc, summary = _quick(background, "benchmarks.outage", 140)
     assert set(summary) == OUTAGE_KEYS, summary
     assert summary["lost"] == 0 and summary["duplicates"] == 0, proc.stdout
     assert summary["plain_lost"] >= 0 and summary["plain_duplicates"] >= 0
@@ -122,10 +89,10 @@ CHAOS_KEYS = {"mode", "lost", "lost_unreceived", "unsettled_at_cap", "healthy_p5
 
 @pytest.mark.integration
 @pytest.mark.timeout(170)
-def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(quick_runs: QuickRuns) -> None:
+def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(background: Background) -> None:
     """`python -m benchmarks.chaos --quick`: one JSON line per mode, plain then plugin; with the plugin every
     message a worker received settles, each logic error runs once and each poison message at most 3 times."""
-    proc, plugin = _quick(quick_runs, "benchmarks.chaos", 160)
+    proc, plugin = _quick(background, "benchmarks.chaos", 160)
     plain = json.loads(proc.stdout.strip().splitlines()[-2])
     assert set(plain) == CHAOS_KEYS and set(plugin) == CHAOS_KEYS, proc.stdout
     assert (plain["mode"], plugin["mode"]) == ("plain", "plugin")
@@ -148,6 +115,20 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(quick_runs
     assert "targets: " in proc.stdout
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_overhead_benchmark_quick_run_ends_with_its_json_summary(background: Background) -> None:
+    """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
+    proc, summary = _quick(background, "benchmarks.overhead", 170)
+    assert set(summary) == KEYS, summary
+    assert summary["overhead_ratio"] > 0
+    assert summary["redis_cmds_per_task"] >= 0
+    assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
+    assert summary["pairs"] >= 1 and summary["tasks"] > 0
+    assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
+    assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
+
+
 LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_s", "escalation_rate",
                  "false_positive_rate", "attempts_per_recovery", "attempts_trend_per_round", "rounds", "seed",
                  "overall"}
@@ -156,10 +137,10 @@ LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_
 @pytest.mark.integration
 @pytest.mark.timeout(240)
 def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures(
-        quick_runs: QuickRuns) -> None:
+        background: Background) -> None:
     """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; every pattern became a lesson,
     the bug was never re-run (escalated once), and remediations kept most known-pattern crashes from failing."""
-    proc, report = _quick(quick_runs, "benchmarks.learning", 220)
+    proc, report = _quick(background, "benchmarks.learning", 220)
     assert set(report) == LEARNING_KEYS, proc.stdout
     lines = proc.stdout.splitlines()[:-1]
     assert [line.split(":")[0] for line in lines if line.startswith("round")] == [f"round {i}" for i in (1, 2, 3)]

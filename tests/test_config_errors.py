@@ -77,6 +77,7 @@ def test_a_producer_with_a_bad_configuration_refuses_to_send() -> None:
         conn.default_channel.queue_declare("celery", passive=True)
 
 
+@pytest.mark.filterwarnings("ignore::celery.exceptions.CDeprecationWarning")  # the task's own queue=
 def test_a_task_routed_to_a_queue_no_domain_declares_is_named_when_it_looks_supervised() -> None:
     """A typo of a supervised queue, or a child's tasks glob overridden by a route elsewhere, is reported;
     a task on the default queue is not."""
@@ -89,7 +90,7 @@ def test_a_task_routed_to_a_queue_no_domain_declares_is_named_when_it_looks_supe
     @app.task(name="routes.typo", shared=False)
     def typo() -> None: ...
 
-    @app.task(name="routes.moved", shared=False, queue="elsewhere")
+    @app.task(name="routes.moved", shared=False, queue="elsewhere")  # the task's own queue beats the globs' route
     def moved() -> None: ...
 
     @app.task(name="routes.plain", shared=False)
