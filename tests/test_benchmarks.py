@@ -22,14 +22,15 @@ KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_
         "crash_round_trips"}
 
 
-#: The quick runs start in the background with the demo's runs (tests/background.py): each spends most of its
-#: time waiting, so the suite waits for the longest, not for their sum. Each starts its own Redis servers and
-#: workers on free ports. Phase 1 (chaos, outage, the demos) mostly waits; overhead (which keeps the CPU busy
-#: measuring throughput) runs alone after it, so that no busy CPU shifts the timing of the chaos run's SIGKILL,
-#: and learning runs alone last (its rounds need the CPU to see each fault pattern in time).
+#: The quick runs start in the background with the demo's runs (tests/background.py), in phases, each test
+#: waiting for its own run: the suite waits for the longest run of each phase, not for every run in turn. Each
+#: starts its own Redis servers and workers on free ports. The chaos run goes alone first (its SIGKILL and
+#: pool-process deaths must not shift with a busy CPU); then outage, overhead and the demos together (overhead
+#: keeps the CPU busy, but asserts no speed); then learning alone (its rounds need the CPU to meet each fault
+#: pattern in time).
 QUICK_RUNS = {
     "benchmarks.chaos": ("test_chaos_benchmark_quick_run_settles_everything_with_the_plugin", 1),
-    "benchmarks.outage": ("test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin", 1),
+    "benchmarks.outage": ("test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin", 2),
     "benchmarks.overhead": ("test_overhead_benchmark_quick_run_ends_with_its_json_summary", 2),
     "benchmarks.learning": ("test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures", 3),
 }
@@ -64,7 +65,7 @@ OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls"
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(300)
 def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin(
         background: Background) -> None:
     """`python -m benchmarks.outage --quick`: sane figures, and the plugin loses no task and runs none twice."""
@@ -88,10 +89,11 @@ CHAOS_KEYS = {"mode", "lost", "lost_unreceived", "unsettled_at_cap", "healthy_p5
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(170)
+@pytest.mark.timeout(300)
 def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(background: Background) -> None:
     """`python -m benchmarks.chaos --quick`: one JSON line per mode, plain then plugin; with the plugin every
-    message a worker received settles, each logic error runs once and each poison message at most 3 times."""
+    message a worker received settles, each logic error runs once and each poison message at most 3 times (more
+    only for one that ran on the worker SIGKILLed under it)."""
     proc, plugin = _quick(background, "benchmarks.chaos", 160)
     plain = json.loads(proc.stdout.strip().splitlines()[-2])
     assert set(plain) == CHAOS_KEYS and set(plugin) == CHAOS_KEYS, proc.stdout
@@ -103,20 +105,25 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(background
     assert plugin["settled"] == plugin["messages"] - plugin["lost"] and plugin["dead_lettered_other"] == 0, proc.stdout
     logic = plugin["logic_error_executions_total"]
     assert logic > 0 and plugin["logic_error_executions_max"] == 1 and plain["logic_error_executions_total"] == logic
-    # A run whose pool process died unseen because its whole worker was SIGKILLed is no death the plugin can count.
+    # A poison message that never ran on the worker SIGKILLed mid-run runs exactly as often as quarantine allows
+    # (3). One that did: each run it started there before the kill may be a death no surviving worker saw, and the
+    # delivery that worker held unacknowledged comes back after the visibility timeout (at-least-once, in either
+    # variant), so up to k + 1 more runs (on a busy machine the kill often lands between them).
     runs, uncounted = plugin["poison_runs"], plugin["poison_runs_at_kill"]
-    assert runs and all(r <= 3 + (k > 0) for r, k in zip(runs, uncounted, strict=True)), proc.stdout
+    assert runs and all(r <= 3 + (k + 1 if k else 0) for r, k in zip(runs, uncounted, strict=True)), proc.stdout
     assert plain["unsettled_at_cap"] >= len(plain["poison_runs"]), "plain Celery never settles a poison message"
     assert 0 < plugin["dead_dependency_calls"] < plain["dead_dependency_calls"], proc.stdout
     for summary in (plain, plugin):
         assert 0 < summary["healthy_p50_s"] <= summary["healthy_p99_s"] and summary["seconds"] > 0
     assert plugin["max_countdown_s"] < 8, "the plugin's countdowns stay below the quick run's visibility timeout"
-    assert plugin["duplicate_successes"] == 0, proc.stdout
+    # With acks_late, a message the SIGKILLed worker had completed but not yet acknowledged runs again (Celery's
+    # at-least-once, in either variant): at most one per pool process of that worker (-c 2). Nothing else twice.
+    assert plugin["duplicate_successes"] <= 2, proc.stdout
     assert "targets: " in proc.stdout
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_overhead_benchmark_quick_run_ends_with_its_json_summary(background: Background) -> None:
     """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
     proc, summary = _quick(background, "benchmarks.overhead", 170)
@@ -135,7 +142,7 @@ LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures(
         background: Background) -> None:
     """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; every pattern became a lesson,

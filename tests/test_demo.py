@@ -1,7 +1,8 @@
 """`make demo` works from the README: with a real Redis and with the embedded fallback.
 
-Both runs start together with the benchmarks' quick runs (tests/background.py): one with Redis (a leased
-database) and a prefork worker, one on the embedded broker and store; the suite waits for the longest of them.
+Both runs start in the background together with two of the benchmarks' quick runs (tests/background.py,
+tests/test_benchmarks.py): one with Redis (a leased database) and a prefork worker, one on the embedded broker
+and store; the suite waits for the longest of them.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def _start_embedded(_: ExitStack) -> subprocess.Popen[str]:
     return _popen(URLS["embedded"])
 
 
-register("demo-real", _start_real, TEST)
-register("demo-embedded", _start_embedded, TEST)
+register("demo-real", _start_real, TEST, phase=2)  # with the benchmarks' outage and overhead runs
+register("demo-embedded", _start_embedded, TEST, phase=2)
 
 
 def _step_four_agrees_with_its_status(out: str) -> None:

@@ -61,10 +61,10 @@ def _find(store: LessonStore, fingerprint: str) -> Lesson:
     raise click.ClickException(f"no lesson {fingerprint!r}")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], fit: int | None = None) -> str:
     from ..cli import table
 
-    return table(headers, rows)
+    return table(headers, rows, fit=fit)
 
 
 @click.group(name="lessons", invoke_without_command=True)
@@ -94,9 +94,9 @@ def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
             tried = ", ".join(f"{name} {s.get('succeeded', 0)}/{s.get('tried', 0)}"
                               for name, s in sorted(remediations.items()))
             rows.append([str(lesson.get("fingerprint", ""))[:12], lesson.get("failure_class"), lesson.get("count"),
-                         str(lesson.get("exc_type")), str(lesson.get("message", ""))[:60], tried])
-        lines.append(_table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "MESSAGE", "REMEDIATIONS (ok/tried)"],
-                            rows))
+                         str(lesson.get("exc_type")), tried, str(lesson.get("message", ""))[:200]])
+        lines.append(_table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "REMEDIATIONS (ok/tried)", "MESSAGE"],
+                            rows, fit=5))
     _emit(data, as_json, "\n".join(lines))
 
 
