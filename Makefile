@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # pybreaker's own test suite, run against the shared breaker (tests/test_circuits_pybreaker_suite.py)
 PYBREAKER_CACHE := .cache/pybreaker-src
 
-.PHONY: install lint typecheck test unit demo clean pybreaker-src
+.PHONY: install lint typecheck test unit demo fresh-install clean pybreaker-src
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ unit: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.prismatic_platform.demo
+
+# A fresh virtualenv with only `pip install .` runs a Redis-broker worker (about a minute: not in `make test`;
+# .ci/run runs it after the suite).
+fresh-install: $(STAMP)
+	$(BIN)/python -m tests.fresh_install
 
 
 clean:

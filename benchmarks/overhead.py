@@ -273,10 +273,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(default min(tasks, 500); 0: none)")
     parser.add_argument("--crashes", type=int, default=200, help="failed executions counted per kind (200)")
     parser.add_argument("--quick", action="store_true",
-                        help="short run for the tests: 2 pairs of 400 tasks, no warm-up, 20 crashes per kind")
+                        help="short run for the tests: 1 pair of 400 tasks, no warm-up, 20 crashes per kind")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.tasks, args.warmup, args.crashes = 2, 400, 0, 20
+        args.pairs, args.tasks, args.warmup, args.crashes = 1, 400, 0, 20
     if args.warmup is None:
         args.warmup = min(args.tasks, 500)
     if args.pairs < 1 or args.tasks < 40 or args.concurrency < 1 or args.warmup < 0 or args.crashes < 1:

@@ -9,6 +9,7 @@ never runs on the worker's event loop.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import threading
@@ -73,6 +74,7 @@ class DomainStep(bootsteps.Step):
             worker.app.amqp.queues.select(_selected_queues(runtime, domains))
         runtime.worker_domains = domains
         _check_task_circuits(worker.app, runtime)
+        _warn_unsupervised_routes(worker.app, runtime)
         worker.pool_restarts = True  # per-process shutdown events: recycling a pool process needs them
         if runtime.slots is None:
             runtime.slots = RunningSlots()  # before the pool forks: its processes share it
@@ -92,6 +94,40 @@ def _check_task_circuits(app: Celery, runtime: Runtime) -> None:
                 known = ", ".join(runtime.circuits.names) or "none declared"
                 raise ConfigurationError(f"{name}.circuits", f"unknown circuit {circuit!r}; prismatic_circuits "
                                                              f"declares: {known}")
+
+
+def unsupervised_routes(app: Celery, runtime: Runtime) -> list[str]:
+    """Tasks routed to a queue no domain declares although they look meant to be supervised: the queue's name
+    is close to a supervised queue's (a typo), or a child's ``tasks`` globs name the task. Each as
+    ``task -> queue (...)``."""
+    supervised = list(runtime.supervisor.queues)
+    found: list[str] = []
+    for name, task in sorted(app.tasks.items()):
+        if name.startswith("celery.") or not getattr(task, "supervise", True):
+            continue
+        own = getattr(task, "queue", None)
+        try:
+            routed = app.amqp.router.route({"queue": own} if own else {}, name).get("queue")
+        except Exception:  # a route Celery itself cannot resolve is Celery's to report
+            continue
+        queue = getattr(routed, "name", routed)
+        if not isinstance(queue, str) or queue in supervised:
+            continue
+        meant = runtime.supervisor.route(name)
+        close = difflib.get_close_matches(queue, supervised, n=1, cutoff=0.75)
+        if meant is not None:
+            found.append(f"{name} -> {queue} (its child's tasks globs name {meant})")
+        elif close:
+            found.append(f"{name} -> {queue} (did you mean {close[0]}?)")
+    return found
+
+
+def _warn_unsupervised_routes(app: Celery, runtime: Runtime) -> None:
+    """One warning at worker start naming the supervised-looking routes to queues no domain declares."""
+    found = unsupervised_routes(app, runtime)
+    if found:
+        log_event(logging.WARNING, "unsupervised-routes", logger, routes="; ".join(found)[:1000],
+                  detail="these tasks run unsupervised: no domain declares their queue")
 
 
 class Ticker:

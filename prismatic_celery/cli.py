@@ -22,6 +22,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -87,10 +88,34 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns separated by two spaces (a header line, then one line per row)."""
+#: The narrowest a column fitted to the terminal gets (it is cut with "..." below its content's width).
+MIN_FIT_WIDTH = 20
+
+
+def terminal_width() -> int | None:
+    """The terminal's width in columns when standard output is one, else None (a pipe or file gets every
+    character: nothing is cut for a script)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, fit: int | None = None,
+          width: int | None = None) -> str:
+    """Left-aligned columns sized to their content, separated by two spaces (a header line, then one line per
+    row). ``fit`` names the column that gives way when the table is wider than ``width`` (default: the
+    terminal's width; no limit when the output is not a terminal): its cells are cut, ending in "..."."""
     cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    limit = terminal_width() if width is None else width
+    if fit is not None and limit is not None:
+        others = sum(w for i, w in enumerate(widths) if i != fit) + 2 * (len(widths) - 1)
+        room = max(MIN_FIT_WIDTH, limit - others)
+        if widths[fit] > room:
+            widths[fit] = room
+            for r in cells:
+                if len(r[fit]) > room:
+                    r[fit] = r[fit][:room - 3] + "..."
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
@@ -126,11 +151,18 @@ def _unreachable(runtime: Runtime) -> str:
 def check(ctx: click.Context, offline: bool, as_json: bool) -> None:
     """Validate every prismatic_* setting and connect to the store; exit 1 naming the first bad setting,
     5 when the store does not answer."""
-    runtime = _runtime(ctx)
+    try:
+        runtime = _runtime(ctx)
+    except click.ClickException as exc:
+        problem = exc.__cause__
+        if not as_json or not isinstance(problem, ConfigurationError):
+            raise
+        _emit({"ok": False, "setting": problem.setting, "problem": problem.problem}, True, "")
+        sys.exit(EXIT_ERROR)
     tree = runtime.supervisor
     reachable = None if offline else runtime.store.ping()
-    data = {"domains": len(tree.domain_list), "queues": len(tree.queues), "store": runtime.store.display_url,
-            "shared": runtime.store.shared, "reachable": reachable}
+    data = {"ok": reachable is not False, "domains": len(tree.domain_list), "queues": len(tree.queues),
+            "store": runtime.store.display_url, "shared": runtime.store.shared, "reachable": reachable}
     human = f"configuration OK: {len(tree.domain_list)} domains, {len(tree.queues)} supervised queues, "
     human += _store_line(runtime) + {None: ", not contacted (--offline)", True: ", answering"}.get(
         reachable, f"\n{_unreachable(runtime)}")
@@ -175,10 +207,10 @@ def workers(ctx: click.Context, as_json: bool) -> None:
         _emit({"state": "unknown", "workers": None}, as_json, _unreachable(runtime))
         sys.exit(EXIT_UNKNOWN)
     rows = live_registrations(runtime.store, runtime.keys, runtime.settings)
-    human = "\n".join(
-        f"{w.get('hostname')}  pid={w.get('pid')} pool={w.get('pool')} queues={','.join(w.get('queues') or [])}"
-        for w in rows
-    ) or "no workers registered"
+    human = table(["WORKER", "PID", "POOL", "CONCURRENCY", "DOMAINS", "QUEUES"],
+                  [[w.get("hostname"), w.get("pid"), w.get("pool"), w.get("concurrency"),
+                    ",".join(w.get("domains") or []) or "-", ",".join(w.get("queues") or [])] for w in rows],
+                  fit=5) if rows else "no workers registered"
     _emit(rows, as_json, human)
     if not rows:
         sys.exit(EXIT_NO_WORKERS)
@@ -213,16 +245,18 @@ def render_shed(counts: Mapping[str, Any] | None) -> str:
 
 
 def render_state(state: Mapping[str, Any]) -> str:
-    """The tree with each child's state, for people."""
+    """The tree with each child's state, for people: one aligned table, a domain row above its children."""
     lines = [_unreachable_line(state)] if state.get("state") == "unknown" else []
+    rows: list[list[Any]] = []
     for domain in state["domains"]:
-        flag = "  ESCALATED" if domain["escalated"] else ""
-        lines.append(f"{domain['name']} ({domain['strategy']}){flag}")
+        rows.append([domain["name"], domain["strategy"], "ESCALATED" if domain["escalated"] else "", "", "", ""])
         for child in domain["children"]:
-            hot = "  HOTSPOT" if child["hotspot"] else ""
-            shed = f"  shed {render_shed(child['shed'])}" if child.get("shed") is not None else ""
-            lines.append(f"  {child['queue']:<24} {_child_status(child):<44} restarts "
-                         f"{_na(child['restarts_in_window'])} recent / {_na(child['restarts_total'])} total{shed}{hot}")
+            shed = render_shed(child["shed"]) if child.get("shed") is not None else ""
+            rows.append([f"  {child['queue']}", child.get("restart", ""), _child_status(child),
+                         f"{_na(child['restarts_in_window'])}/{_na(child['restarts_total'])}", shed,
+                         "HOTSPOT" if child["hotspot"] else ""])
+    lines.append(table(["DOMAIN / CHILD", "STRATEGY", "STATE", "RESTARTS (window/total)", "SHED", "HOT"], rows,
+                       fit=2))
     return "\n".join(lines)
 
 
@@ -387,8 +421,8 @@ def render_events(events: Sequence[Mapping[str, Any]]) -> str:
         except (TypeError, ValueError):
             when = str(at)
         detail = " ".join(f"{k}={v}" for k, v in event.items() if k not in {"id", "type", "time", "domain", "child"})
-        rows.append([when, event.get("type"), event.get("domain", ""), event.get("child", ""), detail[:100]])
-    return table(["TIME", "TYPE", "DOMAIN", "CHILD", "DETAIL"], rows)
+        rows.append([when, event.get("type"), event.get("domain", ""), event.get("child", ""), detail])
+    return table(["TIME", "TYPE", "DOMAIN", "CHILD", "DETAIL"], rows, fit=4)
 
 
 @supervision.command()
@@ -405,8 +439,9 @@ def events(ctx: click.Context, as_json: bool, count: int) -> None:
 @click.argument("target")
 @click.option("--for", "duration_s", type=click.FloatRange(min=0.001), default=None,
               help="Seconds (default: prismatic_cooldown_max_s).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def pause(ctx: click.Context, target: str, duration_s: float | None) -> None:
+def pause(ctx: click.Context, target: str, duration_s: float | None, as_json: bool) -> None:
     """Pause TARGET (a domain or a child's queue) on every worker: a manual pause record that expires."""
     from .control import UnknownTargetError, pause_target
 
@@ -416,13 +451,15 @@ def pause(ctx: click.Context, target: str, duration_s: float | None) -> None:
     except UnknownTargetError as exc:
         raise click.ClickException(str(exc)) from None
     seconds = runtime.settings.cooldown_max_s if duration_s is None else duration_s
-    click.echo(f"paused {','.join(found.queues)} of {found.domain} for {seconds:g}s")
+    _emit({"domain": found.domain, "queues": list(found.queues), "seconds": seconds}, as_json,
+          f"paused {','.join(found.queues)} of {found.domain} for {seconds:g}s")
 
 
 @supervision.command()
 @click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def resume(ctx: click.Context, target: str) -> None:
+def resume(ctx: click.Context, target: str, as_json: bool) -> None:
     """End the pauses of TARGET now; for a domain also its cool-down and escalation (workers resume within a second)."""
     from .control import UnknownTargetError, resume_target
 
@@ -431,8 +468,8 @@ def resume(ctx: click.Context, target: str) -> None:
         found, cleared = resume_target(runtime, target, by="operator via cli")
     except UnknownTargetError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"resumed {found.domain if found.whole_domain else found.queues[0]}: "
-               f"{cleared} paused queue(s) released")
+    _emit({"domain": found.domain, "queues": list(found.queues), "released": cleared}, as_json,
+          f"resumed {found.domain if found.whole_domain else found.queues[0]}: {cleared} paused queue(s) released")
 
 
 @supervision.command()
@@ -443,8 +480,9 @@ def resume(ctx: click.Context, target: str) -> None:
 @_MIN_SCORE
 @click.pass_context
 def watch(ctx: click.Context, interval: float, count: int, as_json: bool, min_score: int) -> None:
-    """Refresh the health report live; exits with the last report's code (2 escalated, 4 below --min-score,
-    5 unknown)."""
+    """Refresh the status live (each child's state, as `status` shows it, under the health score, then the newest
+    events); --json prints the health report, which holds it. Exits with the last refresh's code (2 escalated,
+    4 below --min-score, 5 unknown)."""
     runtime = _runtime(ctx)
     interactive = sys.stdout.isatty() and not as_json
     code = EXIT_OK
@@ -458,9 +496,7 @@ def watch(ctx: click.Context, interval: float, count: int, as_json: bool, min_sc
             else:
                 if interactive:
                     click.clear()
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                click.echo(f"-- {stamp}  every {interval:g}s (Ctrl-C to stop)\n{render_health(report)}\n\n"
-                           f"{render_events(report.get('events') or [])}\n")
+                click.echo(render_watch(report, interval) + "\n")
             shown += 1
             if count and shown >= count:
                 break
@@ -468,11 +504,21 @@ def watch(ctx: click.Context, interval: float, count: int, as_json: bool, min_sc
     sys.exit(code)
 
 
+def render_watch(report: Mapping[str, Any], interval: float) -> str:
+    """One refresh of ``watch``: a header naming what it shows, the status table, the newest events."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    score = "UNKNOWN" if report.get("score") is None else f"{report['score']}/100 {str(report['state']).upper()}"
+    header = (f"-- {stamp}  status of namespace {report.get('namespace')}, health {score}; every {interval:g}s "
+              "(Ctrl-C to stop)")
+    return f"{header}\n{render_state(report)}\n\n{render_events(report.get('events') or [])}"
+
+
 @supervision.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=9808, show_default=True, help="TCP port (0: any).")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--json", "as_json", is_flag=True, help="Print the address served as JSON.")
 @click.pass_context
-def exporter(ctx: click.Context, port: int, address: str) -> None:
+def exporter(ctx: click.Context, port: int, address: str, as_json: bool) -> None:
     """Serve the supervision metrics for Prometheus at http://ADDRESS:PORT/metrics (for deployments without Flower)."""
     runtime = _runtime(ctx)
     try:
@@ -481,7 +527,9 @@ def exporter(ctx: click.Context, port: int, address: str) -> None:
         raise click.ClickException(f"{exc} (install prismatic-celery[prometheus])") from None
     server = make_server(runtime.app, port=port, address=address)
     bound = server.server_address[1]
-    click.echo(f"prismatic exporter: http://{address}:{bound}/metrics (namespace {runtime.keys.namespace})")
+    url = f"http://{address}:{bound}/metrics"
+    _emit({"url": url, "namespace": runtime.keys.namespace}, as_json,
+          f"prismatic exporter: {url} (namespace {runtime.keys.namespace})")
     sys.stdout.flush()
     try:
         server.serve_forever()
@@ -492,7 +540,8 @@ def exporter(ctx: click.Context, port: int, address: str) -> None:
 
 
 @supervision.command(name="flowerconfig")
-def flowerconfig() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def flowerconfig(as_json: bool) -> None:
     """Print the path of the shipped Flower config.
 
     Use: ``celery -A proj flower --conf="$(celery -A proj supervision flowerconfig)"``.
@@ -500,7 +549,8 @@ def flowerconfig() -> None:
     spec = importlib.util.find_spec("prismatic_celery.flower.flowerconfig")
     if spec is None or spec.origin is None:
         raise click.ClickException("prismatic_celery.flower.flowerconfig is missing from this installation")
-    click.echo(str(Path(spec.origin)))
+    path = str(Path(spec.origin))
+    _emit({"path": path}, as_json, path)
 
 
 def _add_optional_groups() -> None:

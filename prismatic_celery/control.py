@@ -1,8 +1,10 @@
 """Remote control commands the plugin registers with Celery's worker.
 
-* ``celery -A proj inspect supervision_health``: each worker replies with
-  :func:`~prismatic_celery.health.get_tree_health` (the cluster-wide tree state and
-  score, plus its own processes and memory per domain).
+* ``celery -A proj inspect supervision_health``: each worker replies with its own view in
+  about twenty lines (:func:`worker_health`): its processes, memory per domain, the queues it
+  consumes now, and the tree's score, state, pauses, escalations, hotspots and circuit states as
+  it reads them from the store. The whole cluster's report is ``celery -A proj supervision
+  health`` (read once from the store, not once per worker).
 * ``celery -A proj control supervision_pause TARGET [SECONDS]``: TARGET is a domain or a
   child's queue; SECONDS defaults to ``prismatic_cooldown_max_s``. Reply ``{"ok": ...}``
   naming the queues paused, or ``{"error": ...}``.
@@ -32,6 +34,7 @@ from typing import Any
 from celery.worker.control import control_command, inspect_command
 
 from .engine.pauses import Pause, clear_pauses, set_pause
+from .errors import ConfigurationError
 from .health import connect_sampler, get_tree_health, sample_worker
 from .log import get_logger, log_event
 from .runtime import Runtime, get_runtime
@@ -46,6 +49,7 @@ __all__ = [
     "supervision_pause",
     "supervision_reconcile",
     "supervision_resume",
+    "worker_health",
 ]
 
 logger = get_logger("control")
@@ -131,13 +135,64 @@ def supervision_health(state: Any, **_: Any) -> dict[str, Any]:
     if runtime is None:
         return {"error": "prismatic-celery is not enabled on this worker"}
     try:
-        return get_tree_health(runtime, local=sample_worker(runtime, consumer))
+        return worker_health(runtime, consumer)
     except Exception as exc:  # a reply, never a crash of the control loop
         log_event(logging.ERROR, "health-failed", logger, error=repr(exc)[:300])
         return {"error": f"health unavailable: {exc!r}"[:300]}
 
 
-@control_command(args=[("target", str), ("duration_s", float)], signature="<domain|queue> [seconds]")
+def worker_health(runtime: Runtime, consumer: Any) -> dict[str, Any]:
+    """One worker's compact answer to ``inspect supervision_health``: its own processes, memory and consumed
+    queues, and the tree's numbers it reads from the store (score, state, pauses, escalations, hotspots,
+    circuit states); the full report is ``celery supervision health``."""
+    sample = sample_worker(runtime, consumer)
+    report = get_tree_health(runtime, local=sample)
+    task_consumer = getattr(consumer, "task_consumer", None)
+    consuming = sorted(q for q in runtime.consumed_queues
+                       if task_consumer is None or task_consumer.consuming_from(q))
+    return {
+        "scope": "worker", "hostname": sample.hostname, "pid": sample.pid, "pool": sample.pool,
+        "processes": list(sample.processes), "total_processes": len(sample.processes),
+        "rss_bytes": sample.rss_total, "memory_per_domain": dict(sample.memory_per_domain),
+        "store": runtime.store.display_url, "consuming": consuming,
+        "score": report.get("score"), "state": report.get("state"),
+        "paused": [{"child": p["child"], "reason": p["reason"]} for p in report.get("paused") or []],
+        "escalated": sorted(e["domain"] for e in report.get("escalations") or []),
+        "hotspots": sorted(h["child"] for h in report.get("hotspots") or []),
+        "circuits": {name: c["state"] for name, c in sorted((report.get("circuits") or {}).items())},
+    }
+
+
+def _known_target(value: str) -> str:
+    """``celery control supervision_pause|resume TARGET``: refuse an unknown TARGET before anything is sent
+    (one line, exit 1), as the worker would; on the worker side (no command line) the value passes."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    app = getattr(getattr(ctx, "obj", None), "app", None) if ctx is not None else None
+    try:
+        runtime = get_runtime(app) if app is not None else None
+        if runtime is not None:
+            resolve_target(runtime, value)
+    except (UnknownTargetError, ConfigurationError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return value
+
+
+def _seconds(value: str) -> float:
+    """``celery control supervision_pause TARGET SECONDS``: a positive number, else one line and exit 1."""
+    import click
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise click.ClickException(f"SECONDS must be a number, got {value!r}") from None
+    if not seconds > 0:
+        raise click.ClickException(f"SECONDS must be > 0, got {value!r}")
+    return seconds
+
+
+@control_command(args=[("target", _known_target), ("duration_s", _seconds)], signature="<domain|queue> [seconds]")
 def supervision_pause(state: Any, target: str = "", duration_s: float | None = None, **_: Any) -> dict[str, Any]:
     """prismatic-celery: pause a domain's or a child's queues (manual pause record, all workers)."""
     consumer, runtime = _runtime(state)
@@ -152,7 +207,7 @@ def supervision_pause(state: Any, target: str = "", duration_s: float | None = N
     return {"ok": f"paused {','.join(found.queues)} of {found.domain}"}
 
 
-@control_command(args=[("target", str)], signature="<domain|queue>")
+@control_command(args=[("target", _known_target)], signature="<domain|queue>")
 def supervision_resume(state: Any, target: str = "", **_: Any) -> dict[str, Any]:
     """prismatic-celery: end the pauses (and, for a domain, the cool-down and escalation) of a target."""
     consumer, runtime = _runtime(state)

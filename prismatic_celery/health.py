@@ -501,9 +501,11 @@ def workers_view(runtime: Runtime, registrations: list[dict[str, Any]] | None = 
 
 
 def recent_events(runtime: Runtime, count: int = 50) -> list[dict[str, Any]]:
-    """The newest ``count`` entries of ``prismatic:{<ns>}:events``, newest first."""
+    """The newest ``count`` entries of ``prismatic:{<ns>}:events``, newest first, numbers typed."""
+    from .listeners import typed_fields
+
     entries = runtime.store.stream_range(runtime.keys.key("events"), max(1, count))
-    return [{"id": entry_id, **fields} for entry_id, fields in reversed(entries)]
+    return [{"id": entry_id, **typed_fields(fields)} for entry_id, fields in reversed(entries)]
 
 
 def _optional(runtime: Runtime, name: str, learning_name: str) -> Any:

@@ -11,6 +11,7 @@ from celery.utils.imports import symbol_by_name
 
 from . import control  # noqa: F401  (registers the remote control commands)
 from .bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
+from .errors import ConfigurationError
 from .log import get_logger, log_event, set_json
 from .observer import connect_signals
 from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
@@ -110,16 +111,30 @@ def _on_finalized(sender: Celery, **_: Any) -> None:
 
 
 def _on_configured(sender: Celery, **_: Any) -> None:
-    """Validate now (errors are logged here and raised again at worker boot) and add the router."""
+    """Validate now and add the router; an invalid configuration is reported once, where it matters: the
+    worker and ``celery supervision`` stop with it (one line), and a producer's first send raises it."""
     try:
         runtime = get_runtime(sender)
-    except Exception as exc:
-        log_event(logging.ERROR, "configuration-invalid", logger, error=str(exc))
+    except ConfigurationError as exc:
+        _prepend_router(sender, _refuse_to_send(exc))
+        return
+    except Exception as exc:  # not the settings: reported where the runtime is next needed
+        log_event(logging.ERROR, "runtime-unavailable", logger, error=repr(exc)[:300])
         return
     if runtime is None:
         return
     set_json(runtime.settings.log_json)
     _add_router(sender, runtime)
+
+
+def _refuse_to_send(error: ConfigurationError) -> Any:
+    """A router that raises ``error`` for every task sent: a producer whose supervision settings are invalid
+    would otherwise send tasks that no worker of this configuration can start to supervise."""
+
+    def refuse(name: str, *_: Any, **__: Any) -> None:
+        raise ConfigurationError(error.setting, f"{error.problem} (prismatic-celery refused to send {name})")
+
+    return refuse
 
 
 def _add_router(app: Celery, runtime: Runtime) -> None:
@@ -132,6 +147,11 @@ def _add_router(app: Celery, runtime: Runtime) -> None:
         queue = current.supervisor.route(name) if current is not None else None
         return {"queue": queue} if queue else None
 
+    _prepend_router(app, route_supervised)
+
+
+def _prepend_router(app: Celery, router: Any) -> None:
+    """Put ``router`` before the app's own ``task_routes`` (which keep working after it)."""
     existing = app.conf.task_routes
     if existing is None:
         routes: tuple[Any, ...] = ()
@@ -139,7 +159,7 @@ def _add_router(app: Celery, runtime: Runtime) -> None:
         routes = tuple(existing)
     else:
         routes = (existing,)
-    app.conf.task_routes = (route_supervised, *routes)
+    app.conf.task_routes = (router, *routes)
     amqp = app.amqp
     amqp.__dict__.pop("router", None)
     amqp.flush_routes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,8 @@ __all__ = [
     "SupervisionEvent",
     "SupervisionListener",
     "level_of",
+    "log_fields",
+    "typed_fields",
 ]
 
 logger = get_logger("listeners")
@@ -87,12 +89,40 @@ class SupervisionListener:
         """Messages were shed under load."""
 
 
-_LEVELS = {"escalation": logging.ERROR, "restart": logging.WARNING, "dead_letter": logging.WARNING,
+#: Event fields that hold numbers (the stream stores every value as a string; readers type them back).
+NUMERIC_FIELDS = frozenset({
+    "time", "at", "executions", "failures", "window_s", "child_restarts", "domain_restarts", "attempt", "attempts",
+    "countdown_s", "deaths", "supervisor_restarts", "cooldown_s", "fail_counter", "fail_max", "retry_after_s",
+    "backlog", "threshold", "importance", "cutoff",
+})
+
+
+def typed_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's fields with the numeric ones (:data:`NUMERIC_FIELDS`) as numbers: ints stay ints; a value
+    that is not a number is kept as it is."""
+    typed: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in NUMERIC_FIELDS and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                typed[key] = value
+                continue
+            typed[key] = int(number) if number.is_integer() and "." not in value and "e" not in value else number
+        else:
+            typed[key] = value
+    return typed
+
+
+_LEVELS = {"escalation": logging.WARNING, "restart": logging.WARNING, "dead_letter": logging.WARNING,
            "shed": logging.WARNING}
 
 
 def level_of(event: SupervisionEvent) -> int:
-    """The log level of an event: CRITICAL only for a domain escalation (its supervisor budget is exhausted)."""
+    """The log level of an event: CRITICAL only for a domain escalation (its supervisor budget is exhausted);
+    WARNING for what an operator should look at (a dead letter, a child failure, a new pattern escalated, an
+    open circuit, a shed message); INFO for the rest (a re-run, a pause, a resume). ERROR is left to the
+    plugin's own faults."""
     if event.type == "escalation" and event.fields.get("reason") == "supervisor_budget_exceeded":
         return logging.CRITICAL
     if event.type == "circuit" and event.fields.get("new_state") == "open":
@@ -100,11 +130,31 @@ def level_of(event: SupervisionEvent) -> int:
     return _LEVELS.get(event.type, logging.INFO)
 
 
+#: The fields a log line starts with, in this order (the others follow in the event's own order).
+LOG_FIELD_ORDER = ("domain", "child", "task", "task_id", "exception", "action", "rule", "failure_class", "reason",
+                   "fingerprint")
+#: A log line names a fingerprint by this many characters (``lessons show`` takes any unique prefix).
+LOG_FINGERPRINT_CHARS = 12
+
+
+def log_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An event's fields as its log line shows them: :data:`LOG_FIELD_ORDER` first, the fingerprint short, and
+    no ``hostname`` (the worker's log is its own). Events carry no message text, so nothing needs redacting
+    here: messages are redacted where they are stored (lessons, dead letters)."""
+    ordered = {k: fields[k] for k in LOG_FIELD_ORDER if k in fields}
+    ordered.update((k, v) for k, v in fields.items() if k not in ordered and k != "hostname")
+    if isinstance(ordered.get("fingerprint"), str):
+        ordered["fingerprint"] = ordered["fingerprint"][:LOG_FINGERPRINT_CHARS]
+    return ordered
+
+
 class LogListener(SupervisionListener):
-    """Writes every event as one structured log line (a domain escalation at CRITICAL)."""
+    """Writes every event as one structured log line: INFO for a crash handled (a re-run, a pause, a resume),
+    WARNING for a dead letter, a child failure, an escalated pattern, an open circuit and a shed message,
+    CRITICAL only for a domain escalation (:func:`level_of`)."""
 
     def _log(self, event: SupervisionEvent) -> None:
-        log_event(level_of(event), event.celery_type, get_logger("events"), **event.fields)
+        log_event(level_of(event), event.celery_type, get_logger("events"), **log_fields(event.fields))
 
     on_crash = on_restart = on_pause = on_resume = _log
     on_remediation = on_dead_letter = on_escalation = on_circuit = on_shed = _log

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LOGGER_NAME", "RateLimitedWarning", "get_logger", "log_event", "set_json"]
+__all__ = ["LOGGER_NAME", "REPEATS", "RateLimitedWarning", "RepeatSummary", "get_logger", "log_event", "set_json"]
 
 LOGGER_NAME = "prismatic_celery"
 _json = False
@@ -59,3 +61,61 @@ class RateLimitedWarning:
         log_event(logging.WARNING, event, suppressed=self.suppressed, **fields)
         self.suppressed = 0
         return True
+
+
+@dataclass
+class _Seen:
+    event: str
+    level: int
+    logger: logging.Logger | None
+    fields: dict[str, Any]
+    since: float
+    repeats: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+class RepeatSummary:
+    """Lines that repeat (a queue paused and resumed again and again, a message deferred every second while its
+    queue is paused): the first of a kind in a period is logged in full, the repeats are only counted, and one
+    ``event=<event>-repeated`` line per period says how many there were (at the next line of that kind, or at
+    :meth:`flush`, which the worker calls from its reconcile timer)."""
+
+    def __init__(self, period_s: float = 60.0) -> None:
+        self.period_s = period_s
+        self._seen: dict[str, _Seen] = {}
+        self._lock = threading.Lock()
+
+    def log(self, key: str, level: int, event: str, logger: logging.Logger | None = None, **fields: Any) -> bool:
+        """Log ``event`` unless a line of the same ``key`` was logged within the period; True when logged."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.since < self.period_s:
+                seen.repeats += 1
+                seen.last = fields
+                return False
+            self._seen[key] = _Seen(event, level, logger, fields, now)
+        if seen is not None:
+            self._summarise(seen, now)
+        log_event(level, event, logger, **fields)
+        return True
+
+    def flush(self) -> None:
+        """Write the summary of every period that ended with repeats (and forget it)."""
+        now = time.monotonic()
+        with self._lock:
+            ended = [(k, s) for k, s in self._seen.items() if now - s.since >= self.period_s]
+            for key, _ in ended:
+                del self._seen[key]
+        for _, seen in ended:
+            self._summarise(seen, now)
+
+    @staticmethod
+    def _summarise(seen: _Seen, now: float) -> None:
+        if seen.repeats:
+            log_event(seen.level, f"{seen.event}-repeated", seen.logger, **seen.last, repeats=seen.repeats,
+                      period_s=round(now - seen.since, 1))
+
+
+#: The process's summary of repeated lines (pauses and resumes of a queue, deferrals): once per minute.
+REPEATS = RepeatSummary(60.0)

@@ -9,7 +9,9 @@ trip, no signal dispatch (its start and success are counted here, in memory).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 from celery import Task
@@ -87,6 +89,10 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
             if counted and getattr(request, DEFERRED_MARK, False):
                 count_outcome(runtime, request, queue, "started", -1)  # put back before it started
             raise
+        except Exception as exc:
+            # The task's own failure, re-raised as it is (B904 is about a new exception): its traceback keeps
+            # this one plugin frame, not the wrappers'.
+            raise exc.with_traceback(_task_frames(exc.__traceback__))  # noqa: B904
         finally:
             if slots is not None:
                 slots.leave()
@@ -140,6 +146,25 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
             return self.run(*args, **kwargs)
         finally:
             _task_stack.pop()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PYBREAKER = "pybreaker"
+
+
+def _plugin_frame(tb: TracebackType) -> bool:
+    """A frame of the supervision wrappers: this package's or pybreaker's (a circuit's call)."""
+    filename = tb.tb_frame.f_code.co_filename
+    return filename.startswith(_PACKAGE_DIR) or _PYBREAKER in os.path.basename(filename)
+
+
+def _task_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from the first frame that is not the plugin's: the frames of ``__call__``, ``_supervised``, the
+    engine's and the circuits' wrappers go; the task's own frames (and anything it called, plugin or not) stay."""
+    first = tb
+    while first is not None and _plugin_frame(first):
+        first = first.tb_next
+    return first if first is not None else tb
 
 
 def _guarded(hook: Callable[..., None], *args: Any) -> None:

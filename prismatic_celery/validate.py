@@ -101,16 +101,25 @@ def as_mapping(setting: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
+def _shared_prefix(names: Sequence[str]) -> str:
+    """The leading characters every name shares (none for fewer than two names)."""
+    if len(names) < 2:
+        return ""
+    first, last = min(names), max(names)
+    size = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last)))
+    return first[:size]
+
+
 def reject_unknown(setting: str, given: Iterable[str], allowed: Sequence[str]) -> None:
-    """Fail on the first key not in ``allowed``, suggesting the closest known key."""
+    """Fail on the first key not in ``allowed``, naming the close matches only (never the whole list)."""
+    shared = _shared_prefix(allowed)  # "prismatic_" makes every setting resemble every other
     for key in given:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigurationError(
-                f"{setting}.{key}" if setting else key,
-                f"unknown setting{hint}; known: {', '.join(sorted(allowed))}",
-            )
+            names = {name[len(shared):]: name for name in allowed}
+            found = difflib.get_close_matches(key[len(shared):] if key.startswith(shared) else key, list(names), n=3)
+            close = [names[name] for name in found]
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else "no known setting is close"
+            raise ConfigurationError(f"{setting}.{key}" if setting else key, f"unknown setting ({hint})")
 
 
 def as_class(setting: str, value: Any, base: type[E]) -> type[E]:

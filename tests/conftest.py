@@ -22,6 +22,7 @@ import redis
 from prismatic_celery.keys import Keys
 from prismatic_celery.store import MemoryStore, RedisStore, Store
 from prismatic_celery.testing import wait_for
+from tests.background import Background
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = int(os.environ.get("PRISMATIC_TEST_REDIS_PORT", "6379"))
@@ -88,6 +89,19 @@ def redis_url(real_redis: str) -> Iterator[str]:
     """A flushed database of the real Redis, leased to this test while it runs."""
     with leased_db(real_redis) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def background(request: pytest.FixtureRequest) -> Iterator[Background]:
+    """The registered subprocess runs of the selected tests (tests/background.py), started together the first
+    time a test asks for one."""
+    with contextlib.ExitStack() as stack:
+        runs = Background(stack)
+        try:
+            runs.launch({item.nodeid for item in request.session.items})
+            yield runs
+        finally:
+            runs.stop()
 
 
 @pytest.fixture

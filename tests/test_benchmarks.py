@@ -1,4 +1,5 @@
-"""The overhead benchmark runs end to end and ends with its JSON summary (speed is measured, not asserted)."""
+"""The benchmarks' quick runs end to end: each ends with its JSON summary, its correctness figures asserted (speed
+is measured, not asserted)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from benchmarks.harness import pythonpath
+from tests.background import Background, register
 from tests.conftest import _require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,29 +22,42 @@ KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_
         "crash_round_trips"}
 
 
-def _quick(module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """Run ``python -m <module> --quick`` (it starts its own Redis servers and workers); its final JSON line."""
-    _require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    proc = subprocess.run(
-        [sys.executable, "-m", module, "--quick"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True, text=True, timeout=timeout_s,
-    )
+#: The quick runs start in the background with the demo's runs (tests/background.py), in phases, each test
+#: waiting for its own run: the suite waits for the longest run of each phase, not for every run in turn. Each
+#: starts its own Redis servers and workers on free ports. The chaos run goes alone first (its SIGKILL and
+#: pool-process deaths must not shift with a busy CPU); then outage, overhead and the demos together (overhead
+#: keeps the CPU busy, but asserts no speed); then learning alone (its rounds need the CPU to meet each fault
+#: pattern in time).
+QUICK_RUNS = {
+    "benchmarks.chaos": ("test_chaos_benchmark_quick_run_settles_everything_with_the_plugin", 1),
+    "benchmarks.outage": ("test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin", 2),
+    "benchmarks.overhead": ("test_overhead_benchmark_quick_run_ends_with_its_json_summary", 2),
+    "benchmarks.learning": ("test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures", 3),
+}
+
+
+def _starter(module: str) -> Any:
+    def start(_: Any) -> subprocess.Popen[str] | None:
+        if shutil.which("redis-server") is None:
+            return None
+        return subprocess.Popen([sys.executable, "-m", module, "--quick"], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": pythonpath()}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    return start
+
+
+for _module, (_test, _phase) in QUICK_RUNS.items():
+    register(_module, _starter(_module), f"tests/test_benchmarks.py::{_test}", phase=_phase)
+
+
+def _quick(runs: Background, module: str, timeout_s: float) -> tuple[subprocess.CompletedProcess[str],
+                                                                     dict[str, Any]]:
+    """The quick run of ``module`` (it starts its own Redis servers and workers); its final JSON line."""
+    _require(runs.started(module), "redis-server is not installed")
+    proc = runs.result(module, timeout_s)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(180)
-def test_overhead_benchmark_quick_run_ends_with_its_json_summary() -> None:
-    """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
-    proc, summary = _quick("benchmarks.overhead", 170)
-    assert set(summary) == KEYS, summary
-    assert summary["overhead_ratio"] > 0
-    assert summary["redis_cmds_per_task"] >= 0
-    assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
-    assert summary["pairs"] >= 1 and summary["tasks"] > 0
-    assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
-    assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
 
 
 OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls", "plugin_calls", "plain_drain_s",
@@ -50,10 +65,11 @@ OUTAGE_KEYS = {"calls_ratio", "lost", "duplicates", "drain_ratio", "plain_calls"
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(150)
-def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin() -> None:
+@pytest.mark.timeout(300)
+def test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin(
+        background: Background) -> None:
     """`python -m benchmarks.outage --quick`: sane figures, and the plugin loses no task and runs none twice."""
-    proc, summary = _quick("benchmarks.outage", 140)
+    proc, summary = _quick(background, "benchmarks.outage", 140)
     assert set(summary) == OUTAGE_KEYS, summary
     assert summary["lost"] == 0 and summary["duplicates"] == 0, proc.stdout
     assert summary["plain_lost"] >= 0 and summary["plain_duplicates"] >= 0
@@ -73,11 +89,12 @@ CHAOS_KEYS = {"mode", "lost", "lost_unreceived", "unsettled_at_cap", "healthy_p5
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(170)
-def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
+@pytest.mark.timeout(300)
+def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(background: Background) -> None:
     """`python -m benchmarks.chaos --quick`: one JSON line per mode, plain then plugin; with the plugin every
-    message a worker received settles, each logic error runs once and each poison message at most 3 times."""
-    proc, plugin = _quick("benchmarks.chaos", 160)
+    message a worker received settles, each logic error runs once and each poison message at most 3 times (more
+    only for one that ran on the worker SIGKILLed under it)."""
+    proc, plugin = _quick(background, "benchmarks.chaos", 160)
     plain = json.loads(proc.stdout.strip().splitlines()[-2])
     assert set(plain) == CHAOS_KEYS and set(plugin) == CHAOS_KEYS, proc.stdout
     assert (plain["mode"], plugin["mode"]) == ("plain", "plugin")
@@ -88,16 +105,35 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin() -> None:
     assert plugin["settled"] == plugin["messages"] - plugin["lost"] and plugin["dead_lettered_other"] == 0, proc.stdout
     logic = plugin["logic_error_executions_total"]
     assert logic > 0 and plugin["logic_error_executions_max"] == 1 and plain["logic_error_executions_total"] == logic
-    # A run whose pool process died unseen because its whole worker was SIGKILLed is no death the plugin can count.
+    # A poison message that never ran on the worker SIGKILLed mid-run runs exactly as often as quarantine allows
+    # (3). One that did: each run it started there before the kill may be a death no surviving worker saw, and the
+    # delivery that worker held unacknowledged comes back after the visibility timeout (at-least-once, in either
+    # variant), so up to k + 1 more runs (on a busy machine the kill often lands between them).
     runs, uncounted = plugin["poison_runs"], plugin["poison_runs_at_kill"]
-    assert runs and all(r <= 3 + (k > 0) for r, k in zip(runs, uncounted, strict=True)), proc.stdout
+    assert runs and all(r <= 3 + (k + 1 if k else 0) for r, k in zip(runs, uncounted, strict=True)), proc.stdout
     assert plain["unsettled_at_cap"] >= len(plain["poison_runs"]), "plain Celery never settles a poison message"
     assert 0 < plugin["dead_dependency_calls"] < plain["dead_dependency_calls"], proc.stdout
     for summary in (plain, plugin):
         assert 0 < summary["healthy_p50_s"] <= summary["healthy_p99_s"] and summary["seconds"] > 0
     assert plugin["max_countdown_s"] < 8, "the plugin's countdowns stay below the quick run's visibility timeout"
-    assert plugin["duplicate_successes"] == 0, proc.stdout
+    # With acks_late, a message the SIGKILLed worker had completed but not yet acknowledged runs again (Celery's
+    # at-least-once, in either variant): at most one per pool process of that worker (-c 2). Nothing else twice.
+    assert plugin["duplicate_successes"] <= 2, proc.stdout
     assert "targets: " in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_overhead_benchmark_quick_run_ends_with_its_json_summary(background: Background) -> None:
+    """`python -m benchmarks.overhead --quick` starts its own Redis servers and workers and prints sane figures."""
+    proc, summary = _quick(background, "benchmarks.overhead", 170)
+    assert set(summary) == KEYS, summary
+    assert summary["overhead_ratio"] > 0
+    assert summary["redis_cmds_per_task"] >= 0
+    assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
+    assert summary["pairs"] >= 1 and summary["tasks"] > 0
+    assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
+    assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
 
 
 LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_s", "escalation_rate",
@@ -106,11 +142,12 @@ LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(240)
-def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures() -> None:
+@pytest.mark.timeout(300)
+def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures(
+        background: Background) -> None:
     """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; every pattern became a lesson,
     the bug was never re-run (escalated once), and remediations kept most known-pattern crashes from failing."""
-    proc, report = _quick("benchmarks.learning", 220)
+    proc, report = _quick(background, "benchmarks.learning", 220)
     assert set(report) == LEARNING_KEYS, proc.stdout
     lines = proc.stdout.splitlines()[:-1]
     assert [line.split(":")[0] for line in lines if line.startswith("round")] == [f"round {i}" for i in (1, 2, 3)]

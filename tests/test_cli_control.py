@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -53,8 +54,10 @@ def test_the_commands_are_registered_with_their_types() -> None:
     """One inspect and three control commands, with the signatures `celery control --list` shows."""
     assert Panel.meta["supervision_health"].type == "inspect"
     assert Panel.meta["supervision_pause"].type == "control"
-    assert Panel.meta["supervision_pause"].args == [("target", str), ("duration_s", float)]
-    assert Panel.meta["supervision_resume"].args == [("target", str)]
+    assert [name for name, _ in Panel.meta["supervision_pause"].args] == ["target", "duration_s"]
+    assert [name for name, _ in Panel.meta["supervision_resume"].args] == ["target"]
+    (_, target), (_, seconds) = Panel.meta["supervision_pause"].args
+    assert target("cache") == "cache" and seconds("2.5") == 2.5  # outside a command line: values pass
     assert Panel.meta["supervision_reconcile"].type == "control"
 
 
@@ -89,15 +92,17 @@ def test_unknown_targets_and_bad_durations_are_errors_not_crashes(worker: tuple[
     assert "neither a domain nor a supervised queue" in supervision_resume(state, target="nope")["error"]
 
 
-def test_inspect_health_reports_this_workers_processes_and_the_cluster_state(worker: tuple[Any, Runtime]) -> None:
-    """The worker's reply is get_tree_health with its own processes and memory."""
+def test_inspect_health_is_this_workers_compact_view(worker: tuple[Any, Runtime]) -> None:
+    """The worker's reply is its own view: processes, memory, the tree's numbers; not the cluster report."""
     state, _ = worker
     supervision_pause(state, target="telemetry", duration_s=30.0)
     reply = supervision_health(state)
     assert reply["scope"] == "worker" and reply["hostname"] == "w1@test"
-    assert reply["processes"] == [os.getpid()] and reply["total_processes"] == 1
-    assert reply["domains"][0]["memory_rss_bytes"] > 0
-    assert [p["child"] for p in reply["paused"]] == ["telemetry"] and reply["score"] == 95
+    assert reply["processes"] == [os.getpid()] and reply["total_processes"] == 1 and reply["rss_bytes"] > 0
+    assert reply["paused"] == [{"child": "telemetry", "reason": "manual"}] and reply["score"] == 95
+    assert reply["state"] == "healthy" and reply["escalated"] == [] and reply["hotspots"] == []
+    assert "domains" not in reply and "workers" not in reply, "the cluster's report is `supervision health`"
+    assert len(json.dumps(reply, indent=2).splitlines()) <= 40
 
 
 def test_commands_on_a_worker_without_the_plugin_reply_with_an_error() -> None:

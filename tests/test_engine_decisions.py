@@ -150,7 +150,7 @@ def test_a_message_out_of_reruns_is_dead_lettered_without_an_escalation() -> Non
 
 
 def test_an_unknown_failure_escalates_once_per_pattern_and_never_at_critical(caplog: pytest.LogCaptureFixture) -> None:
-    """100 ValueErrors of one kind: 100 dead letters (WARNING), one escalation event (ERROR), no CRITICAL line;
+    """100 ValueErrors of one kind: 100 dead letters (WARNING), one escalation event (WARNING), no CRITICAL line;
     the knowledge metrics count them apart."""
     app, runtime, recorder = _app()
     with caplog.at_level(logging.INFO, logger="prismatic_celery"):
@@ -161,7 +161,7 @@ def test_an_unknown_failure_escalates_once_per_pattern_and_never_at_critical(cap
     assert runtime.dlq.count("core") == 100
     assert not [r for r in caplog.records if r.levelno >= logging.CRITICAL]
     escalations = [r for r in caplog.records if "supervision-escalation" in r.getMessage()]
-    assert len(escalations) == 1 and escalations[0].levelno == logging.ERROR
+    assert len(escalations) == 1 and escalations[0].levelno == logging.WARNING
     assert runtime.learning is not None
     metrics = runtime.learning.metrics.snapshot()
     assert metrics.dead_letters == 100 and metrics.escalations == 1 and metrics.crashes == 100

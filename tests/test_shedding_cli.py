@@ -114,7 +114,9 @@ def test_status_health_and_tree_show_shed_counts_and_the_cluster_cap() -> None:
     assert children == {"bulk": {"park": 3, "drop": 0}, "reports": {"park": 0, "drop": 2}}
     assert status["shed"]["total"] == 5
     text = _supervision(app, "status").output
-    assert "shed 3 parked / 0 dropped" in text and "shed 0 parked / 2 dropped" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert "SHED" in text.splitlines()[0]
+    assert "3 parked / 0 dropped" in rows["bulk"] and "0 parked / 2 dropped" in rows["reports"]
     health = _supervision(app, "health")
     assert "shed: 5 total (bulk 3 parked / 0 dropped, reports 0 parked / 2 dropped)" in health.output
     assert json.loads(_supervision(app, "health", "--json").output)["shed"]["queues"]["reports"] == {"park": 0,

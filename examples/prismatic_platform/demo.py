@@ -92,6 +92,17 @@ class Demo:
         state = tree_state(self.runtime)
         return any(c["paused"] for d in state["domains"] for c in d["children"] if c["queue"] in queues)
 
+    def _how_resumed(self) -> str:
+        """Why the rest_for_one pauses ended, from the event stream: the child's success, or their expiry."""
+        entries = self.runtime.store.stream_range(self.runtime.keys.key("events"), 200)
+        recovered = any(f.get("type") == "resume" and f.get("reason") == "child_recovered" for _, f in entries)
+        return "resumed when it succeeded again" if recovered else "resumed when their pause window ended"
+
+    def _still_paused(self, *queues: str) -> str:
+        """What the status says of ``queues`` now, in the words the status line uses."""
+        paused = [q for q in queues if self._paused(q)]
+        return f"paused again now: {','.join(paused)}" if paused else "the status shows them running"
+
     def send(self, queue: str, count: int, fault: str | None = None, start: int = 0) -> list[Any]:
         task = self.app.tasks[f"platform.{queue}"]
         return [task.apply_async((start + i, fault)) for i in range(count)]
@@ -139,8 +150,9 @@ class Demo:
         self.wait(self.all_done(corrupt + later), timeout_s=60, what="core to recover")
         self.wait(lambda: not self._paused("cache_manager", "telemetry_collector"), timeout_s=30,
                   what="the siblings to resume")
-        print("  storage_coordinator failed by rate and restarted; cache_manager and telemetry_collector paused, "
-              "then resumed when it succeeded again")
+        print(f"  storage_coordinator failed by rate and restarted ({self._restarts('storage_coordinator')} "
+              f"restart(s)); cache_manager and telemetry_collector were paused, then {self._how_resumed()}; "
+              f"{self._still_paused('cache_manager', 'telemetry_collector')}")
 
         self.step(5, "memory hog in mendel_engine (evolution)")
         hog = self.send("mendel_engine", 1, "memory", 700)[0]

@@ -32,7 +32,7 @@ from celery import Task
 from ..circuits import CircuitOpenError
 from ..lessons.ladder import RERUN_ACTIONS, process_random, quick_retry
 from ..lessons.learning import LESSON_RULE
-from ..log import get_logger, log_event
+from ..log import REPEATS, get_logger, log_event
 from ..remediation.actions import CircuitBreak, Escalate, RecycleProcess, RetryWithBackoff
 from ..remediation.backoff import delay_s, escalating_cooldown_s
 from ..remediation.defaults import DEFAULT_RULE_NAMES
@@ -138,8 +138,8 @@ class Engine:
             self.pauses.invalidate()
             return
         countdown = min(DEFER_MAX_S, max(0.05, pause.until - time.time()))
-        log_event(logging.INFO, "supervision-deferred", logger, task=task.name, id=task.request.id,
-                  queue=queue, reason=pause.reason, countdown_s=round(countdown, 3))
+        REPEATS.log(f"deferred:{queue}", logging.INFO, "supervision-deferred", logger, task=task.name,
+                    id=task.request.id, queue=queue, reason=pause.reason, countdown_s=round(countdown, 3))
         requeue(task, countdown_s=countdown, retries=task.request.retries or 0)
 
     def call(self, task: Task[Any, Any], body: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -312,8 +312,8 @@ class Engine:
             set_pause(self.runtime.store, self.runtime.keys,
                       Pause(child.queue, domain.name, "circuit", exc.name, now, now + countdown))
             self.runtime.broadcast_reconcile(pause=[child.queue])
-        log_event(logging.INFO, "supervision-deferred", logger, task=task.name, id=task.request.id,
-                  reason=f"circuit {exc.name} {exc.state}", countdown_s=round(countdown, 3))
+        REPEATS.log(f"deferred:circuit:{exc.name}", logging.INFO, "supervision-deferred", logger, task=task.name,
+                    id=task.request.id, reason=f"circuit {exc.name} {exc.state}", countdown_s=round(countdown, 3))
         requeue(task, countdown_s=countdown, retries=int(task.request.retries or 0))
 
     def _context(self, task: Task[Any, Any], exc: BaseException, child: Child) -> dict[str, str]:

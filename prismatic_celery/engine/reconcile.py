@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..log import get_logger, log_event
+from ..log import REPEATS, get_logger, log_event
 from .pauses import Pause, cause_keys, parse_pauses
 from .recycle import recycle_pool_processes
 
@@ -77,6 +77,7 @@ class Reconciler:
         """Apply the newest snapshot to ``consumer`` (cheap; only touches what changed)."""
         snapshot = self.snapshot
         if snapshot is None or snapshot is self._applied:
+            REPEATS.flush()
             return
         self._applied = snapshot
         task_consumer = getattr(consumer, "task_consumer", None)
@@ -87,11 +88,11 @@ class Reconciler:
             pause = snapshot.pauses.get(queue)
             if pause is not None and consuming:
                 consumer.cancel_task_queue(queue)
-                log_event(logging.WARNING, "queue-paused", logger, queue=queue, reason=pause.reason, by=pause.by,
-                          until=round(pause.until, 3))
+                REPEATS.log(f"queue-paused:{queue}", logging.INFO, "queue-paused", logger, queue=queue,
+                            reason=pause.reason, by=pause.by, until=round(pause.until, 3))
             elif pause is None and not consuming:
                 consumer.add_task_queue(queue)
-                log_event(logging.WARNING, "queue-resumed", logger, queue=queue)
+                REPEATS.log(f"queue-resumed:{queue}", logging.INFO, "queue-resumed", logger, queue=queue)
         self._recycle(consumer, snapshot)
 
     def pause_now(self, consumer: Any, queues: Sequence[str]) -> None:
@@ -100,7 +101,8 @@ class Reconciler:
         for queue in queues:
             if queue in self.intended and task_consumer is not None and task_consumer.consuming_from(queue):
                 consumer.cancel_task_queue(queue)
-                log_event(logging.WARNING, "queue-paused", logger, queue=queue, reason="broadcast")
+                REPEATS.log(f"queue-paused:{queue}", logging.INFO, "queue-paused", logger, queue=queue,
+                            reason="broadcast")
         self.wake.set()
 
     def _recycle(self, consumer: Any, snapshot: Snapshot) -> None:
@@ -113,7 +115,7 @@ class Reconciler:
                 pids = self.served_pids.get(domain, set())
                 asked = recycle_pool_processes(consumer.pool, pids if self._shared() else None)
                 pids.clear()
-                log_event(logging.WARNING, "pool-recycled", logger, domain=domain, generation=generation,
+                log_event(logging.INFO, "pool-recycled", logger, domain=domain, generation=generation,
                           pids=",".join(map(str, asked)) or "none")
 
     def _shared(self) -> bool:

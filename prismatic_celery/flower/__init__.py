@@ -20,6 +20,9 @@ How Flower is extended (Flower 2.2 has no plug-in hook for pages):
   (JSON). They subclass Flower's own handlers, so Flower's authentication applies unchanged
   (``--basic-auth``, ``--auth`` with OAuth; the API also obeys ``FLOWER_UNAUTHENTICATED_API``
   like Flower's other API routes), and ``--url-prefix`` rewrites them like Flower's routes.
+* **Navigation.** Flower builds its application with the module-level ``flower.urls.settings``;
+  :func:`install` sets its ``template_loader`` to one that serves Flower's own templates, its
+  ``navbar.html`` with a "Supervision" entry after Broker, so every Flower page links to the page.
 * **Metrics.** Flower's ``/metrics`` serialises ``prometheus_client``'s process-wide
   registry, which holds only Flower's own metrics; the supervision state lives in Redis.
   :func:`install` registers :class:`~prismatic_celery.prometheus.SupervisionCollector` on
@@ -82,6 +85,18 @@ def _app_from_command() -> Celery | None:
     return None
 
 
+def _add_navigation() -> None:
+    """Flower's pages render its ``navbar.html`` through the application's ``template_loader`` setting when one
+    is set: ours serves Flower's templates unchanged but for a "Supervision" entry in the navigation."""
+    from flower import urls
+
+    from .handlers import ChainLoader
+
+    settings = urls.settings
+    if not isinstance(settings.get("template_loader"), ChainLoader):
+        settings["template_loader"] = ChainLoader([str(settings["template_path"])], autoescape="xhtml_escape")
+
+
 def install(app: Celery | None = None, *, metrics: bool = True) -> None:
     """Mount ``/supervision`` and ``/api/supervision`` in Flower and export the metrics on its ``/metrics``.
 
@@ -101,6 +116,7 @@ def install(app: Celery | None = None, *, metrics: bool = True) -> None:
     if PAGE_PATH not in present:
         added.append(url(PAGE_PATH, SupervisionPage, name="supervision"))
     routes[catch_all:catch_all] = added
+    _add_navigation()
     if not metrics:
         return
     target = app or _app_from_command()

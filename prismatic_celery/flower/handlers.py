@@ -17,7 +17,7 @@ from tornado.ioloop import IOLoop
 from ..health import get_tree_health
 from ..runtime import Runtime, get_runtime
 
-__all__ = ["SupervisionApi", "SupervisionPage", "report"]
+__all__ = ["ChainLoader", "SupervisionApi", "SupervisionPage", "report", "with_supervision_tab"]
 
 TEMPLATES = Path(__file__).with_name("templates")
 EVENTS_SHOWN = 30
@@ -45,8 +45,28 @@ async def _read(runtime: Runtime) -> dict[str, Any]:
     return await IOLoop.current().run_in_executor(None, functools.partial(report, runtime))
 
 
-class _ChainLoader(template.Loader):
-    """Our templates first, then Flower's (so ours can extend Flower's base.html)."""
+#: The "Supervision" entry added to Flower's own navigation, after its last primary tab (Broker).
+NAV_ITEM = b"""  <li class="nav-item">
+          <a class="nav-link{% if active_tab == 'supervision' %} active{% end %}" data-prismatic-nav
+            href="{{ reverse_url('supervision') }}"
+            {% if active_tab == 'supervision' %}aria-current="page"{% end %}>Supervision</a>
+        </li>
+      """
+
+
+def with_supervision_tab(navbar: bytes) -> bytes:
+    """Flower's ``navbar.html`` with the Supervision entry closing its primary list (unchanged when the list
+    is not found, as in a Flower whose navbar has another shape)."""
+    start = navbar.find(b'class="app-nav navbar-nav"')
+    end = navbar.find(b"</ul>", start) if start >= 0 else -1
+    if end < 0 or b"data-prismatic-nav" in navbar:
+        return navbar
+    return navbar[:end] + NAV_ITEM + navbar[end:]
+
+
+class ChainLoader(template.Loader):
+    """Templates from ``roots`` in order (ours first, so ours can extend Flower's base.html); Flower's
+    ``navbar.html`` gets the Supervision entry (:func:`with_supervision_tab`)."""
 
     def __init__(self, roots: list[str], **kwargs: Any) -> None:
         super().__init__(roots[0], **kwargs)
@@ -57,8 +77,21 @@ class _ChainLoader(template.Loader):
             path = os.path.join(root, name)
             if os.path.isfile(path):
                 with open(path, "rb") as f:
-                    return template.Template(f.read(), name=name, loader=self)
+                    text = f.read()
+                if name == "navbar.html":
+                    text = with_supervision_tab(text)
+                return template.Template(text, name=name, loader=self)
         raise FileNotFoundError(f"template {name!r} not found in {self.roots}")
+
+
+#: Event fields that get a column of their own on the page; the others are listed in the last column.
+EVENT_COLUMNS = ("task", "exception", "action", "reason")
+_EVENT_SHOWN = frozenset({"id", "type", "time", "domain", "child", *EVENT_COLUMNS})
+
+
+def _event_details(event: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An event's remaining fields, as (name, value) pairs for the page's details column."""
+    return [(k, v) for k, v in sorted(event.items()) if k not in _EVENT_SHOWN and v not in ("", None)]
 
 
 def _mib(value: Any) -> str:
@@ -100,7 +133,7 @@ class SupervisionPage(BaseHandler):  # type: ignore[misc]
     def create_template_loader(self, template_path: str) -> template.BaseLoader:
         flower_templates = self.application.settings.get("template_path")
         roots = [template_path] + ([str(flower_templates)] if flower_templates else [])
-        return _ChainLoader(roots, autoescape="xhtml_escape")
+        return ChainLoader(roots, autoescape="xhtml_escape")
 
     @web.authenticated
     async def get(self) -> None:
@@ -108,7 +141,8 @@ class SupervisionPage(BaseHandler):  # type: ignore[misc]
         data = await _read(runtime)
         refresh = self.get_argument("refresh", DEFAULT_REFRESH_S, type=int)
         self.render("supervision.html", report=data, refresh_s=max(0, int(refresh or 0)), ps_mib=_mib,
-                    ps_when=_when, ps_pct=_pct, ps_na=_na, ps_child_state=_child_state)
+                    ps_when=_when, ps_pct=_pct, ps_na=_na, ps_child_state=_child_state, ps_details=_event_details,
+                    ps_event_columns=EVENT_COLUMNS)
 
 
 class SupervisionApi(BaseApiHandler):  # type: ignore[misc]

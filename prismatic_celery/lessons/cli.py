@@ -61,10 +61,10 @@ def _find(store: LessonStore, fingerprint: str) -> Lesson:
     raise click.ClickException(f"no lesson {fingerprint!r}")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], fit: int | None = None) -> str:
     from ..cli import table
 
-    return table(headers, rows)
+    return table(headers, rows, fit=fit)
 
 
 @click.group(name="lessons", invoke_without_command=True)
@@ -94,9 +94,9 @@ def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
             tried = ", ".join(f"{name} {s.get('succeeded', 0)}/{s.get('tried', 0)}"
                               for name, s in sorted(remediations.items()))
             rows.append([str(lesson.get("fingerprint", ""))[:12], lesson.get("failure_class"), lesson.get("count"),
-                         str(lesson.get("exc_type")), str(lesson.get("message", ""))[:60], tried])
-        lines.append(_table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "MESSAGE", "REMEDIATIONS (ok/tried)"],
-                            rows))
+                         str(lesson.get("exc_type")), tried, str(lesson.get("message", ""))[:200]])
+        lines.append(_table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "REMEDIATIONS (ok/tried)", "MESSAGE"],
+                            rows, fit=5))
     _emit(data, as_json, "\n".join(lines))
 
 
@@ -197,17 +197,24 @@ def teach(ctx: click.Context, fingerprint: str, action: str | None, params: tupl
 
 @lessons.command(name="export")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Report what was written as JSON (FILE '-' is JSON anyway).")
 @click.pass_context
-def export_(ctx: click.Context, file: str) -> None:
+def export_(ctx: click.Context, file: str, as_json: bool) -> None:
     """Write every lesson as a JSON list to FILE ('-' for standard output)."""
     store, _ = _store(ctx)
     data = store.export()
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     if file == "-":
         click.echo(text, nl=False)
-    else:
+        return
+    try:
         with open(file, "w", encoding="utf-8") as handle:
             handle.write(text)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {file}: {exc}") from None
+    if as_json:
+        _emit({"exported": len(data), "file": file}, True, "")
+    else:
         click.echo(f"exported {len(data)} lessons to {file}", err=True)
 
 

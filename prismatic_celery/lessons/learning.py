@@ -82,7 +82,8 @@ class Learning:
         return self._applied(crash, Decision(f"{LESSON_RULE}.{choice.reason}", choice.action))
 
     def _applied(self, crash: Crash, decision: Decision) -> Decision:
-        log_event(logging.INFO, "lesson-applied", logger, fingerprint=crash.fingerprint,
+        # DEBUG: the crash's own line (remediation, dead letter) already names the lesson's choice (rule=lesson.*)
+        log_event(logging.DEBUG, "lesson-applied", logger, fingerprint=crash.fingerprint,
                   action=decision.action.label, rule=decision.rule_name, task=crash.task_name)
         return decision
 

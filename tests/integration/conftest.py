@@ -22,6 +22,11 @@ def basic_env(broker: str, namespace: str, conf: dict[str, Any], store: str | No
     return env
 
 
+def plugin_lines(log: str) -> list[str]:
+    """The lines the plugin's loggers wrote to a worker's log (every one is structured: ``event=...``)."""
+    return [line for line in log.splitlines() if "] event=" in line]
+
+
 def shed_env(url: str, namespace: str, conf: dict[str, Any]) -> dict[str, str]:
     """The environment of a `celery -A tests.apps.shed_app worker` subprocess (broker and store on ``url``)."""
     return {"SHED_BROKER_URL": url, "SHED_STORE_URL": url, "SHED_NAMESPACE": namespace, "PYTHONPATH": str(ROOT),

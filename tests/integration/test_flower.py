@@ -233,7 +233,10 @@ def test_cli_inspect_flower_page_api_and_metrics_report_the_same_numbers(live: L
 
     inspected = run_celery(live, "inspect", "supervision_health", "--json", "-d", live.worker, "-t", "5")
     assert inspected.returncode == 0, inspected.stderr
-    assert summary_numbers(json.loads(inspected.stdout)[live.worker]) == expected
+    compact = json.loads(inspected.stdout)[live.worker]
+    assert {k: compact[k] for k in ("score", "state", "escalated", "hotspots", "circuits")} == \
+        {k: expected[k] for k in ("score", "state", "escalated", "hotspots", "circuits")}
+    assert sorted((p["child"], p["reason"]) for p in compact["paused"]) == expected["paused"]
 
     status, body = get(f"{live.flower}/api/supervision", auth=(USER, PASSWORD))
     assert status == 200, body
@@ -357,6 +360,21 @@ def test_headless_chromium_shows_the_paused_child_and_the_open_circuit(
     from selenium.webdriver.common.by import By
 
     with chromium(tmp_path, monkeypatch) as driver:
+        driver.get(f"{live.flower}/workers")  # Flower's own page: its navigation links to the supervision page
+        link = driver.find_element(By.CSS_SELECTOR, "nav .app-nav a[data-prismatic-nav]")
+        assert link.text == "Supervision" and link.get_attribute("aria-current") is None
+        primary = driver.find_element(By.CSS_SELECTOR, "nav ul.app-nav")  # Workers, Tasks, Broker, then ours
+        assert [a.text for a in primary.find_elements(By.CSS_SELECTOR, "a.nav-link")] == [
+            "Workers", "Tasks", "Broker", "Supervision"]
+        link.click()
+        wait_for(lambda: driver.title.startswith("Supervision"), timeout_s=15, message="the supervision page")
+        current = driver.find_element(By.CSS_SELECTOR, "nav .app-nav a[data-prismatic-nav]")
+        assert current.get_attribute("aria-current") == "page" and "active" in str(current.get_attribute("class"))
+        rows = driver.find_elements(By.CSS_SELECTOR, "#events-table tbody tr")
+        assert rows, "events are a table"
+        headers = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#events-table thead th")]
+        assert headers[:6] == ["Time", "Type", "Domain", "Child", "Task", "Exception"]
+        assert "=" not in rows[0].find_element(By.CSS_SELECTOR, "td.ps-details").text, "no raw key=value text"
         driver.get(f"{live.flower}/supervision?refresh=0")
         assert driver.title.startswith("Supervision"), driver.page_source[:500]
         child = driver.find_element(By.CSS_SELECTOR, 'tr.ps-child[data-child="telemetry"]')

@@ -53,8 +53,9 @@ def test_the_second_pass_applies_lessons_and_metrics_equal_our_counts(redis_url:
     runtime = get_runtime(app)
     assert runtime is not None and runtime.learning is not None
     host = f"lessons-{namespace}@test"
-    # One pool process: a recycle's re-run always runs in the fresh process, so each recycle is a fair trial
-    # (a re-run in an older sibling would not count against it: see test_engine_decisions).
+    # One pool process: a recycle's re-run always runs in the fresh process that replaced the crashed one. With
+    # two, it may land in the older sibling, where its failure is (rightly) no trial of the recycle, and the
+    # recycle's count below would depend on which process was free.
     with WorkerProcess("tests.apps.basic", hostname=host, pool="prefork", concurrency=1,
                        env=basic_env(redis_url, namespace, CONF), cwd=ROOT) as worker:
         worker.wait_ready(app)

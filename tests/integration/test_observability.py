@@ -65,13 +65,20 @@ def test_control_pause_resume_and_inspect_health_on_a_real_worker(redis_url: str
         assert reply["scope"] == "worker" and reply["hostname"] == host
         assert worker.proc is not None and worker.proc.pid in reply["processes"]
         assert reply["total_processes"] == 3, "the main process and two pool processes"
-        core = next(d for d in reply["domains"] if d["name"] == "core")
-        assert core["memory_rss_bytes"] > 1_000_000, "RSS of the pool process that served cache"
+        assert reply["memory_per_domain"]["core"] > 1_000_000, "RSS of the pool process that served cache"
         assert [(p["child"], p["reason"]) for p in reply["paused"]] == [("telemetry", "manual")]
+        assert "telemetry" not in reply["consuming"] and "cache" in reply["consuming"]
+        assert len(inspected.stdout.splitlines()) <= 60, "one worker's compact view, not the cluster's report"
 
         from_cli = celery(env, "supervision", "health", "--json")
         assert from_cli.returncode == 0, from_cli.stderr
-        assert summary_numbers(json.loads(from_cli.stdout)) == summary_numbers(reply)
+        numbers = summary_numbers(json.loads(from_cli.stdout))
+        assert {k: reply[k] for k in ("score", "state", "escalated", "hotspots", "circuits")} == \
+            {k: numbers[k] for k in ("score", "state", "escalated", "hotspots", "circuits")}
+
+        bad = celery(env, "control", "supervision_pause", "telemetri", "-d", host, "-t", "5")
+        assert bad.returncode == 1 and "'telemetri' is neither a domain nor a supervised queue" in bad.stderr
+        assert len((bad.stdout + bad.stderr).strip().splitlines()) == 1, bad.stdout + bad.stderr
 
         resumed = celery(env, "control", "supervision_resume", "telemetry", "-d", host, "-t", "5")
         assert resumed.returncode == 0 and "resumed telemetry of core" in resumed.stdout, resumed.stderr

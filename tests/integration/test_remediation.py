@@ -55,7 +55,9 @@ def test_retry_delays_follow_the_configured_schedule(redis_url: str, namespace: 
             eta = datetime.fromisoformat(current["eta"]).timestamp()
             delay = eta - previous["started"]
             low, high = delay_bounds(action, current["reruns"])
-            assert low <= delay <= high + 0.25, (current["reruns"], delay, low, high)
+            # the ETA counts from the crash's decision, after the run and its store round trips: on a busy
+            # machine that takes a few hundred milliseconds after the run's start
+            assert low <= delay <= high + 0.5, (current["reruns"], delay, low, high)
         runtime = get_runtime(app)
         assert runtime is not None
         wait_for(lambda: runtime.dlq.count("osint") == 1, timeout_s=5, message="dead letter")

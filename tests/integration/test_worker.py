@@ -126,6 +126,10 @@ def test_a_bad_setting_stops_the_worker_at_start_naming_it(redis_url: str, names
     code = worker.proc.wait(60)
     assert code != 0
     assert "prismatic_hotspot_restart" in worker.log and "did you mean 'prismatic_hotspot_restarts'" in worker.log
+    lines = worker.log.strip().splitlines()
+    assert len(lines) <= 15, f"{len(lines)} lines:\n{worker.log}"
+    assert "Traceback" not in worker.log and sum("prismatic_hotspot_restart" in line for line in lines) == 1
+    assert "prismatic_lessons_max" not in worker.log, "the close matches only, not every setting"
 
 
 @pytest.mark.integration
