@@ -14,7 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from .log import get_logger, log_event
+from .log import REPEATS, get_logger, log_event
 from .store import Store
 
 __all__ = [
@@ -148,13 +148,25 @@ def log_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     return ordered
 
 
+#: Events whose log lines repeat while a child keeps failing (each restart pauses and later resumes its
+#: siblings): per domain and child, logged in full once a minute and counted in between (:data:`REPEATS`).
+SUMMARISED = frozenset({"restart", "pause", "resume"})
+
+
 class LogListener(SupervisionListener):
     """Writes every event as one structured log line: INFO for a crash handled (a re-run, a pause, a resume),
     WARNING for a dead letter, a child failure, an escalated pattern, an open circuit and a shed message,
-    CRITICAL only for a domain escalation (:func:`level_of`)."""
+    CRITICAL only for a domain escalation (:func:`level_of`). A child's restarts, pauses and resumes are
+    logged in full once a minute, then counted (:data:`SUMMARISED`)."""
 
     def _log(self, event: SupervisionEvent) -> None:
-        log_event(level_of(event), event.celery_type, get_logger("events"), **log_fields(event.fields))
+        fields = log_fields(event.fields)
+        if event.type in SUMMARISED:  # a child failing again and again: once a minute in full, then a count
+            where = event.fields.get("child") or event.fields.get("queues") or ""
+            REPEATS.log(f"{event.type}:{event.fields.get('domain', '')}:{where}", level_of(event), event.celery_type,
+                        get_logger("events"), **fields)
+            return
+        log_event(level_of(event), event.celery_type, get_logger("events"), **fields)
 
     on_crash = on_restart = on_pause = on_resume = _log
     on_remediation = on_dead_letter = on_escalation = on_circuit = on_shed = _log

@@ -148,11 +148,11 @@ def test_a_deferred_message_runs_within_one_and_a_half_seconds_of_its_pause_endi
         print(f"\nheld messages ran {late} s after the resume ({deferred} deferrals)")
 
 
-COOLDOWN_S = 10.0
+COOLDOWN_S = 8.0
 
 
 def test_a_rest_for_one_resume_never_ends_a_cooldown(redis_url: str, namespace: str, client: redis.Redis) -> None:
-    """Given telemetry paused for a cool-down (10 s: longer than the steps before the check take on a busy machine)
+    """Given telemetry paused for a cool-down (8 s: longer than the steps before the check take on a busy machine)
     and by storage's rest_for_one, and cache by storage's rest_for_one only, when storage succeeds, then cache
     resumes at once and telemetry stays paused until its cool-down ends."""
     with two_workers(redis_url, namespace, DEFAULTS) as (app, workers):
