@@ -33,6 +33,7 @@ QUICK_RUNS = {
     "benchmarks.outage": ("test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin", 2),
     "benchmarks.overhead": ("test_overhead_benchmark_quick_run_ends_with_its_json_summary", 2),
     "benchmarks.learning": ("test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures", 3),
+    "benchmarks.cluster": ("test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node", 2),
 }
 
 
@@ -103,8 +104,11 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(background
     # worker (lost_unreceived): no variant can recover it. Nothing else may stay unsettled or be lost.
     assert plugin["lost"] == plugin["unsettled_at_cap"] == plugin["lost_unreceived"], proc.stdout
     assert plugin["settled"] == plugin["messages"] - plugin["lost"] and plugin["dead_lettered_other"] == 0, proc.stdout
-    logic = plugin["logic_error_executions_total"]
-    assert logic > 0 and plugin["logic_error_executions_max"] == 1 and plain["logic_error_executions_total"] == logic
+    # Each logic error runs once with the plugin; only one kombu handed to the SIGKILLed worker's connection (never
+    # received, in either variant) may be missing from one run's total.
+    logic, unreceived = plugin["logic_error_executions_total"], plugin["lost_unreceived"] + plain["lost_unreceived"]
+    assert logic > 0 and plugin["logic_error_executions_max"] == 1, proc.stdout
+    assert abs(plain["logic_error_executions_total"] - logic) <= unreceived, proc.stdout
     # A poison message that never ran on the worker SIGKILLed mid-run runs exactly as often as quarantine allows
     # (3). One that did: each run it started there before the kill may be a death no surviving worker saw, and the
     # delivery that worker held unacknowledged comes back after the visibility timeout (at-least-once, in either
@@ -145,14 +149,17 @@ LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_
 @pytest.mark.timeout(300)
 def test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures(
         background: Background) -> None:
-    """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; every pattern became a lesson,
-    the bug was never re-run (escalated once), and remediations kept most known-pattern crashes from failing."""
+    """`python -m benchmarks.learning --quick`: a line per round, then one JSON line; each pattern that crashed
+    became one lesson (hosts, ids and generations do not split them; a stale-process pattern may not crash at all
+    in a quick run when other patterns recycled every process first), the bug was never re-run (escalated once),
+    and remediations kept most known-pattern crashes from failing."""
     proc, report = _quick(background, "benchmarks.learning", 220)
     assert set(report) == LEARNING_KEYS, proc.stdout
     lines = proc.stdout.splitlines()[:-1]
     assert [line.split(":")[0] for line in lines if line.startswith("round")] == [f"round {i}" for i in (1, 2, 3)]
-    assert len([line for line in lines if line.startswith("lesson ")]) == 7, proc.stdout
-    assert report["total_lessons"] == 7, proc.stdout  # one per pattern: hosts, ids and generations do not split them
+    kinds = [line.split()[1] for line in lines if line.startswith("lesson ")]
+    assert len(kinds) == len(set(kinds)) == report["total_lessons"], proc.stdout  # one lesson per exception
+    assert 6 <= report["total_lessons"] <= 7 and "KeyError" in kinds and "RuntimeError" in kinds, proc.stdout
     assert report["escalation_rate"] is not None and 0 < report["escalation_rate"] < 0.1, proc.stdout
     assert report["auto_remediated_pct"] is not None and report["auto_remediated_pct"] >= 60, proc.stdout
     assert report["false_positive_rate"] is not None and report["false_positive_rate"] <= 0.1, proc.stdout
@@ -165,11 +172,11 @@ CLUSTER_KEYS = {"decisions_per_s", "processes", "seconds", "decisions", "scripts
 
 @pytest.mark.integration
 @pytest.mark.timeout(120)
-def test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node() -> None:
+def test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node(background: Background) -> None:
     """`python -m benchmarks.cluster --quick` starts its own 3-master cluster; every call of the namespace's crash
     decisions lands on one node (the others get none)."""
     _require(shutil.which("redis-cli") is not None, "redis-cli is not installed")
-    proc, summary = _quick("benchmarks.cluster", 110)
+    proc, summary = _quick(background, "benchmarks.cluster", 110)
     assert set(summary) == CLUSTER_KEYS, summary
     assert summary["decisions"] > 0 and summary["decisions_per_s"] > 0 and summary["shard_ceiling_per_s"] > 0
     assert summary["other_nodes_calls"] == 0, proc.stdout
