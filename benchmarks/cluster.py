@@ -48,7 +48,7 @@ from celery.exceptions import Retry
 from redis.cluster import RedisCluster
 
 import prismatic_celery
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.store.urls import connect, parse_store_url
 
 QUEUE = "storage"

@@ -10,15 +10,15 @@ Enable it with one call after creating the app::
 from __future__ import annotations
 
 from .config import SETTINGS, Settings, load_settings
-from .engine.crash import reruns
 from .errors import ConfigurationError, PrismaticError, StoreError
 from .install import install, supervise_registered_tasks
-from .keys import Keys
-from .listeners import SupervisionEvent, SupervisionListener
+from .observability.events import SupervisionEvent, SupervisionListener
 from .runtime import Runtime, get_runtime
 from .store import MemoryStore, RedisStore, Store, open_store
-from .task import SupervisedTask
-from .tree import Child, Domain, RestartBudget, RestartType, Strategy, Supervisor
+from .store.keys import Keys
+from .supervision.crash import reruns
+from .supervision.tree import Child, Domain, RestartBudget, RestartType, Strategy, Supervisor
+from .worker.task import SupervisedTask
 
 __version__ = "0.1.0"
 

@@ -14,15 +14,22 @@ from typing import Any
 from celery import Celery
 
 from .errors import ConfigurationError
-from .keys import Keys
 from .store.base import safe_url
+from .store.keys import Keys
 from .store.urls import StoreTarget, check_transport_options, parse_store_url
-from .tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
+from .supervision.tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget, Supervisor
 from .validate import as_bool, as_int, as_mapping, as_seconds, as_str, as_str_list, reject_unknown
 
 __all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "settings_table"]
 
 PREFIX = "prismatic_"
+
+
+def _shed_config() -> Any:
+    """The shedding settings' parsers, imported on use (that module imports this one)."""
+    from .admission.shedding import config
+
+    return config
 
 
 @dataclass(frozen=True)
@@ -207,15 +214,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shed_threshold", 1000, _positive_int, "messages",
             "A supervised queue starts shedding when its backlog is above this."),
     Setting("shed_resume_below", None,
-            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_resume_below(s, v),
+            lambda s, v: _shed_config().parse_resume_below(s, v),
             "messages",
             "Shedding stops when the backlog falls below this (hysteresis). Default: 80% of the threshold."),
     Setting("shed_cutoff", 5,
-            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_cutoff(s, v),
+            lambda s, v: _shed_config().parse_cutoff(s, v),
             "0..10", "While a queue sheds, messages whose importance (0 lowest, 9 highest; see Load shedding) is "
             "below this are shed. Messages without importance never are."),
     Setting("shed_mode", "park",
-            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_mode(s, v),
+            lambda s, v: _shed_config().parse_mode(s, v),
             "park|drop", "`park`: move shed messages to a capped Redis list for `shed replay`; `drop`: discard them."),
     Setting("shed_interval_s", 1.0, as_seconds, "s",
             "Backlog sampler period (each worker, in a background thread); also the longest staleness of a "
@@ -224,7 +231,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shed_park_max", 100000, _positive_int, "messages",
             "Cap of each queue's parked list (beyond it the oldest are dropped and counted as `overflowed`)."),
     Setting("shed_queues", None,
-            lambda s, v: __import__("prismatic_celery.shedding.config", fromlist=["_"]).parse_queue_overrides(s, v),
+            lambda s, v: _shed_config().parse_queue_overrides(s, v),
             "mapping", "Per-queue overrides `{queue: {threshold, resume_below, cutoff, mode}}`."),
 )
 

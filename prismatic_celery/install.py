@@ -9,17 +9,17 @@ from typing import Any
 from celery import Celery
 from celery.utils.imports import symbol_by_name
 
-from . import control  # noqa: F401  (registers the remote control commands)
-from .bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
+from .admission.shedding.priority import connect_priority_marks
 from .errors import ConfigurationError
 from .log import get_logger, log_event, set_json
-from .observer import connect_signals
+from .observability.observer import connect_signals
 from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
-from .shedding.priority import connect_priority_marks
 from .store import Store
 from .store.base import safe_url
-from .task import SupervisedTask, supervise_task
-from .tree import Supervisor
+from .supervision.tree import Supervisor
+from .worker import control  # noqa: F401  (registers the remote control commands)
+from .worker.bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
+from .worker.task import SupervisedTask, supervise_task
 
 __all__ = ["install", "supervise_registered_tasks"]
 
@@ -61,7 +61,7 @@ def install(
     connect_priority_marks()
     app.steps["worker"].add(DomainStep)
     app.steps["consumer"].add(SupervisionStep)
-    app.steps["consumer"].add("prismatic_celery.shedding.step:SheddingStep")
+    app.steps["consumer"].add("prismatic_celery.admission.shedding.step:SheddingStep")
     app.user_options["worker"].add(DOMAIN_OPTION)
     app.on_after_configure.connect(_on_configured, weak=False)
     app.on_after_finalize.connect(_on_finalized, weak=False)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 
 from .config import Settings, load_settings
-from .keys import Keys
-from .listeners import (
+from .log import get_logger, log_event
+from .observability.events import (
     CeleryEventListener,
     Dispatcher,
     LogListener,
@@ -21,15 +21,15 @@ from .listeners import (
     SupervisionEvent,
     SupervisionListener,
 )
-from .log import get_logger, log_event
 from .store import Store, open_store
-from .tree import Child, Domain, Supervisor
+from .store.keys import Keys
+from .supervision.tree import Child, Domain, Supervisor
 
 if TYPE_CHECKING:
-    from .engine.reconcile import Reconciler
-    from .engine.slots import RunningSlots
-    from .shedding.guard import ShedGuard
-    from .task import TaskGuard
+    from .admission.shedding.guard import ShedGuard
+    from .supervision.reconcile import Reconciler
+    from .supervision.slots import RunningSlots
+    from .worker.task import TaskGuard
 
 __all__ = ["Installation", "Runtime", "get_runtime", "installation"]
 
@@ -85,12 +85,12 @@ class Runtime:
         self.consumed_queues: tuple[str, ...] = ()  # every queue this worker consumes when nothing is paused
         self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
         self.slots: RunningSlots | None = None  # a prefork worker's, made before its pool forks
-        from .bulkhead import admission_guards
+        from .admission.bulkhead import admission_guards
         from .circuits import Circuits
-        from .engine.engine import Engine
         from .lessons.learning import Learning
         from .remediation import RemediationRegistry
         from .remediation.dlq import DeadLetterQueue
+        from .supervision.engine import Engine
 
         self.circuits = Circuits(self.store, self.keys, self.dispatcher, specs=settings.circuits,
                                  cache_ttl_s=settings.circuit_cache_s)

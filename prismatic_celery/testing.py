@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from celery import Celery
 
 if TYPE_CHECKING:
-    from .engine.restarts import RestartOutcome
     from .runtime import Runtime
+    from .supervision.restarts import RestartOutcome
 
 __all__ = ["WorkerProcess", "fail_child", "serve", "wait_for"]
 
@@ -174,7 +174,7 @@ def fail_child(runtime: Runtime, queue: str, member: str = "test:0") -> RestartO
     """
     import dataclasses
 
-    from .engine.restarts import failure_call, record_failure
+    from .supervision.restarts import failure_call, record_failure
 
     located = runtime.supervisor.locate(queue)
     if located is None:
@@ -190,7 +190,7 @@ def serve(runtime: Runtime, hostname: str = "test@localhost", queues: Sequence[s
           **fields: Any) -> dict[str, Any]:
     """Register a live worker consuming ``queues`` (default: every supervised queue), as a worker's heartbeat
     does, so health counts those children as served; ``fields`` add to the registration. Returns it."""
-    from .workers import register_worker
+    from .observability.workers import register_worker
 
     registration = {"hostname": hostname, "pid": os.getpid(), "pool": "solo", "concurrency": 1, "domains": [],
                     "queues": sorted(runtime.supervisor.queues if queues is None else queues), **fields}

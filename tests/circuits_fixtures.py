@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from prismatic_celery.circuits import Circuits, CircuitSpec
-from prismatic_celery.keys import Keys
-from prismatic_celery.listeners import Dispatcher, SupervisionEvent, SupervisionListener
+from prismatic_celery.observability.events import Dispatcher, SupervisionEvent, SupervisionListener
 from prismatic_celery.store import MemoryStore, RedisStore, Store
+from prismatic_celery.store.keys import Keys
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 IN_CI = bool(os.environ.get("CI"))

@@ -19,8 +19,8 @@ import fakeredis
 import pytest
 import redis
 
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import MemoryStore, RedisStore, Store
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.background import Background
 

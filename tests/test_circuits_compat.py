@@ -19,8 +19,8 @@ from tornado import gen
 from tornado.ioloop import IOLoop
 
 from prismatic_celery.circuits import CircuitOpenError, Circuits, CircuitSpec, CircuitStorage, SharedBreaker
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 circuit_env = fx.circuit_env

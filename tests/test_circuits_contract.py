@@ -10,8 +10,8 @@ import pytest
 from celery.exceptions import Retry
 
 from prismatic_celery.circuits import CircuitOpenError, CircuitSpec, UnknownCircuitError
-from prismatic_celery.keys import Keys
-from prismatic_celery.listeners import SupervisionEvent, SupervisionListener
+from prismatic_celery.observability.events import SupervisionEvent, SupervisionListener
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 circuit_env = fx.circuit_env

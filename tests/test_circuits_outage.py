@@ -18,9 +18,9 @@ import pytest
 from fakeredis.commands_mixins import server_mixin
 
 from prismatic_celery.circuits import CircuitOpenError, Circuits, CircuitSpec
-from prismatic_celery.keys import Keys
-from prismatic_celery.listeners import Dispatcher
+from prismatic_celery.observability.events import Dispatcher
 from prismatic_celery.store import RedisStore
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 pytest.importorskip("lupa", reason="fakeredis runs Lua only with lupa installed")

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from prismatic_celery.circuits import Circuits, CircuitSpec
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import RedisStore
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 from tests.conftest import RedisServer
 

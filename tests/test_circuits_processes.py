@@ -25,8 +25,8 @@ import pytest
 import redis
 
 from prismatic_celery.circuits import Circuits
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import RedisStore
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 redis_namespace = fx.redis_namespace

@@ -9,8 +9,8 @@ import pytest
 
 from prismatic_celery.circuits import CircuitOpenError, Circuits, CircuitSpec
 from prismatic_celery.circuits.storage import CircuitRecord
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import RedisStore
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 circuit_env = fx.circuit_env

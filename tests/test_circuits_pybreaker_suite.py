@@ -29,8 +29,8 @@ from unittest import mock
 import pytest
 
 from prismatic_celery.circuits import CircuitStorage, SharedBreaker
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import MemoryStore, RedisStore, Store
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,9 +21,9 @@ import pytest
 import redis
 
 from prismatic_celery.circuits import Circuits, CircuitSpec
-from prismatic_celery.keys import Keys
-from prismatic_celery.listeners import Dispatcher
+from prismatic_celery.observability.events import Dispatcher
 from prismatic_celery.store import RedisStore
+from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx
 
 redis_namespace = fx.redis_namespace

@@ -14,10 +14,10 @@ from click.testing import CliRunner, Result
 
 import prismatic_celery
 from prismatic_celery import Runtime
-from prismatic_celery.cli import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN, supervision, table
-from prismatic_celery.engine.pauses import Pause, read_pauses, set_pause
-from prismatic_celery.health import get_tree_health, summary_numbers
+from prismatic_celery.cli.main import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN, supervision, table
+from prismatic_celery.observability.health import get_tree_health, summary_numbers
 from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.supervision.pauses import Pause, read_pauses, set_pause
 from prismatic_celery.testing import serve
 from tests.conftest import free_port
 
@@ -230,7 +230,7 @@ def test_optional_groups_are_added_when_their_modules_exist() -> None:
     """dlq and shed come from their own modules, when present."""
     import importlib.util
 
-    for module, name in (("prismatic_celery.remediation.cli", "dlq"), ("prismatic_celery.shedding_cli", "shed")):
+    for module, name in (("prismatic_celery.cli.remediation", "dlq"), ("prismatic_celery.cli.shedding", "shed")):
         assert (name in supervision.commands) == (importlib.util.find_spec(module) is not None)
 
 

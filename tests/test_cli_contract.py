@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 
 from prismatic_celery import Runtime
-from prismatic_celery.cli import (
+from prismatic_celery.cli.main import (
     EXIT_ERROR,
     EXIT_ESCALATED,
     EXIT_NO_WORKERS,
@@ -24,8 +24,8 @@ from prismatic_celery.cli import (
     table,
     tree_state,
 )
-from prismatic_celery.engine.pauses import Pause, set_pause
-from prismatic_celery.workers import unregister_worker
+from prismatic_celery.observability.workers import unregister_worker
+from prismatic_celery.supervision.pauses import Pause, set_pause
 from tests.test_cli import app, escalate, run, runtime_of  # noqa: F401  (the app fixture)
 
 
@@ -146,10 +146,10 @@ def test_events_detail_is_sized_to_the_terminal_not_cut_at_a_fixed_width(app: Ce
              "detail": "x" * 300}
     piped = render_events([event])
     assert "x" * 300 in piped
-    monkeypatch.setattr("prismatic_celery.cli.terminal_width", lambda: 200)
+    monkeypatch.setattr("prismatic_celery.cli.main.terminal_width", lambda: 200)
     wide = render_events([event])
     assert max(len(line) for line in wide.splitlines()) == 200 and wide.splitlines()[1].endswith("...")
-    monkeypatch.setattr("prismatic_celery.cli.terminal_width", lambda: 100)
+    monkeypatch.setattr("prismatic_celery.cli.main.terminal_width", lambda: 100)
     assert max(len(line) for line in render_events([event]).splitlines()) == 100
 
 

@@ -14,10 +14,10 @@ from celery.worker.control import Panel
 
 import prismatic_celery
 from prismatic_celery import Runtime
-from prismatic_celery.control import supervision_health, supervision_pause, supervision_resume
-from prismatic_celery.engine.pauses import read_pauses
 from prismatic_celery.store import MemoryStore
+from prismatic_celery.supervision.pauses import read_pauses
 from prismatic_celery.testing import serve
+from prismatic_celery.worker.control import supervision_health, supervision_pause, supervision_resume
 
 DOMAINS = {"core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]}}
 

@@ -10,7 +10,7 @@ from celery import Celery
 
 from prismatic_celery import ConfigurationError, load_settings
 from prismatic_celery.config import SETTINGS, settings_table
-from prismatic_celery.tree import RestartBudget, RestartType, Strategy
+from prismatic_celery.supervision.tree import RestartBudget, RestartType, Strategy
 
 CORE = {"strategy": "rest_for_one", "children": ["storage", "cache"]}
 

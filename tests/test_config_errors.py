@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 import prismatic_celery
 from prismatic_celery import ConfigurationError
-from prismatic_celery.bootsteps import unsupervised_routes
-from prismatic_celery.cli import EXIT_ERROR, supervision
+from prismatic_celery.cli.main import EXIT_ERROR, supervision
 from prismatic_celery.config import SETTINGS
 from prismatic_celery.store import MemoryStore
+from prismatic_celery.worker.bootsteps import unsupervised_routes
 
 
 def bad_app(**conf: object) -> Celery:

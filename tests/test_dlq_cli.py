@@ -10,7 +10,7 @@ from celery import Celery
 from click.testing import CliRunner
 
 from prismatic_celery import MemoryStore, get_runtime, install
-from prismatic_celery.remediation.cli import dlq
+from prismatic_celery.cli.remediation import dlq
 from prismatic_celery.remediation.dlq import dead_letter_entry
 
 

@@ -23,7 +23,7 @@ def test_compose_services_run_commands_the_package_provides() -> None:
     assert "redis" in services
     from click.testing import CliRunner  # noqa: F401  (click is what `celery` is built on)
 
-    from prismatic_celery.cli import supervision
+    from prismatic_celery.cli.main import supervision
 
     assert {"flower", "demo"} <= set(services) and any(n.startswith("worker-") for n in services)
     for name, service in services.items():

@@ -20,10 +20,10 @@ from prismatic_celery import (
     install,
 )
 from prismatic_celery.circuits import CircuitOpenError
-from prismatic_celery.engine.crash import HEADER
-from prismatic_celery.engine.engine import DEFER_MAX_S
-from prismatic_celery.engine.pauses import Pause, read_pauses, rest_cause, set_pause
 from prismatic_celery.runtime import Runtime
+from prismatic_celery.supervision.crash import HEADER
+from prismatic_celery.supervision.engine import DEFER_MAX_S
+from prismatic_celery.supervision.pauses import Pause, read_pauses, rest_cause, set_pause
 from tests.conftest import RedisServer
 
 DOMAINS = {
@@ -353,14 +353,14 @@ def test_a_recycles_re_run_in_another_older_process_is_no_trial_of_the_recycle(
     recycled = _rerun_history(sent)
     assert recycled["label"] == "recycle_process"
     sibling = {**recycled, "pid": os.getpid() + 1}  # recycled another process; this one started before the crash
-    monkeypatch.setattr("prismatic_celery.engine.crash.process_started_at", lambda: recycled["applied_at"] - 60)
+    monkeypatch.setattr("prismatic_celery.supervision.crash.process_started_at", lambda: recycled["applied_at"] - 60)
     _crash(app, runtime, "storage", AssertionError("cache invariant violated"), task_id="r-1", history=sibling)
     again = _rerun_history(sent)
     assert again["label"] == "recycle_process" and again["remediations"] == ["recycle_process"]
     assert runtime.learning is not None
     lesson = runtime.learning.lessons.get(recycled["fp"])
     assert lesson is not None and lesson.remediations == {}, "nothing counted against the recycle"
-    monkeypatch.setattr("prismatic_celery.engine.crash.process_started_at", lambda: recycled["applied_at"] + 1)
+    monkeypatch.setattr("prismatic_celery.supervision.crash.process_started_at", lambda: recycled["applied_at"] + 1)
     _crash(app, runtime, "storage", AssertionError("cache invariant violated"), task_id="r-1", history=sibling)
     lesson = runtime.learning.lessons.get(recycled["fp"])
     assert lesson is not None and lesson.remediations["recycle_process"].failed == 1, "a fresh process failed too"

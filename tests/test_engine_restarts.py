@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from prismatic_celery.engine.hotspots import hotspots, is_hotspot
-from prismatic_celery.engine.pauses import Pause, clear_pauses, read_pauses, rest_cause, set_pause
-from prismatic_celery.engine.restarts import ChildPolicy, RestartOutcome, failure_call, record_failure
-from prismatic_celery.engine.window import EXECUTIONS, executions_key, failed
-from prismatic_celery.keys import Keys
 from prismatic_celery.store import MemoryStore, Store
-from prismatic_celery.tree import Domain, RestartBudget, Supervisor
+from prismatic_celery.store.keys import Keys
+from prismatic_celery.supervision.hotspots import hotspots, is_hotspot
+from prismatic_celery.supervision.pauses import Pause, clear_pauses, read_pauses, rest_cause, set_pause
+from prismatic_celery.supervision.restarts import ChildPolicy, RestartOutcome, failure_call, record_failure
+from prismatic_celery.supervision.tree import Domain, RestartBudget, Supervisor
+from prismatic_celery.supervision.window import EXECUTIONS, executions_key, failed
 
 KEYS = Keys("eng")
 TREE = Supervisor(

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from prismatic_celery.engine.slots import SLOT_BYTES, RunningSlots, watch_pool
+from prismatic_celery.supervision.slots import SLOT_BYTES, RunningSlots, watch_pool
 
 
 def test_a_slot_written_in_a_forked_process_is_read_by_its_parent() -> None:

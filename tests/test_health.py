@@ -14,8 +14,8 @@ from celery import Celery
 import prismatic_celery
 from prismatic_celery import Runtime
 from prismatic_celery.circuits import Circuits
-from prismatic_celery.engine.pauses import Pause, set_pause
-from prismatic_celery.health import (
+from prismatic_celery.observability.events import EVENT_TYPES
+from prismatic_celery.observability.health import (
     EVENT_FIELDS,
     PENALTIES,
     ScoreInputs,
@@ -30,10 +30,10 @@ from prismatic_celery.health import (
     tree_state,
     workers_view,
 )
-from prismatic_celery.listeners import EVENT_TYPES
+from prismatic_celery.observability.workers import registration_ttl_s
 from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.supervision.pauses import Pause, set_pause
 from prismatic_celery.testing import fail_child, serve
-from prismatic_celery.workers import registration_ttl_s
 from tests.conftest import free_port
 
 DOMAINS = {
@@ -118,7 +118,7 @@ def test_states_start_at_80_and_50(inputs: ScoreInputs, state: str) -> None:
 
 def test_every_penalty_is_documented_in_the_module_docstring() -> None:
     """The docstring's table lists each penalty's points."""
-    from prismatic_celery import health
+    from prismatic_celery.observability import health
 
     doc = health.__doc__ or ""
     for points in PENALTIES.values():

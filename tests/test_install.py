@@ -23,8 +23,8 @@ from prismatic_celery import (
     get_runtime,
     install,
 )
-from prismatic_celery.bootsteps import DomainStep, SupervisionStep
-from prismatic_celery.listeners import Dispatcher
+from prismatic_celery.observability.events import Dispatcher
+from prismatic_celery.worker.bootsteps import DomainStep, SupervisionStep
 
 
 def _app(**conf: Any) -> Celery:
@@ -196,7 +196,7 @@ def test_celery_events_carry_the_fields_and_never_clash_with_the_envelope(monkey
     never breaks the send."""
     from contextlib import contextmanager
 
-    from prismatic_celery.listeners import CeleryEventListener
+    from prismatic_celery.observability.events import CeleryEventListener
 
     app = _app()
     sent: list[tuple[str | None, str, dict[str, Any]]] = []

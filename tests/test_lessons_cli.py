@@ -12,7 +12,7 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 import prismatic_celery
-from prismatic_celery.cli import supervision
+from prismatic_celery.cli.main import supervision
 from prismatic_celery.lessons import LessonStore
 from prismatic_celery.store import MemoryStore
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from prismatic_celery.keys import Keys
 from prismatic_celery.lessons import LessonStore
 from prismatic_celery.lessons.ladder import (
     ChoicePolicy,
@@ -29,6 +28,7 @@ from prismatic_celery.remediation.actions import (
     RetryWithBackoff,
 )
 from prismatic_celery.store import Store
+from prismatic_celery.store.keys import Keys
 
 BACKOFF = RetryWithBackoff(initial_ms=1000, max_ms=30_000, jitter_ms=1000)
 QUICK = quick_retry(BACKOFF)

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from prismatic_celery.keys import Keys
 from prismatic_celery.lessons import (
     KnowledgeMetrics,
     LessonStore,
@@ -18,6 +17,7 @@ from prismatic_celery.lessons import (
     fingerprint_exception,
 )
 from prismatic_celery.store import MemoryStore, RedisStore, Store
+from prismatic_celery.store.keys import Keys
 
 
 @pytest.fixture

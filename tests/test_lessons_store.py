@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from prismatic_celery.keys import Keys
 from prismatic_celery.lessons import Fingerprint, Lesson, LessonStore, fingerprint_exception
 from prismatic_celery.store import MemoryStore, RedisStore, Store
+from prismatic_celery.store.keys import Keys
 from tests.conftest import free_port
 
 FP = "a" * 40

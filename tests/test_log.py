@@ -9,8 +9,8 @@ import pytest
 from celery import Celery
 
 import prismatic_celery
-from prismatic_celery.listeners import LogListener, SupervisionEvent, level_of, log_fields
 from prismatic_celery.log import RepeatSummary
+from prismatic_celery.observability.events import LogListener, SupervisionEvent, level_of, log_fields
 from prismatic_celery.store import MemoryStore
 
 

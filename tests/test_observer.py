@@ -9,10 +9,10 @@ from celery import Celery, signals
 from celery.app.trace import build_tracer
 
 from prismatic_celery import MemoryStore, get_runtime, install
-from prismatic_celery.engine.requeue import requeue
-from prismatic_celery.observer import STATS_TTL_S, stats_for
+from prismatic_celery.observability.observer import STATS_TTL_S, stats_for
 from prismatic_celery.runtime import Runtime
-from prismatic_celery.task import TaskGuard
+from prismatic_celery.supervision.requeue import requeue
+from prismatic_celery.worker.task import TaskGuard
 
 DOMAINS = {"core": {"children": ["storage"]}}
 

@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import prismatic_celery
 from prismatic_celery import Runtime
-from prismatic_celery.engine.pauses import Pause, set_pause
-from prismatic_celery.health import get_tree_health
-from prismatic_celery.prometheus import SupervisionCollector, make_server, register
+from prismatic_celery.observability.health import get_tree_health
+from prismatic_celery.observability.prometheus import SupervisionCollector, make_server, register
 from prismatic_celery.store import MemoryStore, RedisStore
+from prismatic_celery.supervision.pauses import Pause, set_pause
 from prismatic_celery.testing import serve
 from tests.conftest import free_port
 

@@ -20,9 +20,7 @@ from prismatic_celery import (
     get_runtime,
     install,
 )
-from prismatic_celery.keys import Keys
-from prismatic_celery.runtime import Runtime
-from prismatic_celery.shedding import (
+from prismatic_celery.admission.shedding import (
     QueuePolicy,
     Sampler,
     ShedGuard,
@@ -37,15 +35,17 @@ from prismatic_celery.shedding import (
     state_key,
     totals_key,
 )
-from prismatic_celery.shedding.priority import (
+from prismatic_celery.admission.shedding.priority import (
     PRIORITY_HEADER,
     importance_from_priority,
     mark_priority,
     message_importance,
     replayed,
 )
-from prismatic_celery.shedding.sampler import SHEDDING_PERIOD_S
+from prismatic_celery.admission.shedding.sampler import SHEDDING_PERIOD_S
+from prismatic_celery.runtime import Runtime
 from prismatic_celery.store import Store
+from prismatic_celery.store.keys import Keys
 
 DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
 
@@ -538,7 +538,7 @@ def test_republish_keeps_id_queue_priority_and_headers_and_marks_the_replay(
     """The replayed message is the parked one, plus the prismatic_replayed header."""
     import redis as redis_lib
 
-    from prismatic_celery.shedding import republish
+    from prismatic_celery.admission.shedding import republish
 
     record = {"id": "abc", "task": "shedpub.t", "queue": "q9", "priority": 9, "args": [1], "kwargs": {"k": 2},
               "options": {"headers": {"trace": "x"}, "retries": 3, "root_id": "r", "eta": "2030-01-01"}}

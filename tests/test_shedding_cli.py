@@ -10,10 +10,10 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 from prismatic_celery import MemoryStore, get_runtime, install
-from prismatic_celery.cli import supervision
+from prismatic_celery.admission.shedding import QueuePolicy, park, parked_key, publish_sample, totals_key
+from prismatic_celery.cli.main import supervision
+from prismatic_celery.cli.shedding import shed
 from prismatic_celery.runtime import Runtime
-from prismatic_celery.shedding import QueuePolicy, park, parked_key, publish_sample, totals_key
-from prismatic_celery.shedding_cli import shed
 
 
 def _app() -> tuple[Celery, Runtime, list[dict[str, Any]]]:

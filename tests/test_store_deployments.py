@@ -20,11 +20,11 @@ from redis.cluster import RedisCluster
 from prismatic_celery import ConfigurationError
 from prismatic_celery.circuits import CircuitOpenError, Circuits, CircuitSpec
 from prismatic_celery.config import load_settings
-from prismatic_celery.engine.pauses import read_pauses
-from prismatic_celery.keys import Keys
 from prismatic_celery.runtime import Runtime
 from prismatic_celery.store import RedisStore, Script, urls
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.store.urls import parse_store_url
+from prismatic_celery.supervision.pauses import read_pauses
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.conftest import REDIS_HOST, ClusterServers, RedisServer, SentinelServers, _require

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 import pybreaker
 
 from ..errors import PrismaticError
-from ..listeners import Dispatcher, SupervisionEvent
 from ..log import get_logger, log_event
+from ..observability.events import Dispatcher, SupervisionEvent
 from ..store import MemoryStore, RedisStore, Store
 from .config import CircuitSpec, Exclusion
 from .storage import CLOSED, HALF_OPEN, OPEN, SCRIPT, CircuitRecord, CircuitStorage, Outcome, parse_reply

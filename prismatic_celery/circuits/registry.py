@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from ..errors import PrismaticError
-from ..keys import Keys
-from ..listeners import Dispatcher, LogListener
 from ..log import RateLimitedWarning, get_logger, log_event
+from ..observability.events import Dispatcher, LogListener
 from ..store import STORE_ERRORS, RedisStore, Store, open_store
+from ..store.keys import Keys
 from .breaker import Allowance, Hub, SharedBreaker, default_cache_ttl
 from .config import CircuitSpec
 from .storage import CircuitRecord, CircuitStorage, parse_message

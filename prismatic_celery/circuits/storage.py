@@ -26,10 +26,10 @@ from typing import Any
 
 import pybreaker
 
-from ..keys import Keys
 from ..log import RateLimitedWarning
 from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar
+from ..store.keys import Keys
 from .config import CircuitSpec
 
 __all__ = [

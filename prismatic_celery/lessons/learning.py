@@ -25,8 +25,8 @@ from .metrics import MetricsRecorder
 from .store import Lesson, LessonStore, taught_action
 
 if TYPE_CHECKING:
-    from ..engine.crash import Crash
     from ..runtime import Runtime
+    from ..supervision.crash import Crash
 
 __all__ = ["LESSON_RULE", "OPERATOR_REPLAY", "Learning"]
 

@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..keys import Keys
 from ..log import RateLimitedWarning, get_logger
 from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar, ScriptCall
+from ..store.keys import Keys
 from ..validate import as_seconds
 from .redact import sanitize
 from .store import SCRIPT as LESSON_SCRIPT

@@ -1,6 +1,6 @@
 """Lessons in the store: one JSON document per fingerprint, bounded in number, readable with redis-cli.
 
-Keys (all built by :class:`~prismatic_celery.keys.Keys`):
+Keys (all built by :class:`~prismatic_celery.store.keys.Keys`):
 
 * ``prismatic:{<ns>}:lesson:<fingerprint>``: the lesson as JSON (``redis-cli GET``), see :class:`Lesson`;
 * ``prismatic:{<ns>}:lessons``: a sorted set of fingerprints scored by ``last_seen``
@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..keys import Keys
 from ..log import get_logger, log_event
 from ..remediation.actions import Action, action_from_json
 from ..store import MemoryStore, Script, Store, encode_json
 from ..store.base import Scalar, ScriptCall
+from ..store.keys import Keys
 from ..validate import as_int
 from .classify import FAILURE_CLASSES
 from .fingerprint import Fingerprint, normalize_message

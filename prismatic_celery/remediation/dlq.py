@@ -20,10 +20,10 @@ from typing import Any
 
 from celery import Celery
 
-from ..keys import Keys
 from ..log import get_logger, log_event
 from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar, ScriptCall, decode_json, encode_json
+from ..store.keys import Keys
 
 __all__ = ["DeadLetterQueue", "dead_letter_entry"]
 
@@ -194,8 +194,8 @@ class DeadLetterQueue:
 
 def _resolution_header(entry: dict[str, Any]) -> dict[str, Any]:
     """The plugin's tracking header for a replayed dead letter: its success is an operator's resolution."""
-    from ..engine.crash import HEADER  # the engine imports this module
     from ..lessons.learning import OPERATOR_REPLAY
+    from ..supervision.crash import HEADER  # the engine imports this module
 
     fingerprint = entry.get("fingerprint")
     if not isinstance(fingerprint, str) or not fingerprint:

@@ -5,7 +5,7 @@ The failed operation is answered by an in-process :class:`MemoryStore` (decision
 local state), a rate-limited warning is logged, and Redis is tried again after ``retry_s``
 seconds; the client reconnects by itself. The URL says which deployment (see :mod:`.urls`): one
 server, the master a Sentinel names (a failover is followed) or a Redis Cluster, where every
-key of a namespace lives in one slot (see :mod:`prismatic_celery.keys`).
+key of a namespace lives in one slot (see :mod:`prismatic_celery.store.keys`).
 """
 
 from __future__ import annotations

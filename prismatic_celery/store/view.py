@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from ..keys import Keys
 from .base import Store
+from .keys import Keys
 
 __all__ = ["PeriodicView"]
 

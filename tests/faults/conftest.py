@@ -18,9 +18,9 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 from prismatic_celery import get_runtime
-from prismatic_celery.cli import supervision
-from prismatic_celery.keys import Keys
+from prismatic_celery.cli.main import supervision
 from prismatic_celery.runtime import Runtime
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.conftest import REDIS_HOST, RedisServer, _require, redis_answers
 from tests.faults.apps import make_faults_app
@@ -186,7 +186,7 @@ CLI_READS = (["status"], ["status", "--json"], ["health"], ["health", "--json", 
 
 def exercise_readers(app: Celery, runtime: Runtime) -> None:
     """Every reader of the API and the CLI: no exception escapes, every command ends with a defined code."""
-    from prismatic_celery.health import get_tree_health
+    from prismatic_celery.observability.health import get_tree_health
 
     assert isinstance(get_tree_health(runtime, events=20), dict)
     runtime.dlq.list("evo")

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import redis
 
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 
 # (kind, name parts, normal type)
 KINDS: tuple[tuple[str, tuple[str, ...], str], ...] = (

@@ -25,10 +25,10 @@ from click.testing import CliRunner
 
 import prismatic_celery
 from prismatic_celery import ConfigurationError, get_runtime
-from prismatic_celery.cli import supervision
-from prismatic_celery.keys import Keys
+from prismatic_celery.cli.main import supervision
 from prismatic_celery.remediation.dlq import dead_letter_entry
 from prismatic_celery.runtime import Runtime
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.faults import corrupt
 from tests.faults.apps import LEAK_KINDS, SECRETS

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from prismatic_celery import get_runtime
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import failure_events
 from tests.faults.apps import make_faults_app

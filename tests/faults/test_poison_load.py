@@ -9,7 +9,7 @@ itself never fails).
 
 A process that dies right after starting a poison message can die before the worker read its
 "accepted" message; billiard then sends the job to another process without a WorkerLostError.
-The plugin counts that death too (prismatic_celery/engine/slots.py), so the count is exact.
+The plugin counts that death too (prismatic_celery/supervision/slots.py), so the count is exact.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from prismatic_celery import get_runtime
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import failure_events
 from tests.faults.apps import make_faults_app

@@ -20,7 +20,7 @@ from celery import Celery
 from celery.exceptions import Retry
 
 from prismatic_celery import get_runtime
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import RedisServer, failure_events, free_port, redis_answers
 from tests.faults.apps import make_faults_app

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
 from tests.integration.conftest import shed_env

@@ -32,8 +32,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from prismatic_celery.health import summary_numbers
-from prismatic_celery.keys import Keys
+from prismatic_celery.observability.health import summary_numbers
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.conftest import leased_db

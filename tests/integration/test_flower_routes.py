@@ -1,6 +1,6 @@
 """The flowerconfig's routes inside an in-process Flower (no broker, no Redis: a memory store).
 
-Flower has no plug-in hook for pages: ``prismatic_celery.flower.install`` inserts
+Flower has no plug-in hook for pages: ``prismatic_celery.observability.flower.install`` inserts
 its routes into ``flower.urls.handlers`` before Flower builds its application.
 These tests build Flower's real tornado application and call it over HTTP on
 127.0.0.1.
@@ -19,7 +19,7 @@ from tornado.options import options as flower_options
 from tornado.testing import AsyncHTTPTestCase
 
 import prismatic_celery
-from prismatic_celery.flower import install, installed_routes
+from prismatic_celery.observability.flower import install, installed_routes
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.testing import serve
 from tests.conftest import free_port

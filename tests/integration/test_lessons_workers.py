@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from prismatic_celery import get_runtime
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.integration.conftest import basic_env

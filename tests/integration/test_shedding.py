@@ -23,8 +23,8 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from prismatic_celery.keys import Keys
-from prismatic_celery.shedding_cli import shed
+from prismatic_celery.cli.shedding import shed
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.shed_app import make_app, queues
 from tests.integration.conftest import shed_env

@@ -19,8 +19,8 @@ import redis
 from celery import Celery
 
 from prismatic_celery import get_runtime
-from prismatic_celery.engine.pauses import Pause, clear_pauses, set_pause
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
+from prismatic_celery.supervision.pauses import Pause, clear_pauses, set_pause
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.integration.conftest import basic_env

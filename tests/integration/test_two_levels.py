@@ -26,8 +26,8 @@ import redis
 from celery import Celery
 
 from prismatic_celery import get_runtime
-from prismatic_celery.engine.pauses import Pause, read_pauses, rest_cause, set_pause
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
+from prismatic_celery.supervision.pauses import Pause, read_pauses, rest_cause, set_pause
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import DOMAINS, make_app
 from tests.conftest import failure_events

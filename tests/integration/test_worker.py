@@ -16,7 +16,7 @@ import pytest
 import redis
 from celery import Celery
 
-from prismatic_celery.keys import Keys
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.conftest import free_port

@@ -1,0 +1,1 @@
+"""Admission control: bulkheads and load shedding, deciding which messages run now."""

@@ -1,0 +1,1 @@
+"""The ``celery supervision`` command group and its subcommands."""

@@ -1,0 +1,76 @@
+"""Live workers: each worker's registration, and the index the views read instead of SCAN.
+
+| Key | Holds |
+|---|---|
+| ``prismatic:{<ns>}:worker:<hostname>`` | a worker's registration (JSON: pid, pool, queues, heartbeat) |
+| ``prismatic:{<ns>}:workers`` | sorted set: hostname -> last heartbeat (store clock), old entries dropped |
+
+A worker writes both every ``prismatic_reconcile_interval_s``; both expire after
+:func:`registration_ttl_s` without a heartbeat, so a worker that died (or a short-lived pod name)
+leaves nothing behind. Readers take the index's live hostnames, then their registrations in one MGET.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store.base import Store
+    from ..store.keys import Keys
+
+__all__ = ["INDEX_CAP", "index_every_s", "live_registrations", "register_worker", "registration_ttl_s",
+           "served_queues", "unregister_worker", "worker_key"]
+
+#: Most hostnames the index keeps (the oldest heartbeats go first beyond it).
+INDEX_CAP = 10_000
+
+
+def worker_key(keys: Keys, hostname: str) -> str:
+    """``prismatic:{<ns>}:worker:<hostname>``: a worker's registration."""
+    return keys.key("worker", hostname)
+
+
+def registration_ttl_s(settings: Settings) -> float:
+    """How long a registration outlives its last heartbeat: five reconcile intervals, at least 10 s."""
+    return max(10.0, 5 * settings.reconcile_interval_s)
+
+
+def register_worker(store: Store, keys: Keys, settings: Settings, registration: Mapping[str, Any], *,
+                    index: bool = True) -> None:
+    """Write (refresh) a worker's registration and, with ``index``, its index entry.
+
+    The index entry lives as long as the registration, so a heartbeat refreshes it every third of that
+    (:func:`index_every_s`), not at every beat.
+    """
+    hostname = str(registration["hostname"])
+    ttl_s = registration_ttl_s(settings)
+    store.set_json(worker_key(keys, hostname), dict(registration), ttl_s=ttl_s)
+    if index:
+        store.window_add(keys.key("workers"), hostname, store.time(), ttl_s, cap=INDEX_CAP)
+
+
+def index_every_s(settings: Settings) -> float:
+    """How often a heartbeat refreshes the worker's index entry: a third of the registration's TTL."""
+    return registration_ttl_s(settings) / 3
+
+
+def unregister_worker(store: Store, keys: Keys, hostname: str) -> None:
+    """Remove a worker's registration at its shutdown (its index entry is ignored without it, then expires)."""
+    store.delete(worker_key(keys, hostname))
+
+
+def live_registrations(store: Store, keys: Keys, settings: Settings) -> list[dict[str, Any]]:
+    """The registrations of the workers whose heartbeat is within the TTL, by hostname."""
+    hostnames = sorted({m for m, _ in store.window_members(keys.key("workers"), store.time(),
+                                                            registration_ttl_s(settings))})
+    if not hostnames:
+        return []
+    found = store.get_many([worker_key(keys, h) for h in hostnames])
+    return [r for r in found if isinstance(r, dict) and r.get("hostname")]
+
+
+def served_queues(registrations: list[dict[str, Any]]) -> set[str]:
+    """The queues at least one live worker consumes."""
+    return {str(q) for r in registrations for q in (r.get("queues") or []) if isinstance(q, str)}

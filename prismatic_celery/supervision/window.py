@@ -1,0 +1,126 @@
+"""A child's executions in a sliding window: the evidence that decides whether the child failed.
+
+A child is a queue running many messages, so one failed message says nothing about
+the child. The child *fails* (OTP's crash, what strategies and budgets act on) when
+its recent executions fail at a high rate: at least ``prismatic_child_failure_rate``
+of them, among at least ``prismatic_child_min_executions`` executions within the last
+``prismatic_child_window_s`` seconds, counted across the cluster.
+
+The window is the hash ``prismatic:{<ns>}:executions:<queue>`` with one field per second
+and outcome (``<second>:ok``, ``<second>:fail``, store clock). Failures are added by
+the crash decision itself (``scripts/restart.lua``, one round trip it already makes);
+successes are counted in each process's memory and added once per
+:data:`FLUSH_INTERVAL_S` by a background thread, never per task. A crash also carries
+its own process's unflushed successes, so the window it judges is as fresh as it can be.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..log import RateLimitedWarning, get_logger
+from ..store import MemoryStore, Script, Store
+from ..store.base import Scalar
+from ..store.keys import Keys
+
+__all__ = ["EXECUTIONS", "FLUSH_INTERVAL_S", "PRELUDE", "ExecutionWindow", "count_executions", "executions_key",
+           "failed"]
+
+logger = get_logger("window")
+
+#: How often each process adds its successes to the windows (seconds). A window judged by a crash
+#: may miss at most this long of other processes' successes, a tenth of the default 10 s window.
+FLUSH_INTERVAL_S = 1.0
+PRELUDE = Path(__file__).parent / "scripts" / "window.lua"
+
+
+def executions_key(keys: Keys, queue: str) -> str:
+    """``prismatic:{<ns>}:executions:<queue>``: the child's execution window (hash)."""
+    return keys.key("executions", queue)
+
+
+def failed(successes: int, failures: int, *, min_executions: int, failure_rate: float) -> bool:
+    """The child-failure rule: enough executions, and enough of them failed."""
+    total = successes + failures
+    return total >= min_executions and failures >= failure_rate * total
+
+
+def count_executions(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int,
+                     add_fail: int) -> tuple[int, int, int]:
+    """The Python twin of ``executions`` in ``scripts/window.lua``: successes, failures, foreign flag."""
+    foreign = 0
+    raw = store.raw(key)
+    if raw is not None and not isinstance(raw, dict):
+        store.delete(key)
+        foreign = 1
+    second = math.floor(now)
+    increments = {f"{second}:ok": add_ok, f"{second}:fail": add_fail}
+    store.hincr(key, {field: n for field, n in increments.items() if n > 0})
+    oldest = second - max(1, math.ceil(window_s)) + 1
+    ok = fail = 0
+    stale = []
+    for field, value in store.hgetall(key).items():
+        at, _, what = field.partition(":")
+        if not at.isdigit() or what not in ("ok", "fail") or not value.lstrip("-").isdigit():
+            stale.append(field)
+            foreign = 1
+        elif int(at) < oldest:
+            stale.append(field)
+        elif what == "ok":
+            ok += int(value)
+        else:
+            fail += int(value)
+    store.hdel(key, *stale)
+    if store.hgetall(key):
+        store.expire(key, window_s * 2)
+    else:
+        store.delete(key)
+    return ok, fail, foreign
+
+
+def _flush_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> int:
+    now, window_s = store.clock(), float(args[0])
+    return sum(count_executions(store, key, now, window_s, int(args[1 + i]), 0)[2] for i, key in enumerate(keys))
+
+
+EXECUTIONS = Script.from_file(Path(__file__).parent / "scripts" / "executions.lua", _flush_twin, prelude=[PRELUDE])
+
+
+class ExecutionWindow:
+    """One process's successes per child, not yet in the store (thread-safe; no I/O until :meth:`flush`)."""
+
+    def __init__(self, store: Store, keys: Keys, window_s: float) -> None:
+        self.store = store
+        self.keys = keys
+        self.window_s = window_s
+        self._pending: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._foreign = RateLimitedWarning()
+
+    def success(self, queue: str) -> None:
+        """Count one successful execution of the child ``queue``."""
+        with self._lock:
+            self._pending[queue] += 1
+
+    def take(self, queue: str) -> int:
+        """The successes of ``queue`` not yet flushed, handed to the caller (who adds them to the window)."""
+        with self._lock:
+            return self._pending.pop(queue, 0)
+
+    def flush(self) -> None:
+        """Add every pending success to its window (one script call; nothing when nothing is pending)."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+        queues = sorted(q for q, n in pending.items() if n > 0)
+        if not queues:
+            return
+        foreign = self.store.run(EXECUTIONS, [executions_key(self.keys, q) for q in queues],
+                                 [self.window_s, *(pending[q] for q in queues)])
+        if isinstance(foreign, int) and foreign:
+            self._foreign.warn("store-corrupt-value", key=self.keys.key("executions", "*"),
+                               detail="foreign data in an execution window was removed")
+
