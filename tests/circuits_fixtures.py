@@ -26,6 +26,12 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 IN_CI = bool(os.environ.get("CI"))
 
 
+# A store command slower than the store's timeout (0.5 s by default) is a store outage to a breaker, which then
+# runs on its own copy of the record. On a loaded 2-core machine a reply can take that long, so tests of the
+# healthy store give it a generous timeout; the outage tests stop the server (connections are refused at once).
+HEALTHY_TIMEOUT_S = 10.0
+
+
 def require_redis() -> str:
     """The real Redis URL; skip the test when it does not answer (fail instead under CI)."""
     try:
@@ -169,7 +175,7 @@ def circuit_env(request: pytest.FixtureRequest) -> Iterator[CircuitEnv]:
         env.close()
     else:
         url = require_redis()
-        env = CircuitEnv("redis", namespace, lambda: RedisStore(url))
+        env = CircuitEnv("redis", namespace, lambda: RedisStore(url, timeout_s=HEALTHY_TIMEOUT_S))
         try:
             yield env
         finally:
@@ -285,7 +291,8 @@ def hammer(url: str, namespace: str, port: int, spec: dict[str, Any], ready: Any
     """
     from prismatic_celery.circuits import CircuitOpenError
 
-    circuits = Circuits(RedisStore(url), Keys(namespace), specs={"dep": CircuitSpec(**spec)})
+    circuits = Circuits(RedisStore(url, timeout_s=HEALTHY_TIMEOUT_S), Keys(namespace),
+                        specs={"dep": CircuitSpec(**spec)})
     counts: dict[str, Any] = {"ok": 0, "failed": 0, "refused": 0, "failed_at": []}
     try:
         circuits.start(wait_s=5)

@@ -55,7 +55,8 @@ def test_an_open_circuit_survives_a_store_outage_and_is_shared_again_after_it(
                                             results, i, views, 0.01, stop))
         for i in range(PROCESSES)
     ]
-    parent = Circuits(RedisStore(redis_server.url), Keys(namespace), specs={"dep": CircuitSpec(**SPEC)}, listen=False)
+    parent = Circuits(RedisStore(redis_server.url, timeout_s=fx.HEALTHY_TIMEOUT_S), Keys(namespace),
+                      specs={"dep": CircuitSpec(**SPEC)}, listen=False)
     breaker = parent.get("dep")
 
     def everyone_sees(record: Any) -> bool:

@@ -125,5 +125,5 @@ def test_sixteen_processes_open_at_fail_max_and_run_one_trial_at_a_time(
     assert sum(c["failed"] for c in counts) == len(down)
     assert server.up_hits and sum(c["ok"] for c in counts) == len(server.up_hits)
     assert changes[-1]["state"] == "closed" and changes[-1]["reason"] == "trial-succeeded", changes[-3:]
-    circuits = Circuits(RedisStore(url), Keys(namespace), listen=False)
+    circuits = Circuits(RedisStore(url, timeout_s=fx.HEALTHY_TIMEOUT_S), Keys(namespace), listen=False)
     assert circuits.declare("dep").record().state == "closed"

@@ -70,7 +70,8 @@ def processes(redis_namespace: tuple[str, str]) -> Iterator[tuple[list[Circuits]
     """8 registries, each with its own Redis connection, one shared event recorder."""
     url, namespace = redis_namespace
     recorder = fx.Recorder()
-    registries = [Circuits(RedisStore(url), Keys(namespace), Dispatcher([recorder])) for _ in range(CALLERS)]
+    registries = [Circuits(RedisStore(url, timeout_s=fx.HEALTHY_TIMEOUT_S), Keys(namespace), Dispatcher([recorder]))
+                  for _ in range(CALLERS)]
     yield registries, recorder
     for registry in registries:
         registry.stop()
