@@ -30,7 +30,16 @@ shorter warm-up pair). Each run:
    reads (one INFO and the counter polls, counted exactly), is everything the plugin
    sent for the run: producer side, worker boot, registration heartbeats, counter flushes
    and shutdown. Divided by the successful tasks it gives ``redis_cmds_per_task`` (an
-   upper bound of the per-task cost, as the per-run fixed costs are included).
+   upper bound of the per-task cost, as the per-run fixed costs are included);
+5. CPU seconds (user + system) of the worker's whole process tree, from the kernel's
+   accounting: this script is the worker's parent and a child subreaper, so once the worker
+   has exited and been reaped, the delta of ``getrusage(RUSAGE_CHILDREN)`` across the run
+   holds the worker and every pool process it reaped in its warm shutdown. The Redis servers
+   live through every run and nothing else is spawned; a process that outlived its worker
+   (handed to this script as an orphan, its CPU not in the delta) stops the benchmark.
+   Divided by N it gives the CPU seconds per task, worker start-up and shutdown included
+   (about 0.5 s per run in either variant on the project's machine; the plugin's worker also
+   idles until its counters are flushed, at about 1 % of a core).
 
 Then the failure path: store round trips per failed execution with lessons on (the default),
 counted on the wire to the store's server (each ``send_packed_command`` of a connection to it: a
@@ -44,24 +53,29 @@ Output: one line per run, a summary, then one JSON line::
     {"overhead_ratio": <median of plugin/plain per pair>, "redis_cmds_per_task": <sum of
      plugin store commands / sum of successful tasks>, "pairs": n, "tasks": n,
      "plain_tasks_per_s": median, "plugin_tasks_per_s": median,
+     "cpu_ratio": <median of plugin/plain CPU seconds per task per pair>,
+     "plain_cpu_s_per_task": median, "plugin_cpu_s_per_task": median,
      "crash_round_trips": <the largest mean of the failure kinds>}
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import resource
+import signal
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from unittest.mock import patch
 
 import redis
@@ -116,6 +130,50 @@ class StoreMeter:
             raise SystemExit(f"store meter miscounts its own commands: {dict(leftover)}")
 
 
+# worker CPU accounting ---------------------------------------------------------------------
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def become_subreaper() -> None:
+    """Orphans of our descendants (a pool process its worker did not reap) become our children, not init's.
+
+    So none escapes :func:`check_children`, and none takes its CPU seconds out of the accounting unseen.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise SystemExit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
+
+
+def children() -> set[int]:
+    """Pids of this process's children, living or not yet reaped (every thread's, from /proc)."""
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found.update(int(pid) for pid in (task / "children").read_text().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
+def children_cpu_s() -> float:
+    """User + system CPU seconds of every reaped descendant (a child's own reaped children included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def check_children(expected: set[int], hostname: str) -> None:
+    """After a worker was reaped, this process has no child but ``expected`` (the Redis servers): every pool
+    process was reaped by the worker's own shutdown, so the CPU delta holds the whole tree and nothing else."""
+    stray = children() - expected
+    for pid in stray:  # orphans handed to us as subreaper: not the worker's shutdown
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if stray:
+        raise SystemExit(f"{hostname}: process(es) {sorted(stray)} outlived the worker: its CPU accounting is "
+                         "incomplete")
+
+
 # one run -----------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -123,6 +181,7 @@ class Run:
     index: int
     tasks: int
     seconds: float
+    cpu_s: float
     store_cmds: Counter[str] = field(default_factory=Counter)
     succeeded: int | None = None
 
@@ -131,12 +190,16 @@ class Run:
         return self.tasks / self.seconds
 
     @property
+    def cpu_per_task(self) -> float:
+        return self.cpu_s / self.tasks
+
+    @property
     def cmds(self) -> int:
         return sum(self.store_cmds.values())
 
     def line(self) -> str:
         text = (f"{self.variant:<6} run {self.index:>2}: {self.tasks} tasks in {self.seconds:7.3f} s"
-                f" = {self.per_s:8.1f}/s")
+                f" = {self.per_s:8.1f}/s  cpu {self.cpu_s:6.2f} s = {self.cpu_per_task * 1000:.4f} ms/task")
         if self.variant == "plugin":
             top = ", ".join(f"{k} {v}" for k, v in self.store_cmds.most_common(6))
             text += f"  store cmds {self.cmds} = {self.cmds / self.tasks:.4f}/task ({top})"
@@ -177,6 +240,7 @@ class Bench:
             extra_args=["--loglevel", "WARNING"], env={**self.env, "BENCH_VARIANT": variant}, cwd=ROOT,
         )
         succeeded: int | None = None
+        others, cpu_before = children(), children_cpu_s()
         with worker:
 
             def finished() -> bool:
@@ -200,6 +264,8 @@ class Bench:
             code = worker.stop()
         if code != 0:
             raise SystemExit(f"worker {hostname} exited with {code}:\n{worker.log}")
+        cpu_s = children_cpu_s() - cpu_before  # the worker is reaped: its whole tree is in
+        check_children(others, hostname)
         after = self.meter.snapshot()
         left = int(self.broker.llen(QUEUE))
         if left:
@@ -212,7 +278,7 @@ class Bench:
         store_cmds = self.meter.delta(before, after, own_before)
         if variant == "plain" and store_cmds:
             raise SystemExit(f"plain Celery sent commands to the plugin store: {dict(store_cmds)}")
-        return Run(variant, self.runs, n, max(ends) - min(starts), store_cmds, succeeded)
+        return Run(variant, self.runs, n, max(ends) - min(starts), cpu_s, store_cmds, succeeded)
 
 
 # the failure path ----------------------------------------------------------------------------
@@ -229,7 +295,7 @@ def crash_round_trips(store_url: str, port: int, crashes: int) -> dict[str, floa
     sent = [0]
     original = redis.connection.Connection.send_packed_command
 
-    def counting(self: redis.connection.Connection, command: Any, check_health: bool = True) -> None:
+    def counting(self: redis.connection.Connection, command: object, check_health: bool = True) -> None:
         if self.port == port:
             sent[0] += 1
         original(self, command, check_health)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
@@ -244,8 +310,8 @@ def crash_round_trips(store_url: str, port: int, crashes: int) -> dict[str, floa
         finally:
             task.pop_request()
 
-    kinds: dict[str, Any] = {"rerun": lambda i: ConnectionError(f"refused {i}"),
-                             "dead_letter": lambda i: ValueError(f"invalid payload {i}")}
+    kinds: dict[str, Callable[[int], Exception]] = {"rerun": lambda i: ConnectionError(f"refused {i}"),
+                                                    "dead_letter": lambda i: ValueError(f"invalid payload {i}")}
     means: dict[str, float] = {}
     quiet = logging.getLogger("prismatic_celery")
     level, quiet.level = quiet.level, logging.CRITICAL + 10  # the failures' own log lines are not the measurement
@@ -286,10 +352,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def summarize(runs: list[Run], pairs: int, tasks: int) -> dict[str, Any]:
+def summarize(runs: list[Run], pairs: int, tasks: int) -> dict[str, float]:
     plain = [r for r in runs if r.variant == "plain"]
     plugin = [r for r in runs if r.variant == "plugin"]
     ratios = [b.per_s / a.per_s for a, b in zip(plain, plugin, strict=True)]
+    cpu_ratios = [b.cpu_per_task / a.cpu_per_task for a, b in zip(plain, plugin, strict=True)]
+    plain_cpu, plugin_cpu = (statistics.median(r.cpu_per_task for r in rs) for rs in (plain, plugin))
     total_tasks = sum(r.tasks for r in plugin)
     total_cmds = sum(r.cmds for r in plugin)
     by_command: Counter[str] = Counter()
@@ -299,6 +367,10 @@ def summarize(runs: list[Run], pairs: int, tasks: int) -> dict[str, Any]:
     print(f"median plain {statistics.median(a.per_s for a in plain):.1f}/s, "
           f"median plugin {statistics.median(b.per_s for b in plugin):.1f}/s, "
           f"median ratio {statistics.median(ratios):.3f}")
+    print(f"CPU of the worker's process tree per task, ratios plugin/plain per pair: "
+          f"{', '.join(f'{x:.3f}' for x in cpu_ratios)}")
+    print(f"median plain {plain_cpu * 1000:.4f} ms/task, median plugin {plugin_cpu * 1000:.4f} ms/task, "
+          f"median ratio {statistics.median(cpu_ratios):.3f}")
     print(f"plugin store commands: {total_cmds} for {total_tasks} tasks = {total_cmds / total_tasks:.4f}/task "
           f"({', '.join(f'{k} {v}' for k, v in by_command.most_common())})")
     return {
@@ -308,12 +380,16 @@ def summarize(runs: list[Run], pairs: int, tasks: int) -> dict[str, Any]:
         "tasks": tasks,
         "plain_tasks_per_s": round(statistics.median(a.per_s for a in plain), 1),
         "plugin_tasks_per_s": round(statistics.median(b.per_s for b in plugin), 1),
+        "cpu_ratio": round(statistics.median(cpu_ratios), 4),
+        "plain_cpu_s_per_task": round(plain_cpu, 8),
+        "plugin_cpu_s_per_task": round(plugin_cpu, 8),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     began = time.monotonic()
+    become_subreaper()
     with ExitStack() as stack:
         broker_port = stack.enter_context(redis_server("broker"))
         store_port = stack.enter_context(redis_server("store"))

@@ -19,7 +19,7 @@ from tests.conftest import _require
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_per_s", "plugin_tasks_per_s",
-        "crash_round_trips"}
+        "cpu_ratio", "plain_cpu_s_per_task", "plugin_cpu_s_per_task", "crash_round_trips"}
 
 
 #: The quick runs start in the background with the demo's runs (tests/background.py), in phases, each test
@@ -136,8 +136,16 @@ def test_overhead_benchmark_quick_run_ends_with_its_json_summary(background: Bac
     assert summary["redis_cmds_per_task"] >= 0
     assert summary["plain_tasks_per_s"] > 0 and summary["plugin_tasks_per_s"] > 0
     assert summary["pairs"] >= 1 and summary["tasks"] > 0
+    # CPU of each worker's whole process tree (measured, not asserted): a worker's start-up alone costs more than
+    # 0.05 s, so a smaller figure would mean the accounting missed the worker; one pair, so the ratio is its own.
+    for variant in ("plain", "plugin"):
+        assert summary[f"{variant}_cpu_s_per_task"] * summary["tasks"] > 0.05, summary
+    if summary["pairs"] == 1:
+        assert summary["cpu_ratio"] == pytest.approx(
+            summary["plugin_cpu_s_per_task"] / summary["plain_cpu_s_per_task"], rel=0.01), summary
     assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
     assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
+    assert all(" ms/task" in line for line in proc.stdout.splitlines() if line.startswith(("plain  run", "plugin run")))
 
 
 LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_s", "escalation_rate",
