@@ -78,7 +78,7 @@ def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
             rows.append([str(lesson.get("fingerprint", ""))[:12], lesson.get("failure_class"), lesson.get("count"),
                          str(lesson.get("exc_type")), tried, str(lesson.get("message", ""))[:200]])
         lines.append(table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "REMEDIATIONS (ok/tried)", "MESSAGE"],
-                            rows, fit=5))
+                           rows, fit=5))
     emit(data, as_json, "\n".join(lines))
 
 
@@ -104,7 +104,7 @@ def render_lesson(lesson: Lesson, why: Report) -> str:
             for r in why["remediations"]]
     if rows:
         lines += ["", table(["REMEDIATION", "STANDING", "RECOVERED", "RATE", "MEAN RECOVERY", "FAILED IN A ROW"],
-                             rows)]
+                            rows)]
     else:
         lines += ["", "no remediation outcome recorded yet"]
     return "\n".join(lines)

@@ -49,9 +49,11 @@ def supervision(ctx: click.Context) -> None:
     """prismatic-celery: inspect and steer the supervision tree."""
 
 
-for _command in (check, tree, workers, status, health, hotspots, circuits, events, pause, resume, watch, exporter,
-                 flowerconfig):
-    supervision.add_command(_command)
+def _add_commands() -> None:
+    """The commands of this package's modules (each defined with ``click.command``, so none imports this one)."""
+    for command in (check, tree, workers, status, health, hotspots, circuits, events, pause, resume, watch,
+                    exporter, flowerconfig):
+        supervision.add_command(command)
 
 
 def _add_optional_groups() -> None:
@@ -69,4 +71,5 @@ def _add_optional_groups() -> None:
             supervision.add_command(group, attr)
 
 
+_add_commands()
 _add_optional_groups()
