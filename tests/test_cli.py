@@ -14,7 +14,8 @@ from click.testing import CliRunner, Result
 
 import prismatic_celery
 from prismatic_celery import Runtime
-from prismatic_celery.cli.main import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN, supervision, table
+from prismatic_celery.cli.main import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN, supervision
+from prismatic_celery.cli.tables import table
 from prismatic_celery.observability.health import get_tree_health, summary_numbers
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.supervision.pauses import Pause, read_pauses, set_pause

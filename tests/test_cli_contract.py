@@ -18,12 +18,12 @@ from prismatic_celery.cli.main import (
     EXIT_NO_WORKERS,
     EXIT_OK,
     EXIT_UNHEALTHY,
-    render_events,
     render_state,
     supervision,
-    table,
     tree_state,
 )
+from prismatic_celery.cli.render import render_events
+from prismatic_celery.cli.tables import table
 from prismatic_celery.observability.workers import unregister_worker
 from prismatic_celery.supervision.pauses import Pause, set_pause
 from tests.test_cli import app, escalate, run, runtime_of  # noqa: F401  (the app fixture)
@@ -146,10 +146,10 @@ def test_events_detail_is_sized_to_the_terminal_not_cut_at_a_fixed_width(app: Ce
              "detail": "x" * 300}
     piped = render_events([event])
     assert "x" * 300 in piped
-    monkeypatch.setattr("prismatic_celery.cli.main.terminal_width", lambda: 200)
+    monkeypatch.setattr("prismatic_celery.cli.tables.terminal_width", lambda: 200)
     wide = render_events([event])
     assert max(len(line) for line in wide.splitlines()) == 200 and wide.splitlines()[1].endswith("...")
-    monkeypatch.setattr("prismatic_celery.cli.main.terminal_width", lambda: 100)
+    monkeypatch.setattr("prismatic_celery.cli.tables.terminal_width", lambda: 100)
     assert max(len(line) for line in render_events([event]).splitlines()) == 100
 
 

@@ -48,7 +48,7 @@ class Demo:
         print(f"\n=== {number}. {title} " + "=" * max(0, 70 - len(title)))
 
     def status(self) -> str:
-        from prismatic_celery.cli.main import tree_state
+        from prismatic_celery.cli.status import tree_state
 
         state = tree_state(self.runtime)
         paused = [c["queue"] for d in state["domains"] for c in d["children"] if c["paused"]]
@@ -87,7 +87,7 @@ class Demo:
         return int(totals.get(queue, 0))
 
     def _paused(self, *queues: str) -> bool:
-        from prismatic_celery.cli.main import tree_state
+        from prismatic_celery.cli.status import tree_state
 
         state = tree_state(self.runtime)
         return any(c["paused"] for d in state["domains"] for c in d["children"] if c["queue"] in queues)
@@ -175,7 +175,8 @@ class Demo:
         print("  the bad deploy's failure is a known pattern now: its proven remediation is applied at once")
 
         self.step(8, "knowledge")
-        from prismatic_celery.cli.main import render_state, tree_state
+        from prismatic_celery.cli.render import render_state
+        from prismatic_celery.cli.status import tree_state
 
         print(render_state(tree_state(self.runtime)))
         learning = self.runtime.learning
@@ -221,7 +222,7 @@ def main() -> int:
         f"the embedded default: no Redis answered at {url} (in-memory broker and store, a solo worker)"
     print(f"prismatic-celery demo: using {source}")
 
-    from prismatic_celery.cli.main import render_tree
+    from prismatic_celery.cli.render import render_tree
     from prismatic_celery.runtime import get_runtime
 
     from .app import app

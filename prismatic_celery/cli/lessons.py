@@ -10,35 +10,26 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import click
 
 from ..errors import ConfigurationError
 from ..lessons.ladder import ChoicePolicy, explain
 from ..lessons.store import Lesson, LessonStore
+from ..observability.health import knowledge_view, lessons_view
 from ..remediation.actions import action_from_config
+from .common import Report, emit, json_option, runtime_of
+from .render import render_knowledge_line
+from .tables import table
 
 __all__ = ["lessons"]
 
 _PREFIX_MIN = 6
 
 
-def _runtime(ctx: click.Context) -> Any:
-    from .main import _runtime as cli_runtime
-
-    return cli_runtime(ctx)
-
-
-def _emit(data: Any, as_json: bool, human: str) -> None:
-    from .main import _emit as cli_emit
-
-    cli_emit(data, as_json, human)
-
-
 def _store(ctx: click.Context) -> tuple[LessonStore, ChoicePolicy]:
-    runtime = _runtime(ctx)
+    runtime = runtime_of(ctx)
     learning = getattr(runtime, "learning", None)
     store = getattr(learning, "lessons", None)
     if not isinstance(store, LessonStore):
@@ -61,24 +52,15 @@ def _find(store: LessonStore, fingerprint: str) -> Lesson:
     raise click.ClickException(f"no lesson {fingerprint!r}")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], fit: int | None = None) -> str:
-    from .main import table
-
-    return table(headers, rows, fit=fit)
-
-
 @click.group(name="lessons", invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="Lessons listed.")
 @click.pass_context
 def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
     """Lessons learned (most recently seen first) and the knowledge metrics; n/a when not enabled."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..observability.health import knowledge_view, lessons_view
-    from .main import render_knowledge_line
-
-    runtime = _runtime(ctx)
+    runtime = runtime_of(ctx)
     found = lessons_view(runtime, limit)
     knowledge = knowledge_view(runtime)
     data = {"knowledge": knowledge, "lessons": found}
@@ -95,12 +77,12 @@ def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
                               for name, s in sorted(remediations.items()))
             rows.append([str(lesson.get("fingerprint", ""))[:12], lesson.get("failure_class"), lesson.get("count"),
                          str(lesson.get("exc_type")), tried, str(lesson.get("message", ""))[:200]])
-        lines.append(_table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "REMEDIATIONS (ok/tried)", "MESSAGE"],
-                            rows, fit=5))
-    _emit(data, as_json, "\n".join(lines))
+        lines.append(table(["FINGERPRINT", "CLASS", "COUNT", "EXCEPTION", "REMEDIATIONS (ok/tried)", "MESSAGE"],
+                           rows, fit=5))
+    emit(data, as_json, "\n".join(lines))
 
 
-def render_lesson(lesson: Lesson, why: Mapping[str, Any]) -> str:
+def render_lesson(lesson: Lesson, why: Report) -> str:
     """One lesson for a person: what it is, what its next crash gets and why, each remediation's record."""
     def when(at: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
@@ -121,8 +103,8 @@ def render_lesson(lesson: Lesson, why: Mapping[str, Any]) -> str:
              "-" if r["mean_recovery_s"] is None else f"{r['mean_recovery_s']:.3f}s", r["consecutive_failures"]]
             for r in why["remediations"]]
     if rows:
-        lines += ["", _table(["REMEDIATION", "STANDING", "RECOVERED", "RATE", "MEAN RECOVERY", "FAILED IN A ROW"],
-                             rows)]
+        lines += ["", table(["REMEDIATION", "STANDING", "RECOVERED", "RATE", "MEAN RECOVERY", "FAILED IN A ROW"],
+                            rows)]
     else:
         lines += ["", "no remediation outcome recorded yet"]
     return "\n".join(lines)
@@ -130,30 +112,30 @@ def render_lesson(lesson: Lesson, why: Mapping[str, Any]) -> str:
 
 @lessons.command()
 @click.argument("fingerprint")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def show(ctx: click.Context, fingerprint: str, as_json: bool) -> None:
     """One lesson: its record per remediation and why its next crash gets what it gets."""
     store, policy = _store(ctx)
     lesson = _find(store, fingerprint)
     why = explain(lesson, policy, store.store.time())
-    _emit({"lesson": lesson.to_json(), **why}, as_json, render_lesson(lesson, why))
+    emit({"lesson": lesson.to_json(), **why}, as_json, render_lesson(lesson, why))
 
 
 @lessons.command()
 @click.argument("fingerprint")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def forget(ctx: click.Context, fingerprint: str, as_json: bool) -> None:
     """Delete a lesson: its next crash starts from the rules and the ladder again."""
     store, _ = _store(ctx)
     lesson = _find(store, fingerprint)
     store.delete(lesson.fingerprint)
-    _emit({"forgotten": lesson.fingerprint}, as_json, f"forgot lesson {lesson.fingerprint}")
+    emit({"forgotten": lesson.fingerprint}, as_json, f"forgot lesson {lesson.fingerprint}")
 
 
-def _params(values: Sequence[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
+def _params(values: Sequence[str]) -> dict[str, object]:
+    params: dict[str, object] = {}
     for item in values:
         name, sep, raw = item.partition("=")
         if not sep or not name:
@@ -171,7 +153,7 @@ def _params(values: Sequence[str]) -> dict[str, Any]:
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
               help="An action parameter, e.g. --param target=payments --param duration_ms=5000.")
 @click.option("--clear", is_flag=True, help="Forget what was taught; the lesson chooses again.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def teach(ctx: click.Context, fingerprint: str, action: str | None, params: tuple[str, ...], clear: bool,
           as_json: bool) -> None:
@@ -192,7 +174,7 @@ def teach(ctx: click.Context, fingerprint: str, action: str | None, params: tupl
         raise click.ClickException(f"lesson {lesson.fingerprint} could not be updated (see the log)")
     human = (f"lesson {lesson.fingerprint}: every later crash gets {chosen.label}" if chosen is not None
              else f"lesson {lesson.fingerprint}: taught action forgotten")
-    _emit({"lesson": taught.to_json()}, as_json, human)
+    emit({"lesson": taught.to_json()}, as_json, human)
 
 
 @lessons.command(name="export")
@@ -213,14 +195,14 @@ def export_(ctx: click.Context, file: str, as_json: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write {file}: {exc}") from None
     if as_json:
-        _emit({"exported": len(data), "file": file}, True, "")
+        emit({"exported": len(data), "file": file}, True, "")
     else:
         click.echo(f"exported {len(data)} lessons to {file}", err=True)
 
 
 @lessons.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def import_(ctx: click.Context, file: str, as_json: bool) -> None:
     """Merge the lessons of FILE (an export; '-' for standard input) into this cluster's."""
@@ -236,5 +218,5 @@ def import_(ctx: click.Context, file: str, as_json: bool) -> None:
     if not isinstance(data, list):
         raise click.ClickException(f"{file} does not hold a JSON list of lessons")
     imported = store.import_(data)
-    _emit({"imported": imported, "skipped": len(data) - imported}, as_json,
-          f"imported {imported} lessons, skipped {len(data) - imported}")
+    emit({"imported": imported, "skipped": len(data) - imported}, as_json,
+         f"imported {imported} lessons, skipped {len(data) - imported}")

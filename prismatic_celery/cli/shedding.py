@@ -18,29 +18,38 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import TypedDict
 
 import click
-from celery import Celery
 
 from ..admission.shedding import ShedStatus, peek, purge, queue_policies, read_states, replay
-from ..errors import ConfigurationError
-from ..runtime import Runtime, get_runtime
+from ..runtime import Runtime
+from .common import EXIT_ERROR, emit, json_option, runtime_of
 
 __all__ = ["shed"]
 
+#: ``shed replay``: a queue was skipped because it sheds now (and no --force).
+EXIT_SKIPPED = 2
+
+
+class _Replayed(TypedDict):
+    queue: str
+    replayed: int
+
+
+class ReplayRow(_Replayed, total=False):
+    """One queue of ``shed replay --json``: skipped because it sheds now (``skipped``, ``backlog``), or
+    replayed (``put_back``, ``skipped_corrupt``, ``error``)."""
+
+    skipped: str
+    backlog: int
+    put_back: int
+    skipped_corrupt: int
+    error: str | None
+
 
 def _runtime(ctx: click.Context) -> Runtime:
-    app = getattr(ctx.obj, "app", None)
-    if not isinstance(app, Celery):
-        raise click.UsageError("run it as `celery -A proj supervision shed ...`")
-    try:
-        runtime = get_runtime(app)
-    except ConfigurationError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from exc
-    if runtime is None:
-        raise click.ClickException("prismatic-celery is not installed on this app (or prismatic_enabled is False)")
-    return runtime
+    return runtime_of(ctx, "supervision shed")
 
 
 def _status(runtime: Runtime) -> ShedStatus:
@@ -63,11 +72,7 @@ def _queues(runtime: Runtime, queues: Sequence[str], every: bool) -> list[str]:
     return list(dict.fromkeys(queues))
 
 
-def _out(data: Any, as_json: bool, human: str) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else human)
-
-
-def _when(ts: Any) -> str:
+def _when(ts: object) -> str:
     if not isinstance(ts, (int, float)):
         return "-"
     return datetime.fromtimestamp(float(ts), tz=timezone.utc).strftime("%H:%M:%S")
@@ -81,7 +86,7 @@ def shed() -> None:
 @shed.command(name="list")
 @click.argument("queue", required=False)
 @click.option("--limit", default=20, show_default=True, help="Parked messages shown for QUEUE.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def list_(ctx: click.Context, queue: str | None, limit: int, as_json: bool) -> None:
     """Shedding state of every supervised queue, or QUEUE's oldest parked messages."""
@@ -94,7 +99,7 @@ def list_(ctx: click.Context, queue: str | None, limit: int, as_json: bool) -> N
             f"  args={json.dumps(p.get('args'))[:60]}"
             for p in parked
         ) or f"no parked messages in {queue}"
-        _out(parked, as_json, human)
+        emit(parked, as_json, human)
         return
     rows = _status(runtime).overview()
     lines = [f"{'queue':<24} {'state':<9} {'backlog':>8} {'threshold':>9} {'resume':>7} {'cutoff':>6} "
@@ -105,7 +110,7 @@ def list_(ctx: click.Context, queue: str | None, limit: int, as_json: bool) -> N
         lines.append(f"{row['queue']:<24} {'SHEDDING' if row['shedding'] else 'ok':<9} {backlog:>8} "
                      f"{row['threshold']:>9} {row['resume_below']:>7} {row['cutoff']:>6} {row['mode']:<5} "
                      f"{row['parked_now']:>7} {totals['dropped']:>8} {totals['replayed']:>8}")
-    _out(rows, as_json, "\n".join(lines))
+    emit(rows, as_json, "\n".join(lines))
 
 
 @shed.command(name="replay")
@@ -113,7 +118,7 @@ def list_(ctx: click.Context, queue: str | None, limit: int, as_json: bool) -> N
 @click.option("--all", "every", is_flag=True, help="Every supervised queue.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many messages per queue.")
 @click.option("--force", is_flag=True, help="Replay into a queue that sheds right now.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def replay_(ctx: click.Context, queues: tuple[str, ...], every: bool, limit: int | None, force: bool,
             as_json: bool) -> None:
@@ -121,17 +126,17 @@ def replay_(ctx: click.Context, queues: tuple[str, ...], every: bool, limit: int
     runtime = _runtime(ctx)
     chosen = _queues(runtime, queues, every)
     shedding = read_states(runtime.store, runtime.keys, chosen)
-    rows: list[dict[str, Any]] = []
+    rows: list[ReplayRow] = []
     failed = skipped = False
     for queue in chosen:
         if queue in shedding and not force:
             state = shedding[queue]
-            rows.append({"queue": queue, "replayed": 0, "skipped": "shedding", "backlog": state.backlog})
+            rows.append(ReplayRow(queue=queue, replayed=0, skipped="shedding", backlog=state.backlog))
             skipped = True
             continue
         report = replay(runtime.app, runtime.store, runtime.keys, queue, limit=limit)
-        rows.append({"queue": queue, "replayed": report.replayed, "put_back": report.put_back,
-                     "skipped_corrupt": report.skipped_corrupt, "error": report.error})
+        rows.append(ReplayRow(queue=queue, replayed=report.replayed, put_back=report.put_back,
+                              skipped_corrupt=report.skipped_corrupt, error=report.error))
         failed = failed or report.error is not None
     human = "\n".join(
         f"{r['queue']}: skipped, it sheds now (backlog {r['backlog']}); use --force" if r.get("skipped")
@@ -139,18 +144,18 @@ def replay_(ctx: click.Context, queues: tuple[str, ...], every: bool, limit: int
                                                           if r.get("error") else "")
         for r in rows
     )
-    _out(rows, as_json, human)
+    emit(rows, as_json, human)
     if failed:
-        sys.exit(1)
+        sys.exit(EXIT_ERROR)
     if skipped:
-        sys.exit(2)
+        sys.exit(EXIT_SKIPPED)
 
 
 @shed.command(name="purge")
 @click.argument("queues", nargs=-1)
 @click.option("--all", "every", is_flag=True, help="Every supervised queue.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_context
 def purge_(ctx: click.Context, queues: tuple[str, ...], every: bool, yes: bool, as_json: bool) -> None:
     """Delete parked messages for good (they will never run)."""
@@ -159,4 +164,4 @@ def purge_(ctx: click.Context, queues: tuple[str, ...], every: bool, yes: bool, 
     if not yes:
         click.confirm(f"Delete the parked messages of {', '.join(chosen)} for good?", abort=True)
     rows = [{"queue": q, "purged": purge(runtime.store, runtime.keys, q)} for q in chosen]
-    _out(rows, as_json, "\n".join(f"{r['queue']}: purged {r['purged']}" for r in rows))
+    emit(rows, as_json, "\n".join(f"{r['queue']}: purged {r['purged']}" for r in rows))
