@@ -75,7 +75,7 @@ def lessons(ctx: click.Context, as_json: bool, limit: int) -> None:
     """Lessons learned (most recently seen first) and the knowledge metrics; n/a when not enabled."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..observability.health import knowledge_view, lessons_view
+    from ..observability.views import knowledge_view, lessons_view
     from .main import render_knowledge_line
 
     runtime = _runtime(ctx)

@@ -34,8 +34,10 @@ from celery import Celery
 
 from ..errors import ConfigurationError
 from ..log import get_logger, log_event
-from ..observability.health import get_tree_health, recent_events, unknown_state
-from ..observability.health import tree_state as _tree_state
+from ..observability.health import get_tree_health
+from ..observability.unknown import unknown_state
+from ..observability.views import recent_events
+from ..observability.views import tree_state as _tree_state
 from ..observability.workers import live_registrations
 from ..runtime import Runtime, get_runtime
 
@@ -403,7 +405,7 @@ def hotspots(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def circuits(ctx: click.Context, as_json: bool) -> None:
     """Every circuit breaker's shared state (declared ones and any found in the store)."""
-    from ..observability.health import circuits_view
+    from ..observability.views import circuits_view
 
     found = circuits_view(_runtime(ctx))
     _emit(found, as_json, render_circuits(found) if found else "no circuits")
@@ -522,7 +524,7 @@ def exporter(ctx: click.Context, port: int, address: str, as_json: bool) -> None
     """Serve the supervision metrics for Prometheus at http://ADDRESS:PORT/metrics (for deployments without Flower)."""
     runtime = _runtime(ctx)
     try:
-        from ..observability.prometheus import make_server
+        from ..observability.flower.metrics import make_server
     except ImportError as exc:
         raise click.ClickException(f"{exc} (install prismatic-celery[prometheus])") from None
     server = make_server(runtime.app, port=port, address=address)

@@ -26,8 +26,8 @@ How Flower is extended (Flower 2.2 has no plug-in hook for pages):
 * **Metrics.** Flower's ``/metrics`` serialises ``prometheus_client``'s process-wide
   registry, which holds only Flower's own metrics; the supervision state lives in Redis.
   :func:`install` registers :class:`~prismatic_celery.observability.prometheus.SupervisionCollector` on
-  that registry, so every scrape of Flower's ``/metrics`` also reads the supervision state
-  from the store.
+  that registry (:func:`~prismatic_celery.observability.flower.metrics.register`), so every scrape of
+  Flower's ``/metrics`` also reads the supervision state from the store.
 
 The Celery app is the one Flower was started with (``celery -A proj flower``): read from
 the running ``celery`` command's context, or passed to :func:`install`.
@@ -124,6 +124,6 @@ def install(app: Celery | None = None, *, metrics: bool = True) -> None:
         log_event(logging.WARNING, "flower-metrics-skipped", logger,
                   detail="no Celery app: start Flower as `celery -A proj flower` or call install(app)")
         return
-    from ..prometheus import register
+    from .metrics import register
 
     register(target)
