@@ -264,7 +264,7 @@ def get_tree_health(
     )
     score = health_score(inputs)
     knowledge = knowledge_view(sources)
-    result: dict[str, Any] = {
+    result = {
         "scope": "cluster" if local is None else "worker",
         "namespace": sources.keys.namespace,
         "at": at,

@@ -165,29 +165,47 @@ def families_from_health(health: Mapping[str, Any], *, store_up: bool = True) ->
     return out
 
 
-def _knowledge_families(ns: str, knowledge: Mapping[str, Any]) -> list[Metric]:
+def _number(value: object) -> float:
+    """A metric's value: a number (or a number's text); 0 for None."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (int, float, str)):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
+def _by_action(value: object) -> list[tuple[str, float]]:
+    """``{action: count}`` (absent: empty), sorted by action."""
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise TypeError(f"not an object: {value!r}")
+    return sorted((str(action), _number(count)) for action, count in value.items())
+
+
+def _knowledge_families(ns: str, knowledge: Mapping[str, object]) -> list[Metric]:
     out: list[Metric] = []
     lessons = _gauge("lessons", "Lessons recorded.")
-    lessons.add_metric([ns], float(knowledge.get("total_lessons") or 0))
+    lessons.add_metric([ns], _number(knowledge.get("total_lessons") or 0))
     out.append(lessons)
     for name in KNOWLEDGE_COUNTERS:
         counter = _counter(f"knowledge_{name}", f"Knowledge counter {name}.")
-        counter.add_metric([ns], float(knowledge.get(name) or 0))
+        counter.add_metric([ns], _number(knowledge.get(name) or 0))
         out.append(counter)
     by_action = _counter("knowledge_remediations", "Remediations applied, by action.", ["action"])
-    for action, count in sorted((knowledge.get("remediations_by_action") or {}).items()):
-        by_action.add_metric([ns, str(action)], float(count))
+    for action, count in _by_action(knowledge.get("remediations_by_action") or {}):
+        by_action.add_metric([ns, action], count)
     out.append(by_action)
     recovered = _counter("knowledge_recoveries", "Re-runs that succeeded, by the remediation that gave them.",
                          ["action"])
-    for action, count in sorted((knowledge.get("recoveries_by_action") or {}).items()):
-        recovered.add_metric([ns, str(action)], float(count))
+    for action, count in _by_action(knowledge.get("recoveries_by_action") or {}):
+        recovered.add_metric([ns, action], count)
     out.append(recovered)
     for key, (name, doc) in KNOWLEDGE_GAUGES.items():
         value = knowledge.get(key)
         if value is not None:
             family = _gauge(f"knowledge_{name}", doc)
-            family.add_metric([ns], float(value))
+            family.add_metric([ns], _number(value))
             out.append(family)
     return out
 

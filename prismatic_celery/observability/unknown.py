@@ -44,7 +44,7 @@ def unknown_health(sources: TreeSources, *, local: WorkerSample | None = None) -
     """
     state = unknown_state(sources)
     settings = sources.settings
-    result: dict[str, Any] = {
+    result = {
         "scope": "cluster" if local is None else "worker", "namespace": sources.keys.namespace, "at": state["at"],
         "score": None, "state": "unknown", "reason": f"store {state['store']['url']} unreachable",
         "penalties": [], "domains": state["domains"], "budget": state["budget"], "restart_counts": {},

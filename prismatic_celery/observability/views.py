@@ -13,7 +13,7 @@ them; else they are reported as None (shown "n/a").
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from ..log import get_logger, log_event
@@ -80,7 +80,7 @@ def _int(value: object) -> int:
 
 
 def tree_state(sources: TreeSources, *, now: float | None = None,
-               registrations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               registrations: Sequence[Mapping[str, object]] | None = None) -> dict[str, Any]:
     """The declared tree with each child's pauses, restarts, hotspot flag, shed counts (``{mode: n}``) and whether
     a live worker serves it, and each domain's escalation (``registrations``: the live workers', read here when
     not given; ``shed`` is :func:`shed_view`)."""
@@ -159,7 +159,8 @@ def circuits_view(sources: CircuitSources) -> dict[str, CircuitView]:
     return found
 
 
-def workers_view(sources: SettingsSources, registrations: list[dict[str, Any]] | None = None) -> list[WorkerRow]:
+def workers_view(sources: SettingsSources,
+                 registrations: Sequence[Mapping[str, object]] | None = None) -> list[WorkerRow]:
     """Live workers (registrations, read from the index when not given) with their latest processes/memory
     sample, by hostname."""
     store = sources.store

@@ -36,7 +36,6 @@ the running ``celery`` command's context, or passed to :func:`install`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
 
@@ -50,7 +49,7 @@ PAGE_PATH = r"/supervision"
 API_PATH = r"/api/supervision"
 
 
-def _flower_routes() -> list[Any]:
+def _flower_routes() -> list[object]:
     try:
         from flower import urls  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - the flower extra is missing
@@ -60,11 +59,12 @@ def _flower_routes() -> list[Any]:
     return routes
 
 
-def _pattern(route: Any) -> str:
+def _pattern(route: object) -> str:
+    """A route's path pattern: a ``URLSpec``'s regex, or the first item of a ``(pattern, handler, ...)`` tuple."""
     regex = getattr(route, "regex", None)
     if regex is not None:
         return str(regex.pattern).rstrip("$")
-    return str(route[0])
+    return str(route[0]) if isinstance(route, (tuple, list)) else ""
 
 
 def installed_routes() -> list[str]:
@@ -110,7 +110,7 @@ def install(app: Celery | None = None, *, metrics: bool = True) -> None:
     routes = _flower_routes()
     present = installed_routes()
     catch_all = next((i for i, r in enumerate(routes) if _pattern(r) == ".*"), len(routes))
-    added: list[Any] = []
+    added: list[object] = []
     if API_PATH not in present:
         added.append((API_PATH, SupervisionApi))
     if PAGE_PATH not in present:
