@@ -44,7 +44,7 @@ from .views import circuits_view, knowledge_view, lessons_view, recent_events, t
 from .workers import live_registrations
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime  # the worker sampler's only (it moves to the worker's bootsteps)
+    from ..runtime import Runtime  # the worker sampler's only (it moves to observability/sampler.py)
 
 __all__ = [
     "WorkerSample",

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..circuits import Circuits
+    from ..circuits.registry import Circuits
     from ..config import Settings
     from ..store.base import Store
     from ..store.keys import Keys

@@ -39,7 +39,7 @@ from tests.apps.basic import make_app
 from tests.conftest import leased_db
 
 ROOT = Path(__file__).resolve().parents[2]
-FLOWERCONFIG = ROOT / "prismatic_celery" / "flower" / "flowerconfig.py"
+FLOWERCONFIG = ROOT / "prismatic_celery" / "observability" / "flower" / "flowerconfig.py"
 IN_CI = bool(os.environ.get("CI"))
 HOST = "127.0.0.1"
 USER, PASSWORD = "ops", "s3cret"
