@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from ..runtime import Runtime  # the worker sampler's only (it moves to observability/sampler.py)
 
 __all__ = [
-    "WorkerSample",
     "connect_sampler",
     "get_tree_health",
     "rss_bytes",
