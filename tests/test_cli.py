@@ -170,8 +170,7 @@ def test_hotspots_lists_children_over_the_threshold(app: Celery) -> None:
 def test_lessons_says_na_when_lessons_are_not_available(app: Celery) -> None:
     """Without the lessons piece: n/a, exit 0."""
     runtime = runtime_of(app)
-    for name in ("learning", "knowledge", "lessons"):
-        setattr(runtime, name, None)
+    runtime.learning = None
     result = run(app, "lessons")
     assert result.exit_code == 0 and "knowledge: n/a" in result.output and "lessons: n/a" in result.output
     assert json.loads(run(app, "lessons", "--json").output) == {"knowledge": None, "lessons": None}
@@ -185,8 +184,9 @@ def test_lessons_lists_recorded_lessons_and_the_metrics(app: Celery) -> None:
               "remediations": {"retry_with_backoff": {"succeeded": 2, "tried": 3, "failed": 1}}}
     metrics = {"total_lessons": 1, "auto_remediated_pct": 50.0, "mean_time_to_recovery_s": 1.5,
                "escalation_rate": 0.25, "false_positive_rate": None}
-    runtime.lessons = SimpleNamespace(all=lambda limit: [SimpleNamespace(to_json=lambda: lesson)])  # type: ignore[attr-defined]
-    runtime.knowledge = SimpleNamespace(snapshot=lambda: SimpleNamespace(to_json=lambda: metrics))  # type: ignore[attr-defined]
+    setattr(runtime, "learning", SimpleNamespace(  # a stand-in for the Learning piece
+        lessons=SimpleNamespace(all=lambda limit: [SimpleNamespace(to_json=lambda: lesson)]),
+        metrics=SimpleNamespace(snapshot=lambda: SimpleNamespace(to_json=lambda: metrics))))
     output = run(app, "lessons").output
     assert "1 lessons, auto-remediated 50.0% of known-pattern crashes, MTTR 1.5s, escalation rate 25.0%" in output
     assert "abcdef012345  external_dependency  3" in output and "retry_with_backoff 2/3" in output

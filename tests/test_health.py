@@ -14,22 +14,12 @@ from celery import Celery
 import prismatic_celery
 from prismatic_celery import Runtime
 from prismatic_celery.circuits import Circuits
+from prismatic_celery.observability.event_fields import EVENT_FIELDS, event_fields_table
 from prismatic_celery.observability.events import EVENT_TYPES
-from prismatic_celery.observability.health import (
-    EVENT_FIELDS,
-    PENALTIES,
-    ScoreInputs,
-    WorkerSample,
-    event_fields_table,
-    get_tree_health,
-    health_score,
-    rss_bytes,
-    sample_key,
-    sample_worker,
-    summary_numbers,
-    tree_state,
-    workers_view,
-)
+from prismatic_celery.observability.health import get_tree_health, rss_bytes, sample_key, sample_worker, summary_numbers
+from prismatic_celery.observability.samples import WorkerSample
+from prismatic_celery.observability.score import PENALTIES, ScoreInputs, health_score
+from prismatic_celery.observability.views import tree_state, workers_view
 from prismatic_celery.observability.workers import registration_ttl_s
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.supervision.pauses import Pause, set_pause
@@ -118,9 +108,9 @@ def test_states_start_at_80_and_50(inputs: ScoreInputs, state: str) -> None:
 
 def test_every_penalty_is_documented_in_the_module_docstring() -> None:
     """The docstring's table lists each penalty's points."""
-    from prismatic_celery.observability import health
+    from prismatic_celery.observability import score
 
-    doc = health.__doc__ or ""
+    doc = score.__doc__ or ""
     for points in PENALTIES.values():
         assert f"| {points} |" in doc
 
@@ -250,14 +240,15 @@ def test_rss_of_this_process_is_known_and_of_a_missing_process_is_not() -> None:
 
 def test_knowledge_lessons_and_shed_counts_are_none_when_absent_and_read_when_present(runtime: Runtime) -> None:
     """Optional pieces report None ("n/a"), and are read through their documented methods when present."""
-    for name in ("learning", "knowledge", "lessons", "shedding"):
+    for name in ("learning", "shedding"):
         setattr(runtime, name, None)
     health = get_tree_health(runtime, lessons=5)
     assert health["knowledge"] is None and health["lessons"] is None and health["shed"] is None
 
     snapshot = SimpleNamespace(to_json=lambda: {"total_lessons": 2, "crashes": 5, "escalation_rate": 0.2})
-    runtime.knowledge = SimpleNamespace(snapshot=lambda: snapshot)  # type: ignore[attr-defined]
-    runtime.lessons = SimpleNamespace(all=lambda limit: [SimpleNamespace(to_json=lambda: {"fingerprint": "f"})])  # type: ignore[attr-defined]
+    setattr(runtime, "learning", SimpleNamespace(  # a stand-in for the Learning piece
+        metrics=SimpleNamespace(snapshot=lambda: snapshot),
+        lessons=SimpleNamespace(all=lambda limit: [SimpleNamespace(to_json=lambda: {"fingerprint": "f"})])))
     runtime.shedding = SimpleNamespace(counts=lambda: {"cache": {"park": 3, "drop": 1}, "sources": 2})  # type: ignore[attr-defined]
     health = get_tree_health(runtime, lessons=5)
     assert health["knowledge"]["crashes"] == 5 and health["lessons_total"] == 2
@@ -270,7 +261,7 @@ def test_a_failing_optional_piece_reads_as_absent(runtime: Runtime) -> None:
     def boom() -> Any:
         raise RuntimeError("down")
 
-    runtime.knowledge = SimpleNamespace(snapshot=boom)  # type: ignore[attr-defined]
+    setattr(runtime, "learning", SimpleNamespace(metrics=SimpleNamespace(snapshot=boom)))
     runtime.shedding = SimpleNamespace(counts=boom)  # type: ignore[attr-defined]
     health = get_tree_health(runtime)
     assert health["knowledge"] is None and health["shed"] is None

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import prismatic_celery
 from prismatic_celery import Runtime
+from prismatic_celery.observability.flower.metrics import collector_of, make_server, register
 from prismatic_celery.observability.health import get_tree_health
-from prismatic_celery.observability.prometheus import SupervisionCollector, make_server, register
+from prismatic_celery.observability.prometheus import SupervisionCollector
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.supervision.pauses import Pause, set_pause
 from prismatic_celery.testing import serve
@@ -56,7 +57,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def scrape(app: Celery) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisionCollector(app))
+    registry.register(collector_of(app))
     return samples(generate_latest(registry).decode())
 
 
@@ -122,7 +123,8 @@ def test_shed_counts_and_knowledge_metrics_are_exported_when_available(app: Cele
                "remediations_applied": 6, "remediations_by_action": {"retry_with_backoff": 6}, "recoveries": 2,
                "escalations": 1, "failed_for_good": 1, "false_positives": 1, "auto_remediated_pct": 50.0,
                "mean_time_to_recovery_s": 1.25, "escalation_rate": 0.1, "false_positive_rate": None}
-    runtime.knowledge = SimpleNamespace(snapshot=lambda: SimpleNamespace(to_json=lambda: metrics))  # type: ignore[attr-defined]
+    setattr(runtime, "learning", SimpleNamespace(  # a stand-in for the Learning piece
+        metrics=SimpleNamespace(snapshot=lambda: SimpleNamespace(to_json=lambda: metrics))))
     got = scrape(app)
     assert got[("prismatic_shed_total", (("mode", "park"), ("queue", "cache")))] == 4.0
     assert got[("prismatic_lessons", ())] == 3.0
@@ -136,7 +138,7 @@ def test_shed_counts_and_knowledge_metrics_are_exported_when_available(app: Cele
 def test_without_the_optional_pieces_their_metrics_are_absent(app: Celery) -> None:
     """n/a is no series, not a zero."""
     runtime = runtime_of(app)
-    for name in ("learning", "knowledge", "lessons", "shedding"):
+    for name in ("learning", "shedding"):
         setattr(runtime, name, None)
     names = {name for name, _ in scrape(app)}
     assert not {n for n in names if n.startswith(("prismatic_knowledge", "prismatic_shed", "prismatic_lessons"))}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..observability.health import recent_events
+from ..observability.views import recent_events
 from .common import emit, json_option, runtime_of
 from .render import render_events
 

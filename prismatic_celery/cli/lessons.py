@@ -17,7 +17,7 @@ import click
 from ..errors import ConfigurationError
 from ..lessons.ladder import ChoicePolicy, explain
 from ..lessons.store import Lesson, LessonStore
-from ..observability.health import knowledge_view, lessons_view
+from ..observability.views import knowledge_view, lessons_view
 from ..remediation.actions import action_from_config
 from .common import Report, emit, json_option, runtime_of
 from .render import render_knowledge_line

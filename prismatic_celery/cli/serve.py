@@ -23,7 +23,7 @@ def exporter(ctx: click.Context, port: int, address: str, as_json: bool) -> None
     """Serve the supervision metrics for Prometheus at http://ADDRESS:PORT/metrics (for deployments without Flower)."""
     runtime = runtime_of(ctx)
     try:
-        from ..observability.prometheus import make_server
+        from ..observability.flower.metrics import make_server
     except ImportError as exc:
         raise click.ClickException(f"{exc} (install prismatic-celery[prometheus])") from None
     server = make_server(runtime.app, port=port, address=address)

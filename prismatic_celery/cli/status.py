@@ -16,8 +16,9 @@ from typing import TypedDict
 import click
 
 from ..errors import ConfigurationError
-from ..observability.health import get_tree_health, unknown_state
-from ..observability.health import tree_state as _tree_state
+from ..observability.health import get_tree_health
+from ..observability.unknown import unknown_state
+from ..observability.views import tree_state as _tree_state
 from ..observability.workers import live_registrations
 from ..runtime import Runtime
 from .common import (
@@ -193,7 +194,7 @@ def hotspots(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def circuits(ctx: click.Context, as_json: bool) -> None:
     """Every circuit breaker's shared state (declared ones and any found in the store)."""
-    from ..observability.health import circuits_view
+    from ..observability.views import circuits_view
 
     found = circuits_view(runtime_of(ctx))
     emit(found, as_json, render_circuits(found) if found else "no circuits")

@@ -97,10 +97,10 @@ NUMERIC_FIELDS = frozenset({
 })
 
 
-def typed_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+def typed_fields(fields: Mapping[str, object]) -> dict[str, object]:
     """An event's fields with the numeric ones (:data:`NUMERIC_FIELDS`) as numbers: ints stay ints; a value
     that is not a number is kept as it is."""
-    typed: dict[str, Any] = {}
+    typed: dict[str, object] = {}
     for key, value in fields.items():
         if key in NUMERIC_FIELDS and isinstance(value, str):
             try:
@@ -137,14 +137,15 @@ LOG_FIELD_ORDER = ("domain", "child", "task", "task_id", "exception", "action", 
 LOG_FINGERPRINT_CHARS = 12
 
 
-def log_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+def log_fields(fields: Mapping[str, object]) -> dict[str, object]:
     """An event's fields as its log line shows them: :data:`LOG_FIELD_ORDER` first, the fingerprint short, and
     no ``hostname`` (the worker's log is its own). Events carry no message text, so nothing needs redacting
     here: messages are redacted where they are stored (lessons, dead letters)."""
     ordered = {k: fields[k] for k in LOG_FIELD_ORDER if k in fields}
     ordered.update((k, v) for k, v in fields.items() if k not in ordered and k != "hostname")
-    if isinstance(ordered.get("fingerprint"), str):
-        ordered["fingerprint"] = ordered["fingerprint"][:LOG_FINGERPRINT_CHARS]
+    fingerprint = ordered.get("fingerprint")
+    if isinstance(fingerprint, str):
+        ordered["fingerprint"] = fingerprint[:LOG_FINGERPRINT_CHARS]
     return ordered
 
 

@@ -2,20 +2,24 @@
 
 Flower exports only its own process's registry, and workers' counters live in
 Redis, so the collector reads the store when scraped (one
-:func:`~prismatic_celery.observability.health.get_tree_health` per scrape). Use it:
+:func:`~prismatic_celery.observability.health.get_tree_health` per scrape). The
+collector is given how to find what it reads (a callable returning the app's
+sources, None when supervision is off); :mod:`prismatic_celery.observability.flower.metrics`
+binds it to a Celery app. Use it:
 
 * in Flower: ``celery -A proj flower --conf=$(celery -A proj supervision flowerconfig)``
   registers it on Flower's own ``/metrics`` (see :mod:`prismatic_celery.observability.flower`);
 * standalone: ``celery -A proj supervision exporter --port 9808`` (binds 127.0.0.1
   unless ``--address`` says otherwise);
-* in your own process: ``register(app)`` on the default registry.
+* in your own process: ``prismatic_celery.observability.flower.metrics.register(app)`` on the
+  default registry.
 
 Every metric has the label ``namespace`` (``prismatic_namespace``).
 
 | Metric | Type | Labels | Meaning |
 |---|---|---|---|
 | ``prismatic_store_up`` | gauge | | 1 when the store answered the scrape's ping |
-| ``prismatic_health_score`` | gauge | | health score 0-100 (formula: ``observability/health.py``); no sample while |
+| ``prismatic_health_score`` | gauge | | health score 0-100 (formula: ``observability/score.py``); no sample while |
 | | | | the store does not answer (``prismatic_health_state{state="unknown"} 1`` then) |
 | ``prismatic_health_state`` | gauge | ``state`` | 1 for the current state (healthy, degraded, critical, escalated) |
 | ``prismatic_restarts_total`` | counter | ``domain``, ``child`` | restarts of a child since the store was created |
@@ -52,17 +56,16 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from wsgiref.simple_server import make_server as _make_wsgi_server
 
-from celery import Celery
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.registry import Collector
 
 from ..log import get_logger, log_event
-from ..runtime import Runtime, get_runtime
 from ..supervision.pauses import REASONS
 from .health import get_tree_health
+from .sources import HealthSources
 
-__all__ = ["SupervisionCollector", "families_from_health", "make_server", "register"]
+__all__ = ["SupervisionCollector", "exporter_server", "families_from_health"]
 
 logger = get_logger("prometheus")
 
@@ -162,38 +165,57 @@ def families_from_health(health: Mapping[str, Any], *, store_up: bool = True) ->
     return out
 
 
-def _knowledge_families(ns: str, knowledge: Mapping[str, Any]) -> list[Metric]:
+def _number(value: object) -> float:
+    """A metric's value: a number (or a number's text); 0 for None."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (int, float, str)):
+        return float(value)
+    raise TypeError(f"not a number: {value!r}")
+
+
+def _by_action(value: object) -> list[tuple[str, float]]:
+    """``{action: count}`` (absent: empty), sorted by action."""
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise TypeError(f"not an object: {value!r}")
+    return sorted((str(action), _number(count)) for action, count in value.items())
+
+
+def _knowledge_families(ns: str, knowledge: Mapping[str, object]) -> list[Metric]:
     out: list[Metric] = []
     lessons = _gauge("lessons", "Lessons recorded.")
-    lessons.add_metric([ns], float(knowledge.get("total_lessons") or 0))
+    lessons.add_metric([ns], _number(knowledge.get("total_lessons") or 0))
     out.append(lessons)
     for name in KNOWLEDGE_COUNTERS:
         counter = _counter(f"knowledge_{name}", f"Knowledge counter {name}.")
-        counter.add_metric([ns], float(knowledge.get(name) or 0))
+        counter.add_metric([ns], _number(knowledge.get(name) or 0))
         out.append(counter)
     by_action = _counter("knowledge_remediations", "Remediations applied, by action.", ["action"])
-    for action, count in sorted((knowledge.get("remediations_by_action") or {}).items()):
-        by_action.add_metric([ns, str(action)], float(count))
+    for action, count in _by_action(knowledge.get("remediations_by_action") or {}):
+        by_action.add_metric([ns, action], count)
     out.append(by_action)
     recovered = _counter("knowledge_recoveries", "Re-runs that succeeded, by the remediation that gave them.",
                          ["action"])
-    for action, count in sorted((knowledge.get("recoveries_by_action") or {}).items()):
-        recovered.add_metric([ns, str(action)], float(count))
+    for action, count in _by_action(knowledge.get("recoveries_by_action") or {}):
+        recovered.add_metric([ns, action], count)
     out.append(recovered)
     for key, (name, doc) in KNOWLEDGE_GAUGES.items():
         value = knowledge.get(key)
         if value is not None:
             family = _gauge(f"knowledge_{name}", doc)
-            family.add_metric([ns], float(value))
+            family.add_metric([ns], _number(value))
             out.append(family)
     return out
 
 
 class SupervisionCollector(Collector):
-    """Reads the supervision state of one app from its store at every scrape."""
+    """Reads the supervision state of one app from its store at every scrape (``resolve``: the app's sources,
+    None while supervision is off; it may raise, as for invalid settings)."""
 
-    def __init__(self, app: Celery | Callable[[], Runtime | None]) -> None:
-        self._resolve: Callable[[], Runtime | None] = (lambda: get_runtime(app)) if isinstance(app, Celery) else app
+    def __init__(self, resolve: Callable[[], HealthSources | None]) -> None:
+        self._resolve = resolve
         self._lock = threading.Lock()
 
     def describe(self) -> Iterable[Metric]:
@@ -203,11 +225,11 @@ class SupervisionCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """The metric families now (a failed read yields ``prismatic_store_up 0`` only, never an error)."""
         try:
-            runtime = self._resolve()
-            if runtime is None:
+            sources = self._resolve()
+            if sources is None:
                 return
             with self._lock:  # one read at a time per app, however many scrapers
-                health = get_tree_health(runtime)
+                health = get_tree_health(sources)
             yield from families_from_health(health, store_up=health["state"] != "unknown")
         except Exception as exc:  # a scrape must not fail because supervision state is unreadable
             log_event(logging.WARNING, "metrics-unavailable", logger, error=repr(exc)[:300])
@@ -216,34 +238,13 @@ class SupervisionCollector(Collector):
             yield fallback
 
 
-_registered: dict[tuple[int, str], SupervisionCollector] = {}
-_register_lock = threading.Lock()
-
-
-def register(app: Celery, registry: CollectorRegistry = REGISTRY) -> SupervisionCollector:
-    """Register the collector of ``app`` on ``registry`` (default: the process-wide one); idempotent."""
-    try:
-        runtime = get_runtime(app)
-    except Exception as exc:  # bad settings: the collector reports store_up 0 until they are fixed
-        log_event(logging.ERROR, "metrics-configuration-invalid", logger, error=str(exc)[:300])
-        runtime = None
-    namespace = runtime.keys.namespace if runtime is not None else app.main or "celery"
-    with _register_lock:
-        key = (id(registry), namespace)
-        found = _registered.get(key)
-        if found is None:
-            found = _registered[key] = SupervisionCollector(app)
-            registry.register(found)
-        return found
-
-
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         """Scrapes are not logged."""
 
 
-def make_server(app: Celery, *, port: int = 9808, address: str = "127.0.0.1") -> WSGIServer:
-    """An HTTP server exporting only the supervision metrics of ``app`` (call ``serve_forever``)."""
+def exporter_server(collector: Collector, *, port: int = 9808, address: str = "127.0.0.1") -> WSGIServer:
+    """An HTTP server exporting only ``collector``'s metrics on ``address:port`` (call ``serve_forever``)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SupervisionCollector(app))
+    registry.register(collector)
     return _make_wsgi_server(address, port, make_wsgi_app(registry), handler_class=_QuietHandler)

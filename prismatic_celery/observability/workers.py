@@ -12,7 +12,7 @@ leaves nothing behind. Readers take the index's live hostnames, then their regis
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def registration_ttl_s(settings: Settings) -> float:
     return max(10.0, 5 * settings.reconcile_interval_s)
 
 
-def register_worker(store: Store, keys: Keys, settings: Settings, registration: Mapping[str, Any], *,
+def register_worker(store: Store, keys: Keys, settings: Settings, registration: Mapping[str, object], *,
                     index: bool = True) -> None:
     """Write (refresh) a worker's registration and, with ``index``, its index entry.
 
@@ -71,6 +71,11 @@ def live_registrations(store: Store, keys: Keys, settings: Settings) -> list[dic
     return [r for r in found if isinstance(r, dict) and r.get("hostname")]
 
 
-def served_queues(registrations: list[dict[str, Any]]) -> set[str]:
+def served_queues(registrations: Iterable[Mapping[str, object]]) -> set[str]:
     """The queues at least one live worker consumes."""
-    return {str(q) for r in registrations for q in (r.get("queues") or []) if isinstance(q, str)}
+    served: set[str] = set()
+    for registration in registrations:
+        queues = registration.get("queues")
+        if isinstance(queues, (list, tuple)):
+            served.update(q for q in queues if isinstance(q, str))
+    return served

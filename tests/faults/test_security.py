@@ -249,9 +249,9 @@ def test_the_lua_heuristic_flags_keys_built_inside_a_script(bad: str) -> None:
 
 def test_the_standalone_exporter_binds_localhost_by_default() -> None:
     """`celery supervision exporter` and make_server default to 127.0.0.1; a server built with defaults binds it."""
-    if importlib.util.find_spec("prismatic_celery.observability.prometheus") is None:
-        pytest.skip("prismatic_celery/observability/prometheus.py does not exist yet (the exporter is being built)")
-    prometheus = importlib.import_module("prismatic_celery.observability.prometheus")
+    if importlib.util.find_spec("prismatic_celery.observability.flower.metrics") is None:
+        pytest.skip("prismatic_celery/observability/flower/metrics.py does not exist yet (the exporter is being built)")
+    prometheus = importlib.import_module("prismatic_celery.observability.flower.metrics")
     assert inspect.signature(prometheus.make_server).parameters["address"].default == "127.0.0.1"
     from prismatic_celery.cli.main import supervision
 

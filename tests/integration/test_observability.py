@@ -20,7 +20,8 @@ import pytest
 import redis
 from celery import Celery
 
-from prismatic_celery.observability.health import EVENT_FIELDS, summary_numbers
+from prismatic_celery.observability.event_fields import EVENT_FIELDS
+from prismatic_celery.observability.health import summary_numbers
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app

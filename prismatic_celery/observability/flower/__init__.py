@@ -26,8 +26,8 @@ How Flower is extended (Flower 2.2 has no plug-in hook for pages):
 * **Metrics.** Flower's ``/metrics`` serialises ``prometheus_client``'s process-wide
   registry, which holds only Flower's own metrics; the supervision state lives in Redis.
   :func:`install` registers :class:`~prismatic_celery.observability.prometheus.SupervisionCollector` on
-  that registry, so every scrape of Flower's ``/metrics`` also reads the supervision state
-  from the store.
+  that registry (:func:`~prismatic_celery.observability.flower.metrics.register`), so every scrape of
+  Flower's ``/metrics`` also reads the supervision state from the store.
 
 The Celery app is the one Flower was started with (``celery -A proj flower``): read from
 the running ``celery`` command's context, or passed to :func:`install`.
@@ -36,7 +36,6 @@ the running ``celery`` command's context, or passed to :func:`install`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import Celery
 
@@ -50,7 +49,7 @@ PAGE_PATH = r"/supervision"
 API_PATH = r"/api/supervision"
 
 
-def _flower_routes() -> list[Any]:
+def _flower_routes() -> list[object]:
     try:
         from flower import urls  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - the flower extra is missing
@@ -60,11 +59,12 @@ def _flower_routes() -> list[Any]:
     return routes
 
 
-def _pattern(route: Any) -> str:
+def _pattern(route: object) -> str:
+    """A route's path pattern: a ``URLSpec``'s regex, or the first item of a ``(pattern, handler, ...)`` tuple."""
     regex = getattr(route, "regex", None)
     if regex is not None:
         return str(regex.pattern).rstrip("$")
-    return str(route[0])
+    return str(route[0]) if isinstance(route, (tuple, list)) else ""
 
 
 def installed_routes() -> list[str]:
@@ -110,7 +110,7 @@ def install(app: Celery | None = None, *, metrics: bool = True) -> None:
     routes = _flower_routes()
     present = installed_routes()
     catch_all = next((i for i, r in enumerate(routes) if _pattern(r) == ".*"), len(routes))
-    added: list[Any] = []
+    added: list[object] = []
     if API_PATH not in present:
         added.append((API_PATH, SupervisionApi))
     if PAGE_PATH not in present:
@@ -124,6 +124,6 @@ def install(app: Celery | None = None, *, metrics: bool = True) -> None:
         log_event(logging.WARNING, "flower-metrics-skipped", logger,
                   detail="no Celery app: start Flower as `celery -A proj flower` or call install(app)")
         return
-    from ..prometheus import register
+    from .metrics import register
 
     register(target)

@@ -6,8 +6,8 @@ import functools
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from flower.api import BaseApiHandler  # type: ignore[import-untyped]
 from flower.views import BaseHandler  # type: ignore[import-untyped]
@@ -25,7 +25,7 @@ LESSONS_SHOWN = 20
 DEFAULT_REFRESH_S = 10
 
 
-def report(runtime: Runtime) -> dict[str, Any]:
+def report(runtime: Runtime) -> dict[str, object]:
     """What the page and the API show: the cluster-wide health with recent events and lessons."""
     return get_tree_health(runtime, events=EVENTS_SHOWN, lessons=LESSONS_SHOWN)
 
@@ -40,7 +40,7 @@ def _runtime(handler: web.RequestHandler) -> Runtime:
     return runtime
 
 
-async def _read(runtime: Runtime) -> dict[str, Any]:
+async def _read(runtime: Runtime) -> dict[str, object]:
     """Read off the event loop (Flower's executor): the store may take up to its timeout."""
     return await IOLoop.current().run_in_executor(None, functools.partial(report, runtime))
 
@@ -68,7 +68,7 @@ class ChainLoader(template.Loader):
     """Templates from ``roots`` in order (ours first, so ours can extend Flower's base.html); Flower's
     ``navbar.html`` gets the Supervision entry (:func:`with_supervision_tab`)."""
 
-    def __init__(self, roots: list[str], **kwargs: Any) -> None:
+    def __init__(self, roots: list[str], **kwargs: object) -> None:
         super().__init__(roots[0], **kwargs)
         self.roots = roots
 
@@ -89,27 +89,33 @@ EVENT_COLUMNS = ("task", "exception", "action", "reason")
 _EVENT_SHOWN = frozenset({"id", "type", "time", "domain", "child", *EVENT_COLUMNS})
 
 
-def _event_details(event: dict[str, Any]) -> list[tuple[str, Any]]:
+def _event_details(event: Mapping[str, object]) -> list[tuple[str, object]]:
     """An event's remaining fields, as (name, value) pairs for the page's details column."""
     return [(k, v) for k, v in sorted(event.items()) if k not in _EVENT_SHOWN and v not in ("", None)]
 
 
-def _mib(value: Any) -> str:
-    return "n/a" if value is None else f"{int(value) / 1048576:.1f} MiB"
+def _mib(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"not a number of bytes: {value!r}")
+    return f"{int(value) / 1048576:.1f} MiB"
 
 
-def _when(value: Any) -> str:
+def _when(value: object) -> str:
+    if not isinstance(value, (int, float, str)):
+        return ""
     try:
         return time.strftime("%H:%M:%S", time.localtime(float(value)))
-    except (TypeError, ValueError):
+    except ValueError:
         return ""
 
 
-def _na(value: Any) -> str:
+def _na(value: object) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _child_state(child: dict[str, Any]) -> str:
+def _child_state(child: Mapping[str, object]) -> str:
     """``unknown`` (store down), ``paused``, ``unserved`` (no live worker consumes it) or ``running``."""
     if child.get("status") == "unknown":
         return "unknown"
@@ -118,9 +124,11 @@ def _child_state(child: dict[str, Any]) -> str:
     return "running" if child.get("served", True) else "unserved"
 
 
-def _pct(value: Any, ratio: bool = False) -> str:
+def _pct(value: object, ratio: bool = False) -> str:
     if value is None:
         return "n/a"
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"not a number: {value!r}")
     return f"{float(value) * (100 if ratio else 1):.1f}%"
 
 
