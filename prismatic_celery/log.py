@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 __all__ = ["LOGGER_NAME", "REPEATS", "RateLimitedWarning", "RepeatSummary", "get_logger", "log_event", "set_json"]
 
@@ -26,7 +25,7 @@ def set_json(enabled: bool) -> None:
     _json = enabled
 
 
-def _format(event: str, fields: dict[str, Any]) -> str:
+def _format(event: str, fields: dict[str, object]) -> str:
     if _json:
         return json.dumps({"event": event, **fields}, default=str, sort_keys=True)
     parts = [f"event={event}"]
@@ -38,7 +37,7 @@ def _format(event: str, fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def log_event(level: int, event: str, logger: logging.Logger | None = None, **fields: Any) -> None:
+def log_event(level: int, event: str, logger: logging.Logger | None = None, **fields: object) -> None:
     """Log one structured line; the fields are also attached as ``record.supervision``."""
     (logger or get_logger()).log(level, "%s", _format(event, fields), extra={"supervision": {"event": event, **fields}})
 
@@ -51,14 +50,14 @@ class RateLimitedWarning:
         self._last = -float("inf")
         self.suppressed = 0
 
-    def warn(self, event: str, **fields: Any) -> bool:
+    def warn(self, event: str, **fields: object) -> bool:
         """Log unless one was logged less than ``interval_s`` ago; True when logged."""
         now = time.monotonic()
         if now - self._last < self.interval_s:
             self.suppressed += 1
             return False
         self._last = now
-        log_event(logging.WARNING, event, suppressed=self.suppressed, **fields)
+        log_event(logging.WARNING, event, None, suppressed=self.suppressed, **fields)
         self.suppressed = 0
         return True
 
@@ -68,10 +67,10 @@ class _Seen:
     event: str
     level: int
     logger: logging.Logger | None
-    fields: dict[str, Any]
+    fields: dict[str, object]
     since: float
     repeats: int = 0
-    last: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, object] = field(default_factory=dict)
 
 
 class RepeatSummary:
@@ -85,7 +84,7 @@ class RepeatSummary:
         self._seen: dict[str, _Seen] = {}
         self._lock = threading.Lock()
 
-    def log(self, key: str, level: int, event: str, logger: logging.Logger | None = None, **fields: Any) -> bool:
+    def log(self, key: str, level: int, event: str, logger: logging.Logger | None = None, **fields: object) -> bool:
         """Log ``event`` unless a line of the same ``key`` was logged within the period; True when logged."""
         now = time.monotonic()
         with self._lock:

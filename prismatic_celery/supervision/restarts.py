@@ -162,7 +162,7 @@ def _twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> li
         if held > 0:
             countdown = max(countdown, held + float(args[22]) * max(1.0, held / 2))
 
-    def append(fields: dict[str, Any]) -> None:
+    def append(fields: dict[str, object]) -> None:
         store.stream_add(stream, {"time": str(now), **{k: str(v) for k, v in fields.items()}}, maxlen=maxlen)
 
     if str(args[20]):
@@ -183,7 +183,7 @@ def _twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> li
 
     context = json.loads(str(args[18]))
 
-    def event(kind: str, **extra: Any) -> None:
+    def event(kind: str, **extra: object) -> None:
         append({"type": kind, "domain": domain, "child": queue, **context, **extra})
 
     if tripped:

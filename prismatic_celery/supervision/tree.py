@@ -76,7 +76,7 @@ class RestartBudget:
         _check_budget("RestartBudget", self.max_restarts, self.period_s)
 
     @classmethod
-    def from_config(cls, setting: str, value: Any) -> RestartBudget:
+    def from_config(cls, setting: str, value: object) -> RestartBudget:
         """Build from ``{"max_restarts": int, "period_s": seconds}``."""
         if isinstance(value, RestartBudget):
             return value
@@ -89,7 +89,7 @@ class RestartBudget:
         return cls(max_restarts, period_s)
 
 
-def _check_budget(setting: str, max_restarts: Any, period_s: Any) -> tuple[int, float]:
+def _check_budget(setting: str, max_restarts: object, period_s: object) -> tuple[int, float]:
     return (
         as_int(f"{setting}.max_restarts", max_restarts, minimum=0),
         as_seconds(f"{setting}.period_s", period_s),
@@ -105,19 +105,19 @@ DEFAULT_DOMAIN_BUDGET = RestartBudget(max_restarts=10, period_s=60.0)
 DEFAULT_SUPERVISOR_BUDGET = RestartBudget(max_restarts=3, period_s=300.0)
 
 
-def _strategy(setting: str, value: Any) -> Strategy:
+def _strategy(setting: str, value: object) -> Strategy:
     if isinstance(value, Strategy):
         return value
     return Strategy(as_choice(setting, value, [s.value for s in Strategy]))
 
 
-def _restart_type(setting: str, value: Any) -> RestartType:
+def _restart_type(setting: str, value: object) -> RestartType:
     if isinstance(value, RestartType):
         return value
     return RestartType(as_choice(setting, value, [r.value for r in RestartType]))
 
 
-def _exceptions(setting: str, value: Any) -> tuple[type[BaseException], ...]:
+def _exceptions(setting: str, value: object) -> tuple[type[BaseException], ...]:
     if isinstance(value, (str, type)):
         value = [value]
     if not isinstance(value, (list, tuple)):
@@ -159,7 +159,7 @@ class Child:
         return any(fnmatch.fnmatchcase(task_name, pattern) for pattern in self.tasks)
 
     @classmethod
-    def from_config(cls, setting: str, value: Any) -> Child:
+    def from_config(cls, setting: str, value: object) -> Child:
         """Build from a queue name or ``{"queue", "restart", "tasks", "normal_exceptions"}``."""
         if isinstance(value, Child):
             return value
@@ -228,7 +228,7 @@ class Domain:
         return self.child_list[queues.index(queue) + 1 :]
 
     @classmethod
-    def from_config(cls, setting: str, name: str, value: Any) -> Domain:
+    def from_config(cls, setting: str, name: str, value: object) -> Domain:
         """Build from ``{"strategy", "children", "budget", "concurrency"}``."""
         data = as_mapping(setting, value)
         reject_unknown(setting, data, _DOMAIN_KEYS)
@@ -358,7 +358,7 @@ class Supervisor:
     def from_config(
         cls,
         setting: str,
-        value: Any,
+        value: object,
         *,
         budget: RestartBudget = DEFAULT_SUPERVISOR_BUDGET,
         domain_budget: RestartBudget = DEFAULT_DOMAIN_BUDGET,
