@@ -87,6 +87,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+from ..describe import exception_text
 from ..errors import ConfigurationError
 from ..validate import as_choice, as_class
 
@@ -286,10 +287,7 @@ def _db_code(exc: BaseException) -> str:
 
 
 def _text(exc: BaseException) -> str:
-    try:
-        return str(exc)[:_MESSAGE_LIMIT]
-    except Exception:  # a broken __str__ must not break classification
-        return ""
+    return exception_text(exc, limit=_MESSAGE_LIMIT, fallback="")
 
 
 def _by_class(exc: BaseException) -> str | None:

@@ -55,7 +55,7 @@ from typing import Any
 
 from ..remediation.actions import Action, CircuitBreak, RecycleProcess, RetryWithBackoff
 from .classify import EXTERNAL_DEPENDENCY, RESOURCE_EXHAUSTION, STATE_CORRUPTION
-from .store import Lesson, RemediationStats
+from .records import Lesson, RemediationStats
 
 __all__ = [
     "CIRCUIT_OPEN_MS",

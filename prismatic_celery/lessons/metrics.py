@@ -52,8 +52,8 @@ from ..store.base import Scalar, ScriptCall
 from ..store.keys import Keys
 from ..validate import as_seconds
 from .redact import sanitize
-from .store import SCRIPT as LESSON_SCRIPT
-from .store import time_arg
+from .script import SCRIPT as LESSON_SCRIPT
+from .script import time_arg
 
 __all__ = ["COUNTERS", "SCRIPT", "KnowledgeMetrics", "MetricsRecorder", "knowledge_script"]
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar, get_args
 
+from ..describe import exception_text
 from ..errors import ConfigurationError
 from ..log import get_logger
 from ..validate import as_choice, as_mapping, as_str, reject_unknown
@@ -107,13 +108,6 @@ def _failure_class(setting: str, value: Any) -> str:
     return as_choice(setting, value, FAILURE_CLASSES)
 
 
-def _message_of(exc: BaseException) -> str:
-    try:
-        return str(exc)[:MESSAGE_SCAN_CHARS]
-    except Exception:  # a broken __str__ must not break remediation
-        return ""
-
-
 @dataclass(frozen=True)
 class Match:
     """What a rule applies to; every criterion given must hold (none given: every failure).
@@ -172,7 +166,7 @@ class Match:
         if self.exceptions and not self._exception_matches(exc):
             return False
         pattern = self.pattern
-        return pattern is None or pattern.search(_message_of(exc)) is not None
+        return pattern is None or pattern.search(exception_text(exc, limit=MESSAGE_SCAN_CHARS, fallback="")) is not None
 
     @property
     def pattern(self) -> re.Pattern[str] | None:
