@@ -89,6 +89,13 @@ from typing import Any
 
 from ..describe import exception_text
 from ..errors import ConfigurationError
+from ..remediation.rules import (
+    EXTERNAL_DEPENDENCY,
+    FAILURE_CLASSES,
+    LOGIC_ERROR,
+    RESOURCE_EXHAUSTION,
+    STATE_CORRUPTION,
+)
 from ..validate import as_choice, as_class
 
 __all__ = [
@@ -101,12 +108,6 @@ __all__ = [
     "classify",
     "parse_overrides",
 ]
-
-STATE_CORRUPTION = "state_corruption"
-EXTERNAL_DEPENDENCY = "external_dependency"
-RESOURCE_EXHAUSTION = "resource_exhaustion"
-LOGIC_ERROR = "logic_error"
-FAILURE_CLASSES: tuple[str, ...] = (STATE_CORRUPTION, EXTERNAL_DEPENDENCY, RESOURCE_EXHAUSTION, LOGIC_ERROR)
 
 #: Exception class or dotted class name (``"builtins.KeyError"``, ``"KeyError"``) -> failure class.
 Overrides = Mapping[type[BaseException] | str, str]

@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..remediation.actions import Action, CircuitBreak, RecycleProcess, RetryWithBackoff
+from ..remediation.actions import Action, CircuitBreak, RecycleProcess, RestartChild, RetryWithBackoff
 from .classify import EXTERNAL_DEPENDENCY, RESOURCE_EXHAUSTION, STATE_CORRUPTION
 from .records import Lesson, RemediationStats
 
@@ -81,7 +81,7 @@ PATIENT_FACTOR = 4
 #: How long the ``circuit_break`` candidate opens a circuit whose reset timeout is unknown (milliseconds).
 CIRCUIT_OPEN_MS = 30_000
 # Actions that run the message again (the others end it).
-RERUN_ACTIONS = frozenset({"retry_with_backoff", "restart_child", "recycle_process", "circuit_break"})
+RERUN_ACTIONS = frozenset(cls.name for cls in (RetryWithBackoff, RestartChild, RecycleProcess, CircuitBreak))
 
 
 def process_random() -> random.Random:
