@@ -39,7 +39,7 @@ Checked in this order, first answer wins; each step is tried on the exception, t
       exhaustion vocabulary: "Too many connections", "max number of clients reached", "sorry, too
       many clients already", "pool exhausted", "No connection available"...), which makes them
       ``resource_exhaustion``: a full server or pool is not an outage, whatever class reports it.
-   e. Any ``status_code``/``status`` of 5xx or 429 (on the exception or its ``response``) ->
+   e. A ``status_code``/``status`` of 5xx or 429 (on the exception or its ``response``) ->
       ``external_dependency``.
 3. **Message** (its first 1000 characters), in this order:
 
@@ -85,7 +85,6 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any
 
 from ..describe import exception_text
 from ..errors import ConfigurationError
@@ -228,7 +227,7 @@ def _qualified(cls: type) -> str:
 
 
 def parse_overrides(
-    value: Any, *, setting: str = "prismatic_failure_class_overrides"
+    value: object, *, setting: str = "prismatic_failure_class_overrides"
 ) -> dict[type[BaseException] | str, str]:
     """Validate overrides at start-up: keys are exception classes or importable dotted names.
 
