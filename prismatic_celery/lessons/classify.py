@@ -94,6 +94,7 @@ from ..remediation.rules import (
     LOGIC_ERROR,
     RESOURCE_EXHAUSTION,
     STATE_CORRUPTION,
+    FailureClass,
 )
 from ..validate import as_choice, as_class
 
@@ -110,6 +111,9 @@ __all__ = [
 
 #: Exception class or dotted class name (``"builtins.KeyError"``, ``"KeyError"``) -> failure class.
 Overrides = Mapping[type[BaseException] | str, str]
+
+#: Each failure class by its name (a validated override value becomes its precise type).
+_BY_NAME: Mapping[str, FailureClass] = {name: name for name in FAILURE_CLASSES}
 
 #: How much of a message is read.
 _MESSAGE_LIMIT = 1000
@@ -255,11 +259,12 @@ def parse_overrides(
     return parsed
 
 
-def _override(cls: type[BaseException], overrides: Overrides) -> str | None:
+def _override(cls: type[BaseException], overrides: Overrides) -> FailureClass | None:
     for base in cls.__mro__:
         names = (_qualified(base), base.__qualname__)
-        for key, failure_class in overrides.items():
-            if failure_class not in FAILURE_CLASSES:
+        for key, value in overrides.items():
+            failure_class = _BY_NAME.get(value)
+            if failure_class is None:
                 continue  # invalid values are rejected by parse_overrides; never raise here
             if key is base or (isinstance(key, str) and key in names):
                 return failure_class
@@ -290,7 +295,7 @@ def _text(exc: BaseException) -> str:
     return exception_text(exc, limit=_MESSAGE_LIMIT, fallback="")
 
 
-def _by_class(exc: BaseException) -> str | None:
+def _by_class(exc: BaseException) -> FailureClass | None:
     mro = type(exc).__mro__
     names = {_qualified(cls) for cls in mro}
     code = _db_code(exc)
@@ -317,7 +322,7 @@ def _by_class(exc: BaseException) -> str | None:
     return None
 
 
-def _by_message(exc: BaseException) -> str | None:
+def _by_message(exc: BaseException) -> FailureClass | None:
     if isinstance(exc, _PROGRAMMING_ERRORS):
         return None
     text = _text(exc)
@@ -330,7 +335,7 @@ def _by_message(exc: BaseException) -> str | None:
     return None
 
 
-def _classify_one(exc: BaseException, overrides: Overrides | None) -> str | None:
+def _classify_one(exc: BaseException, overrides: Overrides | None) -> FailureClass | None:
     try:
         if overrides:
             found = _override(type(exc), overrides)
@@ -341,7 +346,7 @@ def _classify_one(exc: BaseException, overrides: Overrides | None) -> str | None
         return None
 
 
-def classify(exc: BaseException, *, overrides: Overrides | None = None) -> str:
+def classify(exc: BaseException, *, overrides: Overrides | None = None) -> FailureClass:
     """One of :data:`FAILURE_CLASSES` for ``exc`` (see the module docstring for the rules)."""
     seen: set[int] = set()
     current: BaseException | None = exc
