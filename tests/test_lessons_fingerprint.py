@@ -22,14 +22,9 @@ from typing import Any
 import pytest
 from celery.exceptions import NotRegistered
 
-from prismatic_celery.lessons.fingerprint import (
-    Fingerprint,
-    exception_type_name,
-    fingerprint,
-    fingerprint_exception,
-    in_app_frames,
-    normalize_message,
-)
+from prismatic_celery.lessons.fingerprint import Fingerprint, exception_type_name, fingerprint, fingerprint_exception
+from prismatic_celery.lessons.frames import in_app_frames
+from prismatic_celery.lessons.normalize import normalize_message
 
 HERE = __name__
 

@@ -116,3 +116,15 @@ def test_cooldowns_stay_within_bounds_and_never_exceed_the_maximum(seed: int) ->
 def test_cooldown_arguments_are_checked(initial_s: float, max_s: float, jitter_s: float | None) -> None:
     with pytest.raises(ValueError):
         escalating_cooldown_s(initial_s, max_s, 1, jitter_s=jitter_s)
+
+
+def test_cooldown_strategies_are_built_once_per_parameters() -> None:
+    """A crash evaluates the cached strategy; the jitter is still drawn on every call."""
+    from prismatic_celery.remediation import backoff
+
+    rng = random.Random(3)
+    escalating_cooldown_s(7.0, 70.0, 1, rng)
+    built = backoff._cooldown_strategy.cache_info().currsize
+    draws = {escalating_cooldown_s(7.0, 70.0, 1, rng) for _ in range(20)}
+    assert backoff._cooldown_strategy.cache_info().currsize == built
+    assert len(draws) > 1 and all(7.0 <= d <= 14.0 for d in draws)

@@ -39,7 +39,7 @@ Checked in this order, first answer wins; each step is tried on the exception, t
       exhaustion vocabulary: "Too many connections", "max number of clients reached", "sorry, too
       many clients already", "pool exhausted", "No connection available"...), which makes them
       ``resource_exhaustion``: a full server or pool is not an outage, whatever class reports it.
-   e. Any ``status_code``/``status`` of 5xx or 429 (on the exception or its ``response``) ->
+   e. A ``status_code``/``status`` of 5xx or 429 (on the exception or its ``response``) ->
       ``external_dependency``.
 3. **Message** (its first 1000 characters), in this order:
 
@@ -85,9 +85,17 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any
 
+from ..describe import exception_text
 from ..errors import ConfigurationError
+from ..remediation.rules import (
+    EXTERNAL_DEPENDENCY,
+    FAILURE_CLASSES,
+    LOGIC_ERROR,
+    RESOURCE_EXHAUSTION,
+    STATE_CORRUPTION,
+    FailureClass,
+)
 from ..validate import as_choice, as_class
 
 __all__ = [
@@ -101,14 +109,11 @@ __all__ = [
     "parse_overrides",
 ]
 
-STATE_CORRUPTION = "state_corruption"
-EXTERNAL_DEPENDENCY = "external_dependency"
-RESOURCE_EXHAUSTION = "resource_exhaustion"
-LOGIC_ERROR = "logic_error"
-FAILURE_CLASSES: tuple[str, ...] = (STATE_CORRUPTION, EXTERNAL_DEPENDENCY, RESOURCE_EXHAUSTION, LOGIC_ERROR)
-
 #: Exception class or dotted class name (``"builtins.KeyError"``, ``"KeyError"``) -> failure class.
 Overrides = Mapping[type[BaseException] | str, str]
+
+#: Each failure class by its name (a validated override value becomes its precise type).
+_BY_NAME: Mapping[str, FailureClass] = {name: name for name in FAILURE_CLASSES}
 
 #: How much of a message is read.
 _MESSAGE_LIMIT = 1000
@@ -226,7 +231,7 @@ def _qualified(cls: type) -> str:
 
 
 def parse_overrides(
-    value: Any, *, setting: str = "prismatic_failure_class_overrides"
+    value: object, *, setting: str = "prismatic_failure_class_overrides"
 ) -> dict[type[BaseException] | str, str]:
     """Validate overrides at start-up: keys are exception classes or importable dotted names.
 
@@ -254,11 +259,12 @@ def parse_overrides(
     return parsed
 
 
-def _override(cls: type[BaseException], overrides: Overrides) -> str | None:
+def _override(cls: type[BaseException], overrides: Overrides) -> FailureClass | None:
     for base in cls.__mro__:
         names = (_qualified(base), base.__qualname__)
-        for key, failure_class in overrides.items():
-            if failure_class not in FAILURE_CLASSES:
+        for key, value in overrides.items():
+            failure_class = _BY_NAME.get(value)
+            if failure_class is None:
                 continue  # invalid values are rejected by parse_overrides; never raise here
             if key is base or (isinstance(key, str) and key in names):
                 return failure_class
@@ -286,13 +292,10 @@ def _db_code(exc: BaseException) -> str:
 
 
 def _text(exc: BaseException) -> str:
-    try:
-        return str(exc)[:_MESSAGE_LIMIT]
-    except Exception:  # a broken __str__ must not break classification
-        return ""
+    return exception_text(exc, limit=_MESSAGE_LIMIT, fallback="")
 
 
-def _by_class(exc: BaseException) -> str | None:
+def _by_class(exc: BaseException) -> FailureClass | None:
     mro = type(exc).__mro__
     names = {_qualified(cls) for cls in mro}
     code = _db_code(exc)
@@ -319,7 +322,7 @@ def _by_class(exc: BaseException) -> str | None:
     return None
 
 
-def _by_message(exc: BaseException) -> str | None:
+def _by_message(exc: BaseException) -> FailureClass | None:
     if isinstance(exc, _PROGRAMMING_ERRORS):
         return None
     text = _text(exc)
@@ -332,7 +335,7 @@ def _by_message(exc: BaseException) -> str | None:
     return None
 
 
-def _classify_one(exc: BaseException, overrides: Overrides | None) -> str | None:
+def _classify_one(exc: BaseException, overrides: Overrides | None) -> FailureClass | None:
     try:
         if overrides:
             found = _override(type(exc), overrides)
@@ -343,7 +346,7 @@ def _classify_one(exc: BaseException, overrides: Overrides | None) -> str | None
         return None
 
 
-def classify(exc: BaseException, *, overrides: Overrides | None = None) -> str:
+def classify(exc: BaseException, *, overrides: Overrides | None = None) -> FailureClass:
     """One of :data:`FAILURE_CLASSES` for ``exc`` (see the module docstring for the rules)."""
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -51,11 +51,11 @@ import random
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
-from ..remediation.actions import Action, CircuitBreak, RecycleProcess, RetryWithBackoff
+from ..remediation.actions import Action, CircuitBreak, RecycleProcess, RestartChild, RetryWithBackoff
 from .classify import EXTERNAL_DEPENDENCY, RESOURCE_EXHAUSTION, STATE_CORRUPTION
-from .store import Lesson, RemediationStats
+from .records import Lesson, RemediationStats
 
 __all__ = [
     "CIRCUIT_OPEN_MS",
@@ -63,6 +63,8 @@ __all__ = [
     "QUICK_INITIAL_MS",
     "Choice",
     "ChoicePolicy",
+    "Explanation",
+    "StandingRow",
     "candidates",
     "choose",
     "explain",
@@ -81,7 +83,7 @@ PATIENT_FACTOR = 4
 #: How long the ``circuit_break`` candidate opens a circuit whose reset timeout is unknown (milliseconds).
 CIRCUIT_OPEN_MS = 30_000
 # Actions that run the message again (the others end it).
-RERUN_ACTIONS = frozenset({"retry_with_backoff", "restart_child", "recycle_process", "circuit_break"})
+RERUN_ACTIONS = frozenset(cls.name for cls in (RetryWithBackoff, RestartChild, RecycleProcess, CircuitBreak))
 
 
 def process_random() -> random.Random:
@@ -222,13 +224,35 @@ def choose(options: Sequence[Action], lesson: Lesson | None, *, tried: Sequence[
     return Choice(following[0], "next") if following else Choice(best, "best")
 
 
-def explain(lesson: Lesson, policy: ChoicePolicy, now: float) -> dict[str, Any]:
+class StandingRow(TypedDict):
+    """One remediation's record and standing in a lesson (a row of :func:`explain`)."""
+
+    remediation: str
+    standing: str
+    tried: int
+    succeeded: int
+    failed: int
+    recovery_rate: float | None
+    mean_recovery_s: float | None
+    consecutive_failures: int
+    demoted_until: float | None
+
+
+class Explanation(TypedDict):
+    """:func:`explain`: the preferred remediation (or None), why, and every remediation's standing."""
+
+    preferred: str | None
+    reason: str
+    remediations: list[StandingRow]
+
+
+def explain(lesson: Lesson, policy: ChoicePolicy, now: float) -> Explanation:
     """Why a lesson chooses what it chooses, for operators: each remediation's standing and the preferred one.
 
     ``preferred`` is the taught action's JSON, else the best qualified remediation's label, else None
     (the ladder is walked); ``reason`` says which in words.
     """
-    rows: list[dict[str, Any]] = []
+    rows: list[StandingRow] = []
     stands = {label: standing(stats, policy, now) for label, stats in lesson.remediations.items()}
     for label, stats in sorted(lesson.remediations.items()):
         rate, mean = stats.success_rate, stats.mean_recovery_s

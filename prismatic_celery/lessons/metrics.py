@@ -44,7 +44,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..log import RateLimitedWarning, get_logger
 from ..store import MemoryStore, Script, Store
@@ -52,8 +51,8 @@ from ..store.base import Scalar, ScriptCall
 from ..store.keys import Keys
 from ..validate import as_seconds
 from .redact import sanitize
-from .store import SCRIPT as LESSON_SCRIPT
-from .store import time_arg
+from .script import SCRIPT as LESSON_SCRIPT
+from .script import time_arg
 
 __all__ = ["COUNTERS", "SCRIPT", "KnowledgeMetrics", "MetricsRecorder", "knowledge_script"]
 
@@ -66,11 +65,13 @@ COUNTERS = (
     "dead_letters", "failed_for_good", "false_positives",
 )
 _RECORD_INTS = ("auto", "crashes", "known", "last_known", "remediations")
+#: A message's recovery record (``first_crash`` and the counts of :data:`_RECORD_INTS`), validated.
+_Record = dict[str, float]
 _ID_LIMIT = 200
 
 
 # the Python twin of scripts/knowledge.lua -----------------------------------------------------------
-def _load(store: MemoryStore, key: str) -> tuple[dict[str, Any] | None, int]:
+def _load(store: MemoryStore, key: str) -> tuple[_Record | None, int]:
     raw = store.raw(key)
     if raw is None:
         return None, 0
@@ -92,7 +93,7 @@ def _load(store: MemoryStore, key: str) -> tuple[dict[str, Any] | None, int]:
     return record, 0
 
 
-def _save(store: MemoryStore, key: str, record: dict[str, Any], ttl_ms: int) -> None:
+def _save(store: MemoryStore, key: str, record: _Record, ttl_ms: int) -> None:
     data: dict[str, float] = {name: int(record[name]) for name in _RECORD_INTS}
     data["first_crash"] = round(float(record["first_crash"]), 3)
     store.set_raw(key, json.dumps(data, sort_keys=True, separators=(",", ":")), ttl_s=ttl_ms / 1000)
@@ -102,7 +103,7 @@ def _now(store: MemoryStore, arg: Scalar) -> float:
     return round(store.time(), 3) if str(arg) == "" else float(arg)
 
 
-def knowledge_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
+def knowledge_script(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> list[int]:
     """The in-memory twin of ``knowledge.lua``, op for op (runs under the store's lock)."""
     op = str(args[0])
     counters, record_key = keys[0], keys[1]
@@ -220,7 +221,7 @@ class KnowledgeMetrics:
         """Remediations followed by a failure for good, per remediation applied (0..1)."""
         return self.false_positives / self.remediations_applied if self.remediations_applied else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, object]:
         """JSON-ready dict with the counts and the derived rates (None: nothing observed yet)."""
         return {
             "total_lessons": self.total_lessons,
@@ -375,7 +376,7 @@ class MetricsRecorder:
         call = self._call(op, task_id, args)
         return self.reply(call, self.store.run(call.script, call.keys, call.args))
 
-    def reply(self, call: ScriptCall, reply: Any) -> int:
+    def reply(self, call: ScriptCall, reply: object) -> int:
         """A knowledge script call's result (-1 for an unreadable ``succeeded``, else 0), warning on corruption."""
         op, key = str(call.args[0]), call.keys[1]
         if not isinstance(reply, list) or len(reply) != 2 or not all(isinstance(v, int) for v in reply):

@@ -1,4 +1,4 @@
-"""RemediationRegistry: which fix a failure gets (DESIGN.md section 1).
+"""Remediation: which fix a failure gets (:class:`~.registry.RemediationRegistry`).
 
 Ordered rules map a failure (exception class, message, task, domain, failure class) to one
 action of a fixed, registered set; retry delays come from tenacity's wait strategies; a failure
@@ -22,7 +22,8 @@ from .actions import (
 )
 from .backoff import delay_bounds, delay_s, escalating_cooldown_bounds, escalating_cooldown_s, wait_strategy
 from .defaults import DATABASE_ERRORS, DEFAULT_RETRY, DEFAULT_RULES, NETWORK_ERRORS, rules_table
-from .rules import FAILURE_CLASSES, Decision, FailureClass, Match, RemediationRegistry, Rule, parse_rules
+from .registry import RemediationRegistry
+from .rules import FAILURE_CLASSES, Decision, FailureClass, Match, Rule, parse_rules
 
 __all__ = [
     "ACTIONS",

@@ -1,4 +1,4 @@
-"""The fixed, registered set of remediation actions (DESIGN.md section 1, RemediationRegistry).
+"""The fixed, registered set of remediation actions a rule or a lesson may choose (``remediation/registry.py``).
 
 An action is a frozen dataclass with validated parameters and a stable ``name``. Actions are
 chosen by name from :data:`ACTIONS` only: configuration (:func:`action_from_config`) and data
@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..errors import ConfigurationError
 from ..validate import as_choice, as_int, as_mapping, as_str, reject_unknown
@@ -22,6 +22,7 @@ __all__ = [
     "ACTIONS",
     "MAX_DELAY_MS",
     "Action",
+    "ActionParams",
     "CircuitBreak",
     "DeadLetter",
     "Escalate",
@@ -43,6 +44,9 @@ _MAX_JSON_BYTES = 4096
 _MAX_TEXT = 200
 _CIRCUIT_NAME_FORBIDDEN = " \t\r\n*?[]"
 
+#: An action's validated parameters by field name: delays in milliseconds, circuit names, reasons.
+ActionParams = dict[str, int | str]
+
 
 @dataclass(frozen=True)
 class Action:
@@ -54,11 +58,13 @@ class Action:
         self._check(type(self).__name__, self.params())
 
     @classmethod
-    def _check(cls, setting: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate ``params`` (every field present) and return them normalised; errors name ``setting.<field>``."""
-        return dict(params)
+    def _check(cls, setting: str, params: Mapping[str, object]) -> ActionParams:
+        """Validate ``params`` (every field present) and return them normalised; errors name ``setting.<field>``.
 
-    def params(self) -> dict[str, Any]:
+        An action without parameters has nothing to validate."""
+        return {name: value for name, value in params.items() if isinstance(value, (int, str))}
+
+    def params(self) -> ActionParams:
         """The parameters, by field name (JSON-ready)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -69,16 +75,16 @@ class Action:
         params = self.params()
         return f"{self.name}({','.join(str(v) for v in params.values())})" if params else self.name
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ActionParams:
         """``{"action": name, **params}``: the shape :func:`action_from_json` and the config accept."""
         return {"action": self.name, **self.params()}
 
     @classmethod
-    def from_params(cls, setting: str, params: Mapping[str, Any]) -> Action:
+    def from_params(cls, setting: str, params: Mapping[str, object]) -> Action:
         """Build from a parameter mapping: unknown, missing or bad parameters raise ConfigurationError."""
         declared = fields(cls)
         reject_unknown(setting, params, [f.name for f in declared])
-        full: dict[str, Any] = {}
+        full: dict[str, object] = {}
         for f in declared:
             if f.name in params:
                 full[f.name] = params[f.name]
@@ -93,14 +99,14 @@ class Action:
         return f"{self.name}({args})"
 
 
-def _delay_ms(setting: str, value: Any, *, minimum: int) -> int:
+def _delay_ms(setting: str, value: object, *, minimum: int) -> int:
     ms = as_int(setting, value, minimum=minimum)
     if ms > MAX_DELAY_MS:
         raise ConfigurationError(setting, f"must be <= {MAX_DELAY_MS} ms (one day), got {ms}")
     return ms
 
 
-def _text(setting: str, value: Any) -> str:
+def _text(setting: str, value: object) -> str:
     text = as_str(setting, value)
     if len(text) > _MAX_TEXT or not text.isprintable():
         raise ConfigurationError(setting, f"must be printable and at most {_MAX_TEXT} characters")
@@ -121,7 +127,7 @@ class RetryWithBackoff(Action):
     jitter_ms: int = 1000
 
     @classmethod
-    def _check(cls, setting: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _check(cls, setting: str, params: Mapping[str, object]) -> ActionParams:
         initial = _delay_ms(f"{setting}.initial_ms", params["initial_ms"], minimum=1)
         largest = _delay_ms(f"{setting}.max_ms", params["max_ms"], minimum=1)
         if largest < initial:
@@ -139,7 +145,7 @@ class CircuitBreak(Action):
     duration_ms: int = 30_000
 
     @classmethod
-    def _check(cls, setting: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _check(cls, setting: str, params: Mapping[str, object]) -> ActionParams:
         target = _text(f"{setting}.target", params["target"])
         if any(c in target for c in _CIRCUIT_NAME_FORBIDDEN):
             raise ConfigurationError(f"{setting}.target", "a circuit name has no whitespace or glob characters")
@@ -184,7 +190,7 @@ class Escalate(Action):
     reason: str = "unknown_failure_pattern"
 
     @classmethod
-    def _check(cls, setting: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _check(cls, setting: str, params: Mapping[str, object]) -> ActionParams:
         return {"reason": _text(f"{setting}.reason", params["reason"])}
 
 
@@ -197,7 +203,7 @@ ACTIONS: Mapping[str, type[Action]] = MappingProxyType(
 )
 
 
-def action_from_config(setting: str, value: Any) -> Action:
+def action_from_config(setting: str, value: object) -> Action:
     """An action from configuration: an :class:`Action`, a name, or ``{"action": name, **params}``.
 
     ``"escalate"``, ``"restart_child"`` or ``{"action": "retry_with_backoff", "initial_ms": 500}``;

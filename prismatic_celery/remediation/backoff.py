@@ -4,10 +4,15 @@ Delays are pure functions of the attempt number (1 = the first re-run) and a ran
 pass a seeded :class:`random.Random` as ``rng`` to make them reproducible; without one, tenacity's
 own (module-level) randomness is used. The ``*_bounds`` functions give the smallest and largest
 possible delay of an attempt, so callers and tests can check a measured ETA against them.
+
+Strategies are built once per parameters and random source (:data:`_CACHE_SIZE` of each kind are
+kept): a crash only evaluates one. They are stateless, so sharing them between threads is safe;
+the jitter is still drawn afresh on every call, from ``rng`` or tenacity's own randomness.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 
 import tenacity
@@ -27,6 +32,8 @@ __all__ = [
 
 # Built once: tenacity's RetryCallState wants its Retrying object, which the strategies never read.
 _RETRYING = tenacity.Retrying()
+#: How many strategies of each kind are kept (one per setting and random source in a worker).
+_CACHE_SIZE = 64
 
 
 class wait_jitter(tenacity.wait_random):
@@ -66,7 +73,15 @@ def _exponential(action: RetryWithBackoff) -> tenacity.wait_exponential:
 
 
 def wait_strategy(action: RetryWithBackoff, *, rng: random.Random | None = None) -> wait_base:
-    """The tenacity strategy of ``action``: ``wait_exponential(initial, max) + wait_random(0, jitter)``."""
+    """The tenacity strategy of ``action``: ``wait_exponential(initial, max) + wait_random(0, jitter)``.
+
+    Built once per ``(action, rng)``: actions are frozen and the strategy holds no state.
+    """
+    return _wait_strategy(action, rng)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _wait_strategy(action: RetryWithBackoff, rng: random.Random | None) -> wait_base:
     return _exponential(action) + wait_jitter(action.jitter_ms / 1000, rng)
 
 
@@ -85,7 +100,9 @@ def delay_bounds(action: RetryWithBackoff, attempt: int) -> tuple[float, float]:
     return base, base + action.jitter_ms / 1000
 
 
+@functools.lru_cache(maxsize=_CACHE_SIZE)
 def _cooldown_strategy(initial_s: float, max_s: float, jitter_s: float | None, rng: random.Random | None) -> wait_base:
+    """The cool-down strategy of these parameters, built once (a bad argument raises every time: never cached)."""
     if not (initial_s > 0 and max_s >= initial_s):
         raise ValueError(f"need 0 < initial_s <= max_s, got initial_s={initial_s!r}, max_s={max_s!r}")
     jitter = initial_s if jitter_s is None else jitter_s
@@ -117,7 +134,7 @@ def escalating_cooldown_bounds(
     """The smallest and largest :func:`escalating_cooldown_s` of ``attempt``, in seconds."""
     state = _state(attempt)
     low = float(_cooldown_strategy(initial_s, max_s, 0.0, None)(state))
-    high = float(_cooldown_strategy(initial_s, max_s, jitter_s, _Highest())(state))
+    high = float(_cooldown_strategy(initial_s, max_s, jitter_s, _HIGHEST)(state))
     return low, high
 
 
@@ -126,3 +143,6 @@ class _Highest(random.Random):
 
     def random(self) -> float:
         return 1.0
+
+
+_HIGHEST = _Highest()

@@ -124,7 +124,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 #: The names of the built-in rules (a decision by one of them may be overridden by a lesson).
-DEFAULT_RULE_NAMES: frozenset[str | None] = frozenset(r.name for r in DEFAULT_RULES)
+DEFAULT_RULE_NAMES: frozenset[str] = frozenset(r.name for r in DEFAULT_RULES if r.name is not None)
 
 
 def _spec_name(spec: ExceptionSpec) -> str:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from celery import Celery
 
@@ -25,7 +25,10 @@ from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar, ScriptCall, decode_json, encode_json
 from ..store.keys import Keys
 
-__all__ = ["DeadLetterQueue", "dead_letter_entry"]
+__all__ = ["DeadLetter", "DeadLetterQueue", "dead_letter_entry"]
+
+#: A dead letter as stored: JSON (see :func:`dead_letter_entry` for its fields).
+DeadLetter = dict[str, object]
 
 logger = get_logger("dlq")
 TRACEBACK_LIMIT = 8000
@@ -49,7 +52,7 @@ def _take_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
 TAKE = Script.from_file(Path(__file__).parent / "scripts" / "dlq_take.lua", _take_twin)
 
 
-def _push_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> list[Any]:
+def _push_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> list[int | str]:
     items = store.raw(keys[0])
     aside = ""
     if items is not None and not isinstance(items, list):
@@ -63,7 +66,7 @@ def _push_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) 
 PUSH = Script.from_file(Path(__file__).parent / "scripts" / "dlq_push.lua", _push_twin)
 
 
-def _json_safe(value: Any) -> tuple[Any, bool]:
+def _json_safe(value: object) -> tuple[object, bool]:
     """``(value, True)`` when it round-trips through JSON, else ``(repr, False)``."""
     try:
         return json.loads(json.dumps(value)), True
@@ -72,10 +75,11 @@ def _json_safe(value: Any) -> tuple[Any, bool]:
 
 
 def dead_letter_entry(
-    *, task: str, task_id: str, args: Any, kwargs: Any, queue: str, domain: str, reason: str,
+    *, task: str, task_id: str, args: Sequence[object] | None, kwargs: Mapping[str, object] | None, queue: str,
+    domain: str, reason: str,
     exception: str = "", message: str = "", traceback: str = "", fingerprint: str = "", failure_class: str = "",
     attempts: int = 0, remediations: Sequence[str] = (), priority: int | None = None,
-) -> dict[str, Any]:
+) -> DeadLetter:
     """A dead letter as stored. ``message`` and ``traceback`` must already be redacted."""
     safe_args, args_ok = _json_safe(list(args or ()))
     safe_kwargs, kwargs_ok = _json_safe(dict(kwargs or {}))
@@ -87,7 +91,7 @@ def dead_letter_entry(
     }
 
 
-def _unreplayable(app: Celery, entry: dict[str, Any], *, force: bool) -> str | None:
+def _unreplayable(app: Celery, entry: Mapping[str, object], *, force: bool) -> str | None:
     """Why an entry must not be published (None when it may)."""
     task = entry.get("task")
     if not entry.get("replayable", False):
@@ -103,6 +107,32 @@ def _unreplayable(app: Celery, entry: dict[str, Any], *, force: bool) -> str | N
     return None
 
 
+class _PublishOptions(TypedDict, total=False):
+    """What a replay passes to ``send_task`` besides the message."""
+
+    task_id: str
+    queue: str | None
+    priority: int
+
+
+def _options(entry: Mapping[str, object]) -> _PublishOptions:
+    """The entry's task id, queue (None: the task's route) and priority (when it had one)."""
+    queue, priority = entry.get("queue"), entry.get("priority")
+    options: _PublishOptions = {"task_id": str(entry["id"]),
+                                "queue": queue if isinstance(queue, str) and queue else None}
+    if isinstance(priority, int):
+        options["priority"] = priority
+    return options
+
+
+def _message(entry: Mapping[str, object]) -> tuple[str, list[object], dict[str, object]]:
+    """The task name, args and kwargs of an entry :func:`_unreplayable` accepted."""
+    task, args, kwargs = entry.get("task"), entry.get("args") or [], entry.get("kwargs") or {}
+    if not isinstance(task, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError(f"dead letter {entry.get('id')} cannot be replayed: its message is malformed")
+    return task, list(args), dict(kwargs)
+
+
 @dataclass
 class DeadLetterQueue:
     """The dead letters of every domain of one app."""
@@ -115,16 +145,16 @@ class DeadLetterQueue:
         """``prismatic:{<ns>}:dlq:<domain>``."""
         return self.keys.key("dlq", domain)
 
-    def push(self, entry: dict[str, Any]) -> int:
+    def push(self, entry: Mapping[str, object]) -> int:
         """Append a dead letter (oldest dropped beyond the cap); the list's new length."""
         call = self.push_call(entry)
         return self.pushed(call, self.store.run(call.script, call.keys, call.args))
 
-    def push_call(self, entry: dict[str, Any]) -> ScriptCall:
+    def push_call(self, entry: Mapping[str, object]) -> ScriptCall:
         """The script call appending ``entry`` (to batch with others in one round trip; see :meth:`pushed`)."""
         return ScriptCall(PUSH, [self.key(str(entry["domain"]))], [encode_json(entry), self.max_entries])
 
-    def pushed(self, call: ScriptCall, reply: Any) -> int:
+    def pushed(self, call: ScriptCall, reply: object) -> int:
         """The list's new length from a push's reply (warning when a foreign value was set aside)."""
         if not isinstance(reply, list) or len(reply) != 2:
             return 0
@@ -133,12 +163,12 @@ class DeadLetterQueue:
                       reason="held another type")
         return int(reply[0])
 
-    def list(self, domain: str, *, limit: int = 100) -> list[dict[str, Any]]:
+    def list(self, domain: str, *, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` dead letters of ``domain``, oldest first (corrupt entries skipped)."""
         entries = self.store.list_range(self.key(domain), -limit, -1)
         return [e for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
 
-    def get(self, domain: str, task_id: str) -> dict[str, Any] | None:
+    def get(self, domain: str, task_id: str) -> DeadLetter | None:
         """One dead letter by task id."""
         return next((e for e in self.store.list_range(self.key(domain)) if isinstance(e, dict)
                      and e.get("id") == task_id), None)
@@ -153,7 +183,7 @@ class DeadLetterQueue:
         self.store.delete(self.key(domain))
         return count
 
-    def take(self, domain: str, task_id: str) -> dict[str, Any] | None:
+    def take(self, domain: str, task_id: str) -> DeadLetter | None:
         """Remove and return one dead letter, atomically (two replays cannot both get it)."""
         raw = self.store.run(TAKE, [self.key(domain)], [task_id])
         if not raw:
@@ -180,11 +210,9 @@ class DeadLetterQueue:
             self.store.list_push(self.key(domain), entry, cap=self.max_entries)
             raise ValueError(f"dead letter {task_id} cannot be replayed: {problem}")
         try:
-            options: dict[str, Any] = {"task_id": entry["id"], "queue": entry.get("queue") or None}
-            if isinstance(entry.get("priority"), int):
-                options["priority"] = entry["priority"]
-            app.send_task(entry["task"], args=list(entry.get("args") or []), kwargs=dict(entry.get("kwargs") or {}),
-                          headers={"prismatic_replayed": True, **_resolution_header(entry)}, **options)
+            task, args, kwargs = _message(entry)
+            app.send_task(task, args=args, kwargs=kwargs,
+                          headers={"prismatic_replayed": True, **_resolution_header(entry)}, **_options(entry))
         except Exception:
             self.store.list_push(self.key(domain), entry, cap=self.max_entries)
             raise
@@ -192,7 +220,7 @@ class DeadLetterQueue:
         return str(entry["id"])
 
 
-def _resolution_header(entry: dict[str, Any]) -> dict[str, Any]:
+def _resolution_header(entry: Mapping[str, object]) -> dict[str, object]:
     """The plugin's tracking header for a replayed dead letter: its success is an operator's resolution."""
     from ..lessons.learning import OPERATOR_REPLAY
     from ..supervision.crash import HEADER  # the engine imports this module

@@ -1,45 +1,53 @@
-"""Remediation rules: which action a failure gets (DESIGN.md section 1, RemediationRegistry).
+"""Remediation rules: which action a failure gets.
 
 A :class:`Rule` pairs a :class:`Match` with an :class:`~.actions.Action`. The
-:class:`RemediationRegistry` holds user rules followed by :data:`~.defaults.DEFAULT_RULES`;
-the first rule whose every criterion holds decides, and a failure no rule matches escalates
-(``Escalate("unknown_failure_pattern")``).
+:class:`~.registry.RemediationRegistry` (``remediation/registry.py``) holds user rules followed by
+:data:`~.defaults.DEFAULT_RULES`; the first rule whose every criterion holds decides, and a failure
+no rule matches escalates (``Escalate("unknown_failure_pattern")``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, get_args
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypedDict, TypeVar, get_args
 
+from ..describe import exception_text
 from ..errors import ConfigurationError
 from ..log import get_logger
 from ..validate import as_choice, as_mapping, as_str, reject_unknown
-from .actions import Action, Escalate, action_from_config
+from .actions import Action, action_from_config
 
 __all__ = [
+    "EXTERNAL_DEPENDENCY",
     "FAILURE_CLASSES",
+    "LOGIC_ERROR",
+    "RESOURCE_EXHAUSTION",
+    "STATE_CORRUPTION",
     "Decision",
+    "ExceptionSpec",
     "FailureClass",
     "Match",
-    "RemediationRegistry",
     "Rule",
     "parse_rules",
     "qualified_names",
 ]
 
-#: The failure classes of LessonsLearned's classifier.
+#: The failure classes of the lessons' classifier (``lessons/classify.py``): defined here, once.
 FailureClass = Literal["state_corruption", "external_dependency", "resource_exhaustion", "logic_error"]
-FAILURE_CLASSES: tuple[str, ...] = get_args(FailureClass)
+FAILURE_CLASSES: tuple[FailureClass, ...] = get_args(FailureClass)
+STATE_CORRUPTION: FailureClass = "state_corruption"
+EXTERNAL_DEPENDENCY: FailureClass = "external_dependency"
+RESOURCE_EXHAUSTION: FailureClass = "resource_exhaustion"
+LOGIC_ERROR: FailureClass = "logic_error"
 
 #: Only the start of a message is searched, bounding the cost of a regex on a huge message.
 MESSAGE_SCAN_CHARS = 4096
 
 _MATCH_KEYS = ("exceptions", "message", "task", "domain", "failure_class")
 _RULE_KEYS = ("match", "action", "name")
-UNKNOWN = Escalate("unknown_failure_pattern")
 
 _log = get_logger("remediation")
 
@@ -61,7 +69,7 @@ def _dotted(setting: str, value: str) -> str:
     return value if len(parts) > 1 else f"builtins.{value}"
 
 
-def _exceptions(setting: str, value: Any) -> tuple[ExceptionSpec, ...]:
+def _exceptions(setting: str, value: object) -> tuple[ExceptionSpec, ...]:
     if isinstance(value, (str, type)):
         value = [value]
     if not isinstance(value, (list, tuple)):
@@ -78,7 +86,7 @@ def _exceptions(setting: str, value: Any) -> tuple[ExceptionSpec, ...]:
     return tuple(specs)
 
 
-def _message(setting: str, value: Any) -> re.Pattern[str] | None:
+def _message(setting: str, value: object) -> re.Pattern[str] | None:
     if value is None:
         return None
     if isinstance(value, re.Pattern):
@@ -92,26 +100,29 @@ def _message(setting: str, value: Any) -> re.Pattern[str] | None:
         raise ConfigurationError(setting, f"invalid regular expression {text!r}: {exc}") from exc
 
 
-def _optional(setting: str, value: Any, check: Callable[[str, Any], T]) -> T | None:
+def _optional(setting: str, value: object, check: Callable[[str, object], T]) -> T | None:
     return None if value is None else check(setting, value)
 
 
-def _domain(setting: str, value: Any) -> str:
+def _domain(setting: str, value: object) -> str:
     name = as_str(setting, value)
     if ":" in name:
         raise ConfigurationError(setting, "a domain name never contains ':', so this rule could never match")
     return name
 
 
-def _failure_class(setting: str, value: Any) -> str:
+def _failure_class(setting: str, value: object) -> str:
     return as_choice(setting, value, FAILURE_CLASSES)
 
 
-def _message_of(exc: BaseException) -> str:
-    try:
-        return str(exc)[:MESSAGE_SCAN_CHARS]
-    except Exception:  # a broken __str__ must not break remediation
-        return ""
+class _MatchFields(TypedDict):
+    """A :class:`Match`'s criteria, validated."""
+
+    exceptions: tuple[ExceptionSpec, ...]
+    message: re.Pattern[str] | None
+    task: str | None
+    domain: str | None
+    failure_class: str | None
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ class Match:
             object.__setattr__(self, key, value)
 
     @staticmethod
-    def _check(setting: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    def _check(setting: str, data: Mapping[str, object]) -> _MatchFields:
         return {
             "exceptions": _exceptions(f"{setting}.exceptions", data.get("exceptions", ())),
             "message": _message(f"{setting}.message", data.get("message")),
@@ -148,7 +159,7 @@ class Match:
         }
 
     @classmethod
-    def from_config(cls, setting: str, value: Any) -> Match:
+    def from_config(cls, setting: str, value: object) -> Match:
         """Build from ``{"exceptions": [...], "message": regex, "task": glob, "domain": str, "failure_class": str}``."""
         data = as_mapping(setting, value)
         reject_unknown(setting, data, _MATCH_KEYS)
@@ -172,7 +183,7 @@ class Match:
         if self.exceptions and not self._exception_matches(exc):
             return False
         pattern = self.pattern
-        return pattern is None or pattern.search(_message_of(exc)) is not None
+        return pattern is None or pattern.search(exception_text(exc, limit=MESSAGE_SCAN_CHARS, fallback="")) is not None
 
     @property
     def pattern(self) -> re.Pattern[str] | None:
@@ -207,7 +218,7 @@ class Rule:
             as_str("Rule.name", self.name)
 
     @classmethod
-    def from_config(cls, setting: str, value: Any) -> Rule:
+    def from_config(cls, setting: str, value: object) -> Rule:
         """Build from ``{"match": {...}, "action": <action>, "name": str}`` (``name`` optional)."""
         data = as_mapping(setting, value)
         reject_unknown(setting, data, _RULE_KEYS)
@@ -235,7 +246,7 @@ class Decision:
         return self.rule_name is not None
 
 
-def parse_rules(setting: str, value: Any) -> tuple[Rule, ...]:
+def parse_rules(setting: str, value: object) -> tuple[Rule, ...]:
     """Parse the ``prismatic_remediation_rules`` list (None: no user rule).
 
     Each rule is ``{"match": {...}, "action": "dead_letter" | {"action": ..., **params}, "name": ...}``;
@@ -253,101 +264,3 @@ def parse_rules(setting: str, value: Any) -> tuple[Rule, ...]:
             raise ConfigurationError(f"{setting}[{i}].name", f"duplicate rule name {rule.name!r}")
         seen.add(rule.name)
     return rules
-
-
-class RemediationRegistry:
-    """Ordered rules, first match wins: the user's rules, then ``defaults``.
-
-    ``defaults`` None means :data:`~.defaults.DEFAULT_RULES`; pass ``()`` for none. Rules added
-    later (:meth:`add`, :meth:`rule`) go after the existing user rules and before the defaults.
-    Unnamed rules are named ``rules[<position>]``. Lookups never raise.
-    """
-
-    def __init__(self, rules: Iterable[Rule] = (), *, defaults: Iterable[Rule] | None = None) -> None:
-        if defaults is None:
-            from .defaults import DEFAULT_RULES  # defaults.py builds its rules with this module
-
-            defaults = DEFAULT_RULES
-        self._user: tuple[Rule, ...] = ()
-        self._defaults: tuple[Rule, ...] = ()
-        for rule in defaults:
-            self._defaults = (*self._defaults, self._named(rule, f"defaults[{len(self._defaults)}]"))
-        for rule in rules:
-            self.add(rule)
-
-    @property
-    def rules(self) -> tuple[Rule, ...]:
-        """Every rule in the order they are tried."""
-        return (*self._user, *self._defaults)
-
-    def __len__(self) -> int:
-        return len(self._user) + len(self._defaults)
-
-    def _named(self, rule: Rule, fallback: str) -> Rule:
-        if not isinstance(rule, Rule):
-            raise ConfigurationError("RemediationRegistry", f"expected a Rule, got {rule!r}")
-        named = rule if rule.name is not None else replace(rule, name=fallback)
-        if any(r.name == named.name for r in self.rules):
-            raise ConfigurationError("RemediationRegistry", f"duplicate rule name {named.name!r}")
-        return named
-
-    def add(self, rule: Rule) -> Rule:
-        """Append ``rule`` after the user rules (before the defaults); returns it, named."""
-        named = self._named(rule, f"rules[{len(self._user)}]")
-        self._user = (*self._user, named)  # one reference swap: concurrent lookups see old or new
-        return named
-
-    def rule(
-        self,
-        action: Action | str | Mapping[str, Any],
-        *,
-        exceptions: Iterable[ExceptionSpec] | ExceptionSpec = (),
-        message: str | re.Pattern[str] | None = None,
-        task: str | None = None,
-        domain: str | None = None,
-        failure_class: str | None = None,
-        name: str | None = None,
-    ) -> Callable[[T], T]:
-        """Decorator registering a rule when applied, returning the decorated object unchanged.
-
-        On an exception class, the class joins ``exceptions``::
-
-            @registry.rule("dead_letter")
-            class InvalidInvoice(ValueError): ...
-
-        On anything else (a function documenting the rule, say) the criteria are used as given
-        and the rule is named after the object's qualified name unless ``name`` is given.
-        """
-        chosen = action_from_config("registry.rule(action)", action)
-        listed = [exceptions] if isinstance(exceptions, (str, type)) else list(exceptions)
-        criteria = Match(exceptions=tuple(listed), message=message, task=task, domain=domain,
-                         failure_class=failure_class)  # validated now, not when the decorator is applied
-
-        def register(obj: T) -> T:
-            match = criteria
-            if isinstance(obj, type) and issubclass(obj, BaseException):
-                match = replace(criteria, exceptions=(*criteria.exceptions, obj))
-            label = name if name is not None else getattr(obj, "__qualname__", None)
-            self.add(Rule(match=match, action=chosen, name=label if isinstance(label, str) else None))
-            return obj
-
-        return register
-
-    def lookup(
-        self,
-        exc: BaseException,
-        *,
-        task_name: str | None,
-        domain: str | None,
-        failure_class: str | None = None,
-    ) -> Decision:
-        """The first matching rule's action, else ``Escalate("unknown_failure_pattern")``."""
-        for rule in self.rules:
-            try:
-                hit = rule.match.matches(exc, task_name=task_name, domain=domain, failure_class=failure_class)
-            except Exception:  # e.g. a raising __subclasscheck__: skip the rule, keep remediating
-                _log.warning("remediation rule %r failed to evaluate; skipped", rule.name, exc_info=True)
-                continue
-            if hit:
-                return Decision(rule.name, rule.action)
-        return Decision(None, UNKNOWN)

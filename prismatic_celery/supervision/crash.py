@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Task
 
+from ..describe import exception_text
 from ..lessons.classify import classify
 from ..lessons.fingerprint import Fingerprint, exception_type_name, fingerprint_exception
 from ..lessons.redact import redact
@@ -89,7 +90,7 @@ class Crash:
         try:
             text = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
         except Exception:  # formatting calls the exception's own methods; they may raise
-            text = f"{type(exc).__name__}: {describe(exc)}"
+            text = f"{type(exc).__name__}: {exception_text(exc, use_repr=True)}"
         return cls(
             task_name=str(task.name),
             task_id=str(request.id),
@@ -98,7 +99,7 @@ class Crash:
             child=child,
             exc=exc,
             exc_type=exception_type_name(exc),
-            message=redact(describe(exc)),
+            message=redact(exception_text(exc, use_repr=True)),
             traceback=redact(text, limit=TRACEBACK_LIMIT),
             fp=fingerprint_exception(exc, in_app_prefixes=settings.in_app_modules),
             failure_class=classify(exc, overrides=settings.failure_class_overrides),
@@ -137,13 +138,3 @@ def fair_trial(history: dict[str, Any]) -> bool:
     if history.get("action") != "recycle_process" or not isinstance(applied, (int, float)) or not isinstance(pid, int):
         return True
     return pid == os.getpid() or process_started_at() > applied
-
-
-def describe(exc: BaseException) -> str:
-    """``str(exc)``, else ``repr(exc)``, else a placeholder: an exception that cannot print itself is still a crash."""
-    for render in (str, repr):
-        try:
-            return render(exc)
-        except Exception:  # a broken __str__ / __repr__ must not break crash handling
-            continue
-    return f"<unprintable {type(exc).__name__}>"

@@ -21,7 +21,7 @@
 -- with a fresh lesson, outcome leaves it alone; both report corrupt = 1 so the caller can warn.
 -- The JSON is written field by field (sorted keys, '[]' for empty lists, '{}' for empty maps,
 -- times with millisecond precision) because cjson cannot tell an empty list from an empty map.
--- The Python twin is prismatic_celery.lessons.store.lesson_script: keep both in step.
+-- The Python twin is prismatic_celery.lessons.script.lesson_script: keep both in step.
 
 local op = ARGV[1]
 local index = KEYS[1]
