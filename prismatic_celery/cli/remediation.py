@@ -78,7 +78,7 @@ def replay(ctx: click.Context, domain: str, task_ids: tuple[str, ...], replay_al
     runtime = runtime_of(ctx)
     name = _domain(runtime, domain)
     if replay_all:
-        task_ids = tuple(e["id"] for e in runtime.dlq.list(name, limit=runtime.settings.dlq_max))
+        task_ids = tuple(str(e["id"]) for e in runtime.dlq.list(name, limit=runtime.settings.dlq_max))
     if not task_ids:
         raise click.UsageError("name TASK_IDS or pass --all")
     results: list[ReplayResult] = []
