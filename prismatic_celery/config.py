@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 
 from .circuits.config import CircuitSpec
-from .config_table import PREFIX, RENAMED, SETTINGS, Setting, settings_table, store_target
+from .config_table import PREFIX, RENAMED, SETTINGS, store_target
 from .errors import ConfigurationError
 from .log import get_logger, log_event
 from .remediation.rules import Rule
@@ -27,7 +27,7 @@ from .store.urls import check_transport_options
 from .supervision.tree import Supervisor
 from .validate import as_int, reject_unknown
 
-__all__ = ["SETTINGS", "Setting", "Settings", "load_settings", "settings_table"]
+__all__ = ["Settings", "load_settings"]
 
 _log = get_logger("config")
 

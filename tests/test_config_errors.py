@@ -16,7 +16,7 @@ import prismatic_celery
 import prismatic_celery.runtime
 from prismatic_celery import ConfigurationError
 from prismatic_celery.cli.main import EXIT_ERROR, supervision
-from prismatic_celery.config import SETTINGS
+from prismatic_celery.config_table import SETTINGS
 from prismatic_celery.store import MemoryStore
 from prismatic_celery.worker.bootsteps import unsupervised_routes
 

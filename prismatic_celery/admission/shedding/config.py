@@ -95,7 +95,7 @@ def default_resume_below(threshold: int) -> int:
 
 
 class ShedSettings(Protocol):
-    """The settings :func:`queue_policies` reads (``config.Settings`` has them; config imports this module)."""
+    """The settings :func:`queue_policies` reads (``config.Settings``; config_table imports this module)."""
 
     @property
     def shed_threshold(self) -> int: ...
