@@ -108,7 +108,7 @@ from benchmarks.chaos_apps import (
 )
 from benchmarks.harness import HOST, ROOT, check_alive, pythonpath, redis_server, start_all
 from benchmarks.outage import Dependency
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.testing import WorkerProcess
 
 WORKERS, CONCURRENCY = 2, 2

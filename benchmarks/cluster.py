@@ -48,6 +48,7 @@ from celery.exceptions import Retry
 from redis.cluster import RedisCluster
 
 import prismatic_celery
+import prismatic_celery.runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.store.urls import connect, parse_store_url
 
@@ -85,7 +86,7 @@ def make_app(store_url: str, namespace: str) -> Celery:
 def decide(store_url: str, namespace: str, seconds: float, ready: Any, start: Any, results: Any) -> None:
     """One process: say it is ready, decide crashes from ``start`` on for ``seconds``; put how many."""
     app = make_app(store_url, namespace)
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     task = app.tasks["bench.work"]
     assert runtime.store.ping(), "the cluster answers (its topology read before the clock starts)"

@@ -44,8 +44,8 @@ from benchmarks.learning_apps import (
     TASK,
     make_app,
 )
-from prismatic_celery import get_runtime
 from prismatic_celery.lessons import KnowledgeMetrics
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.testing import WorkerProcess, wait_for
 
 #: Messages per round: healthy ones keep the queue busy; the faults in the proportions of a real fleet.

@@ -83,7 +83,7 @@ from celery import Celery
 
 from benchmarks.apps import ENDS_KEY, NOOP, QUEUE, STARTS_KEY, make_app
 from benchmarks.harness import HOST, ROOT, pythonpath, redis_server
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 

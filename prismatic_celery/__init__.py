@@ -5,48 +5,58 @@ Enable it with one call after creating the app::
     app = Celery("proj")
     app.config_from_object("celeryconfig")   # prismatic_* settings live here
     prismatic_celery.install(app)
+
+This package exports what users write: the install calls, the supervision tree, remediation rules and
+actions, the shared circuit breaker, supervision listeners and the errors. Everything else is imported
+from the module that defines it (e.g. ``prismatic_celery.runtime.get_runtime``).
 """
 
 from __future__ import annotations
 
-from .config import SETTINGS, Settings, load_settings
+from .circuits.breaker import CircuitOpenError, SharedBreaker
 from .errors import ConfigurationError, PrismaticError, StoreError
 from .install import install, supervise_registered_tasks
 from .observability.events import SupervisionEvent, SupervisionListener
-from .runtime import Runtime, get_runtime
-from .store import MemoryStore, RedisStore, Store, open_store
-from .store.keys import Keys
+from .remediation.actions import (
+    CircuitBreak,
+    DeadLetter,
+    Escalate,
+    RecycleProcess,
+    RestartChild,
+    RetryWithBackoff,
+    Shed,
+)
+from .remediation.rules import Match, Rule
 from .supervision.crash import reruns
 from .supervision.tree import Child, Domain, RestartBudget, RestartType, Strategy, Supervisor
-from .worker.task import SupervisedTask
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SETTINGS",
     "Child",
+    "CircuitBreak",
+    "CircuitOpenError",
     "ConfigurationError",
+    "DeadLetter",
     "Domain",
-    "Keys",
-    "MemoryStore",
+    "Escalate",
+    "Match",
     "PrismaticError",
-    "RedisStore",
+    "RecycleProcess",
     "RestartBudget",
+    "RestartChild",
     "RestartType",
-    "Runtime",
-    "Settings",
-    "Store",
+    "RetryWithBackoff",
+    "Rule",
+    "SharedBreaker",
+    "Shed",
     "StoreError",
     "Strategy",
-    "SupervisedTask",
     "SupervisionEvent",
     "SupervisionListener",
     "Supervisor",
     "__version__",
-    "get_runtime",
     "install",
-    "load_settings",
-    "open_store",
     "reruns",
     "supervise_registered_tasks",
 ]

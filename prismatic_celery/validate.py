@@ -7,7 +7,7 @@ import importlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .errors import ConfigurationError
 
@@ -30,14 +30,14 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
-def as_bool(setting: str, value: Any) -> bool:
+def as_bool(setting: str, value: object) -> bool:
     """Accept a real bool only: ``"false"`` silently meaning True is a classic trap."""
     if not isinstance(value, bool):
         raise ConfigurationError(setting, f"expected true or false, got {_type_name(value)} {value!r}")
     return value
 
 
-def as_int(setting: str, value: Any, *, minimum: int | None = None) -> int:
+def as_int(setting: str, value: object, *, minimum: int | None = None) -> int:
     """An integer (not a bool), optionally at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(setting, f"expected an integer, got {_type_name(value)} {value!r}")
@@ -46,7 +46,7 @@ def as_int(setting: str, value: Any, *, minimum: int | None = None) -> int:
     return value
 
 
-def as_seconds(setting: str, value: Any, *, allow_zero: bool = False) -> float:
+def as_seconds(setting: str, value: object, *, allow_zero: bool = False) -> float:
     """A duration in seconds: int, float or ``datetime.timedelta``; finite and positive."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
@@ -61,7 +61,7 @@ def as_seconds(setting: str, value: Any, *, allow_zero: bool = False) -> float:
     return seconds
 
 
-def as_str(setting: str, value: Any, *, allow_empty: bool = False) -> str:
+def as_str(setting: str, value: object, *, allow_empty: bool = False) -> str:
     """A string, non-empty unless ``allow_empty``."""
     if not isinstance(value, str):
         raise ConfigurationError(setting, f"expected a string, got {_type_name(value)} {value!r}")
@@ -70,7 +70,7 @@ def as_str(setting: str, value: Any, *, allow_empty: bool = False) -> str:
     return value
 
 
-def as_str_list(setting: str, value: Any) -> tuple[str, ...]:
+def as_str_list(setting: str, value: object) -> tuple[str, ...]:
     """A list or tuple of non-empty strings (a single string is a list of one)."""
     if isinstance(value, str):
         value = [value]
@@ -79,7 +79,7 @@ def as_str_list(setting: str, value: Any) -> tuple[str, ...]:
     return tuple(as_str(f"{setting}[{i}]", item) for i, item in enumerate(value))
 
 
-def as_choice(setting: str, value: Any, choices: Iterable[str]) -> str:
+def as_choice(setting: str, value: object, choices: Iterable[str]) -> str:
     """One of ``choices``; the error lists them and suggests the closest."""
     allowed = list(choices)
     if not isinstance(value, str) or value not in allowed:
@@ -91,7 +91,7 @@ def as_choice(setting: str, value: Any, choices: Iterable[str]) -> str:
     return value
 
 
-def as_mapping(setting: str, value: Any) -> Mapping[str, Any]:
+def as_mapping(setting: str, value: object) -> Mapping[str, object]:
     """A mapping with string keys."""
     if not isinstance(value, Mapping):
         raise ConfigurationError(setting, f"expected a mapping, got {_type_name(value)} {value!r}")
@@ -122,7 +122,7 @@ def reject_unknown(setting: str, given: Iterable[str], allowed: Sequence[str]) -
             raise ConfigurationError(f"{setting}.{key}" if setting else key, f"unknown setting ({hint})")
 
 
-def as_class(setting: str, value: Any, base: type[E]) -> type[E]:
+def as_class(setting: str, value: object, base: type[E]) -> type[E]:
     """A class deriving from ``base``, given as the class itself or a dotted path."""
     if isinstance(value, str):
         module_name, _, attr = value.rpartition(".")

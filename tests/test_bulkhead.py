@@ -11,12 +11,13 @@ import pytest
 from celery import Celery
 from celery.exceptions import Retry
 
-from prismatic_celery import ConfigurationError, Domain, MemoryStore, Supervisor, get_runtime, install
+from prismatic_celery import ConfigurationError, Domain, Supervisor, install
 from prismatic_celery.admission.bulkhead import BulkheadGuard, ClusterLeases, SlotTable, admission_guards, lease_key
 from prismatic_celery.admission.shedding import ShedGuard
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store import Store
 from prismatic_celery.store.keys import Keys
+from prismatic_celery.store.memory import MemoryStore
 
 
 def test_a_slot_table_never_hands_out_more_than_its_capacity_to_threads() -> None:

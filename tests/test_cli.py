@@ -13,10 +13,11 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 import prismatic_celery
-from prismatic_celery import Runtime
+import prismatic_celery.runtime
 from prismatic_celery.cli.main import EXIT_ESCALATED, EXIT_OK, EXIT_UNHEALTHY, EXIT_UNKNOWN, supervision
 from prismatic_celery.cli.tables import table
 from prismatic_celery.observability.health import get_tree_health, summary_numbers
+from prismatic_celery.runtime import Runtime
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.supervision.pauses import Pause, read_pauses, set_pause
 from prismatic_celery.testing import serve
@@ -39,7 +40,7 @@ def app() -> Iterator[Celery]:
 
 
 def runtime_of(app: Celery) -> Runtime:
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     return runtime
 

@@ -11,7 +11,6 @@ import click
 import pytest
 from celery import Celery
 
-from prismatic_celery import Runtime
 from prismatic_celery.cli.main import (
     EXIT_ERROR,
     EXIT_ESCALATED,
@@ -25,6 +24,7 @@ from prismatic_celery.cli.main import (
 from prismatic_celery.cli.render import render_events
 from prismatic_celery.cli.tables import table
 from prismatic_celery.observability.workers import unregister_worker
+from prismatic_celery.runtime import Runtime
 from prismatic_celery.supervision.pauses import Pause, set_pause
 from tests.test_cli import app, escalate, run, runtime_of  # noqa: F401  (the app fixture)
 

@@ -13,7 +13,8 @@ from celery import Celery
 from celery.worker.control import Panel
 
 import prismatic_celery
-from prismatic_celery import Runtime
+import prismatic_celery.runtime
+from prismatic_celery.runtime import Runtime
 from prismatic_celery.store import MemoryStore
 from prismatic_celery.supervision.pauses import read_pauses
 from prismatic_celery.testing import serve
@@ -39,7 +40,7 @@ def worker() -> Iterator[tuple[Any, Runtime]]:
     app = Celery("ctl", broker="memory://", set_as_current=False)
     app.conf.update(prismatic_domains=DOMAINS, prismatic_store_url="memory://", prismatic_cooldown_max_s=120)
     prismatic_celery.install(app, store=MemoryStore())
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     serve(runtime, "w1@test")
     runtime.reconciler = FakeReconciler()  # type: ignore[assignment]

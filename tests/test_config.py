@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from celery import Celery
 
-from prismatic_celery import ConfigurationError, load_settings
-from prismatic_celery.config import SETTINGS, settings_table
+from prismatic_celery import ConfigurationError, install
+from prismatic_celery.config import Settings, load_settings
+from prismatic_celery.config_table import RENAMED, SETTINGS, settings_table
+from prismatic_celery.remediation.actions import RetryWithBackoff
+from prismatic_celery.runtime import get_runtime
+from prismatic_celery.store.memory import MemoryStore
 from prismatic_celery.supervision.tree import RestartBudget, RestartType, Strategy
 
 CORE = {"strategy": "rest_for_one", "children": ["storage", "cache"]}
 
 
-def _load(**conf: Any) -> Any:
+def _load(**conf: Any) -> Settings:
     app = Celery("cfgtest", broker="memory://", set_as_current=False)
     app.conf.update(conf)
     return load_settings(app)
@@ -34,9 +40,23 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("infinite pause window", {"prismatic_pause_window_s": float("inf")}, "prismatic_pause_window_s", "finite"),
     ("reconcile interval a string", {"prismatic_reconcile_interval_s": "1s"}, "prismatic_reconcile_interval_s",
      "seconds"),
-    ("backoff initial above max", {"prismatic_backoff_initial_ms": 5000, "prismatic_backoff_max_ms": 100},
-     "prismatic_backoff_initial_ms", "must not exceed"),
-    ("negative jitter", {"prismatic_backoff_jitter_ms": -5}, "prismatic_backoff_jitter_ms", ">= 0"),
+    ("backoff initial above max", {"prismatic_backoff_initial_s": 5, "prismatic_backoff_max_s": 0.1},
+     "prismatic_backoff_initial_s", "must not exceed prismatic_backoff_max_s"),
+    ("backoff initial above max in ms (old names)", {"prismatic_backoff_initial_ms": 5000,
+                                                     "prismatic_backoff_max_ms": 100},
+     "prismatic_backoff_initial_ms", "must not exceed prismatic_backoff_max_ms"),
+    ("negative jitter", {"prismatic_backoff_jitter_s": -5}, "prismatic_backoff_jitter_s", ">= 0"),
+    ("negative jitter in ms (old name)", {"prismatic_backoff_jitter_ms": -5}, "prismatic_backoff_jitter_ms", ">= 0"),
+    ("zero initial backoff in ms (old name)", {"prismatic_backoff_initial_ms": 0}, "prismatic_backoff_initial_ms",
+     "> 0"),
+    ("backoff in ms as a float (old name)", {"prismatic_backoff_max_ms": 2.5}, "prismatic_backoff_max_ms", "integer"),
+    ("backoff below a millisecond", {"prismatic_backoff_initial_s": 0.0002}, "prismatic_backoff_initial_s",
+     "at least 0.001"),
+    ("backoff as a string", {"prismatic_backoff_max_s": "30s"}, "prismatic_backoff_max_s", "seconds"),
+    ("backoff set under both names", {"prismatic_backoff_initial_ms": 500, "prismatic_backoff_initial_s": 0.5},
+     "prismatic_backoff_initial_ms", "set together with prismatic_backoff_initial_s"),
+    ("backoff set under both names, upper case", {"PRISMATIC_BACKOFF_JITTER_MS": 5, "prismatic_backoff_jitter_s": 1},
+     "prismatic_backoff_jitter_ms", "prismatic_backoff_jitter_s"),
     ("cool-down initial above max", {"prismatic_cooldown_initial_s": 600}, "prismatic_cooldown_initial_s",
      "must not exceed"),
     ("budget not a mapping", {"prismatic_domain_budget": 10}, "prismatic_domain_budget", "mapping"),
@@ -88,6 +108,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:prismatic_backoff_:DeprecationWarning")  # the old names' warning: tested below
 @pytest.mark.parametrize(("case", "conf", "setting", "hint"), BAD, ids=[b[0] for b in BAD])
 def test_bad_configuration_names_the_setting(case: str, conf: dict[str, Any], setting: str, hint: str) -> None:
     """The error's setting and message say what is wrong and what is allowed."""
@@ -109,6 +130,59 @@ def test_defaults_load_from_an_empty_configuration() -> None:
     assert (settings.child_failure_rate, settings.child_min_executions, settings.child_window_s) == (0.5, 20, 10.0)
     assert settings.supervisor.budget == RestartBudget(3, 300.0)
     assert settings.hotspot_restarts == 3 and settings.hotspot_window_s == 300.0
+    assert (settings.backoff_initial_s, settings.backoff_max_s, settings.backoff_jitter_s) == (1.0, 30.0, 1.0)
+
+
+def test_backoff_settings_are_seconds() -> None:
+    """The default re-run backoff is set in seconds (floats, ints or timedeltas); no warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings = _load(prismatic_backoff_initial_s=0.3, prismatic_backoff_max_s=2,
+                         prismatic_backoff_jitter_s=timedelta(milliseconds=100))
+        zero_jitter = _load(prismatic_backoff_jitter_s=0)
+    assert (settings.backoff_initial_s, settings.backoff_max_s, settings.backoff_jitter_s) == (0.3, 2.0, 0.1)
+    assert zero_jitter.backoff_jitter_s == 0.0
+
+
+def test_the_old_ms_names_are_converted_with_a_deprecation_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """``prismatic_backoff_*_ms`` still work, converted to seconds; each warns (DeprecationWarning and a log
+    line) naming its new setting."""
+    for name in ("initial", "max", "jitter"):
+        assert RENAMED[f"prismatic_backoff_{name}_ms"] == (f"prismatic_backoff_{name}_s", 1000)
+    with caplog.at_level(logging.WARNING, logger="prismatic_celery"), \
+            pytest.warns(DeprecationWarning) as warned:
+        settings = _load(prismatic_backoff_initial_ms=300, PRISMATIC_BACKOFF_MAX_MS=2000,
+                         prismatic_backoff_jitter_ms=0)
+    assert (settings.backoff_initial_s, settings.backoff_max_s, settings.backoff_jitter_s) == (0.3, 2.0, 0.0)
+    assert sorted(str(w.message) for w in warned) == [
+        "prismatic_backoff_initial_ms is deprecated: set prismatic_backoff_initial_s = 0.3 instead",
+        "prismatic_backoff_jitter_ms is deprecated: set prismatic_backoff_jitter_s = 0.0 instead",
+        "prismatic_backoff_max_ms is deprecated: set prismatic_backoff_max_s = 2.0 instead",
+    ]
+    logged = sorted(r.getMessage() for r in caplog.records if "setting-deprecated" in r.getMessage())
+    assert logged == [
+        "event=setting-deprecated setting=prismatic_backoff_initial_ms use=prismatic_backoff_initial_s value=0.3",
+        "event=setting-deprecated setting=prismatic_backoff_jitter_ms use=prismatic_backoff_jitter_s value=0.0",
+        "event=setting-deprecated setting=prismatic_backoff_max_ms use=prismatic_backoff_max_s value=2.0",
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if "setting-deprecated" in r.getMessage())
+
+
+@pytest.mark.filterwarnings("ignore:prismatic_backoff_:DeprecationWarning")
+def test_old_and_new_names_give_the_engine_the_same_backoff() -> None:
+    """What the engine re-runs with is in milliseconds either way: the seconds are not rounded away."""
+    backoffs = []
+    for conf in ({"prismatic_backoff_initial_ms": 250, "prismatic_backoff_max_ms": 1500,
+                  "prismatic_backoff_jitter_ms": 7},
+                 {"prismatic_backoff_initial_s": 0.25, "prismatic_backoff_max_s": 1.5,
+                  "prismatic_backoff_jitter_s": 0.007}):
+        app = Celery("backoff", broker="memory://", set_as_current=False)
+        app.conf.update(conf)
+        install(app, store=MemoryStore())
+        runtime = get_runtime(app)
+        assert runtime is not None
+        backoffs.append(runtime.engine.backoff)
+    assert backoffs == [RetryWithBackoff(initial_ms=250, max_ms=1500, jitter_ms=7)] * 2
 
 
 def test_store_defaults_to_a_redis_result_backend_then_a_redis_broker() -> None:

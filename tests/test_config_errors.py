@@ -13,9 +13,10 @@ from celery import Celery
 from click.testing import CliRunner
 
 import prismatic_celery
+import prismatic_celery.runtime
 from prismatic_celery import ConfigurationError
 from prismatic_celery.cli.main import EXIT_ERROR, supervision
-from prismatic_celery.config import SETTINGS
+from prismatic_celery.config_table import SETTINGS
 from prismatic_celery.store import MemoryStore
 from prismatic_celery.worker.bootsteps import unsupervised_routes
 
@@ -31,7 +32,7 @@ def test_an_unknown_key_names_the_close_matches_only() -> None:
     """A typo names its close matches, never the list of every setting."""
     app = bad_app(prismatic_hotspot_restart=3)
     with pytest.raises(ConfigurationError) as caught:
-        prismatic_celery.get_runtime(app)
+        prismatic_celery.runtime.get_runtime(app)
     message = str(caught.value)
     assert message.startswith("prismatic_hotspot_restart: unknown setting (did you mean 'prismatic_hotspot_restarts'")
     assert "prismatic_lessons_max" not in message and len(message) < 200
@@ -41,7 +42,7 @@ def test_an_unknown_key_names_the_close_matches_only() -> None:
 def test_an_unknown_key_far_from_any_setting_says_so() -> None:
     app = bad_app(prismatic_zzz=1)
     with pytest.raises(ConfigurationError, match=r"prismatic_zzz: unknown setting \(no known setting is close\)"):
-        prismatic_celery.get_runtime(app)
+        prismatic_celery.runtime.get_runtime(app)
 
 
 def test_check_prints_the_message_once_and_exits_1(caplog: pytest.LogCaptureFixture) -> None:
@@ -96,7 +97,7 @@ def test_a_task_routed_to_a_queue_no_domain_declares_is_named_when_it_looks_supe
     @app.task(name="routes.plain", shared=False)
     def plain() -> None: ...
 
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     found = unsupervised_routes(app, runtime)
     assert found == ["routes.moved -> elsewhere (its child's tasks globs name cache)",

@@ -9,9 +9,11 @@ from typing import Any
 from celery import Celery
 from click.testing import CliRunner
 
-from prismatic_celery import MemoryStore, get_runtime, install
+from prismatic_celery import install
 from prismatic_celery.cli.remediation import dlq
 from prismatic_celery.remediation.dlq import dead_letter_entry
+from prismatic_celery.runtime import get_runtime
+from prismatic_celery.store.memory import MemoryStore
 
 
 def _setup() -> tuple[Celery, Any]:

@@ -12,15 +12,10 @@ import redis.connection
 from celery import Celery
 from celery.exceptions import Retry
 
-from prismatic_celery import (
-    MemoryStore,
-    SupervisionEvent,
-    SupervisionListener,
-    get_runtime,
-    install,
-)
+from prismatic_celery import SupervisionEvent, SupervisionListener, install
 from prismatic_celery.circuits import CircuitOpenError
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
+from prismatic_celery.store.memory import MemoryStore
 from prismatic_celery.supervision.crash import HEADER
 from prismatic_celery.supervision.engine import DEFER_MAX_S
 from prismatic_celery.supervision.pauses import Pause, read_pauses, rest_cause, set_pause

@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 
 import prismatic_celery
-from prismatic_celery import Runtime
+import prismatic_celery.runtime
 from prismatic_celery.circuits import Circuits
 from prismatic_celery.observability.event_fields import EVENT_FIELDS, event_fields_table
 from prismatic_celery.observability.events import EVENT_TYPES
@@ -21,6 +21,7 @@ from prismatic_celery.observability.samples import WorkerSample
 from prismatic_celery.observability.score import PENALTIES, ScoreInputs, health_score
 from prismatic_celery.observability.views import tree_state, workers_view
 from prismatic_celery.observability.workers import registration_ttl_s
+from prismatic_celery.runtime import Runtime
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.supervision.pauses import Pause, set_pause
 from prismatic_celery.testing import fail_child, serve
@@ -37,7 +38,7 @@ def make_runtime(**conf: Any) -> Runtime:
     app.conf.update({"prismatic_domains": DOMAINS, "prismatic_store_url": "memory://",
                      "prismatic_circuits": {"payments": {"fail_max": 4}}, **conf})
     prismatic_celery.install(app, store=MemoryStore())
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     return runtime
 
@@ -291,7 +292,7 @@ def test_with_the_store_unreachable_health_is_unknown_and_claims_nothing() -> No
     app = Celery("dark", broker="memory://", set_as_current=False)
     app.conf.update({"prismatic_domains": DOMAINS, "prismatic_store_url": url})
     prismatic_celery.install(app, store=RedisStore(url, timeout_s=0.2))
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     health = get_tree_health(runtime, events=5, lessons=5)
     assert (health["state"], health["score"], health["escalated"]) == ("unknown", None, None)
@@ -322,7 +323,7 @@ def test_live_workers_and_circuits_come_from_indexes_never_a_scan() -> None:
     app = Celery("index", broker="memory://", set_as_current=False)
     app.conf.update({"prismatic_domains": DOMAINS, "prismatic_store_url": "memory://"})
     prismatic_celery.install(app, store=store)
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
 
     def no_scan(pattern: str) -> list[str]:

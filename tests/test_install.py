@@ -13,18 +13,18 @@ from prismatic_celery import (
     Child,
     ConfigurationError,
     Domain,
-    Keys,
-    MemoryStore,
     RestartBudget,
-    SupervisedTask,
     SupervisionEvent,
     SupervisionListener,
     Supervisor,
-    get_runtime,
     install,
 )
 from prismatic_celery.observability.events import Dispatcher
+from prismatic_celery.runtime import get_runtime
+from prismatic_celery.store.keys import Keys
+from prismatic_celery.store.memory import MemoryStore
 from prismatic_celery.worker.bootsteps import DomainStep, SupervisionStep
+from prismatic_celery.worker.task import SupervisedTask
 
 
 def _app(**conf: Any) -> Celery:

@@ -12,6 +12,7 @@ from celery import Celery
 from click.testing import CliRunner, Result
 
 import prismatic_celery
+import prismatic_celery.runtime
 from prismatic_celery.cli.main import supervision
 from prismatic_celery.lessons import LessonStore
 from prismatic_celery.store import MemoryStore
@@ -26,7 +27,7 @@ def app() -> Iterator[Celery]:
 
 
 def lessons_of(app: Celery) -> LessonStore:
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None and runtime.learning is not None
     return runtime.learning.lessons
 

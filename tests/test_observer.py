@@ -8,9 +8,10 @@ import pytest
 from celery import Celery, signals
 from celery.app.trace import build_tracer
 
-from prismatic_celery import MemoryStore, get_runtime, install
+from prismatic_celery import install
 from prismatic_celery.observability.observer import STATS_TTL_S, stats_for
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
+from prismatic_celery.store.memory import MemoryStore
 from prismatic_celery.supervision.requeue import requeue
 from prismatic_celery.worker.task import TaskGuard
 

@@ -14,10 +14,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import prismatic_celery
-from prismatic_celery import Runtime
+import prismatic_celery.runtime
 from prismatic_celery.observability.flower.metrics import collector_of, make_server, register
 from prismatic_celery.observability.health import get_tree_health
 from prismatic_celery.observability.prometheus import SupervisionCollector
+from prismatic_celery.runtime import Runtime
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.supervision.pauses import Pause, set_pause
 from prismatic_celery.testing import serve
@@ -40,7 +41,7 @@ def app() -> Iterator[Celery]:
 
 
 def runtime_of(app: Celery) -> Runtime:
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     return runtime
 

@@ -12,14 +12,7 @@ from celery import Celery, signals
 from celery.contrib.testing.mocks import TaskMessage
 from celery.worker.request import Request
 
-from prismatic_celery import (
-    ConfigurationError,
-    MemoryStore,
-    SupervisionEvent,
-    SupervisionListener,
-    get_runtime,
-    install,
-)
+from prismatic_celery import ConfigurationError, SupervisionEvent, SupervisionListener, install
 from prismatic_celery.admission.shedding import (
     QueuePolicy,
     Sampler,
@@ -43,9 +36,10 @@ from prismatic_celery.admission.shedding.priority import (
     replayed,
 )
 from prismatic_celery.admission.shedding.sampler import SHEDDING_PERIOD_S
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store import Store
 from prismatic_celery.store.keys import Keys
+from prismatic_celery.store.memory import MemoryStore
 
 DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
 

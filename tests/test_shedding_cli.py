@@ -9,11 +9,12 @@ from typing import Any
 from celery import Celery
 from click.testing import CliRunner, Result
 
-from prismatic_celery import MemoryStore, get_runtime, install
+from prismatic_celery import install
 from prismatic_celery.admission.shedding import QueuePolicy, park, parked_key, publish_sample, totals_key
 from prismatic_celery.cli.main import supervision
 from prismatic_celery.cli.shedding import shed
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
+from prismatic_celery.store.memory import MemoryStore
 
 
 def _app() -> tuple[Celery, Runtime, list[dict[str, Any]]]:

@@ -88,9 +88,9 @@ class Engine:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         settings = runtime.settings
-        self.backoff = RetryWithBackoff(
-            initial_ms=settings.backoff_initial_ms, max_ms=settings.backoff_max_ms, jitter_ms=settings.backoff_jitter_ms
-        )
+        self.backoff = RetryWithBackoff(initial_ms=round(settings.backoff_initial_s * 1000),
+                                        max_ms=round(settings.backoff_max_s * 1000),
+                                        jitter_ms=round(settings.backoff_jitter_s * 1000))
         self.pauses = PauseCache(runtime.store, runtime.keys, runtime.supervisor.queues,
                                  max_age_s=settings.reconcile_interval_s, supervisor=runtime.supervisor)
         self.hostname = socket.gethostname()

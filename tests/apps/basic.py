@@ -17,6 +17,7 @@ import redis
 from celery import Celery
 
 import prismatic_celery
+import prismatic_celery.runtime
 
 DOMAINS = {
     "core": {"strategy": "rest_for_one",
@@ -156,7 +157,7 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
         """What the shared running slot of this pool process says it runs (its own id, under prefork)."""
         from billiard.process import current_process
 
-        runtime = prismatic_celery.get_runtime(app)
+        runtime = prismatic_celery.runtime.get_runtime(app)
         index = getattr(current_process(), "index", None)
         if runtime is None or runtime.slots is None or index is None:
             return None

@@ -17,9 +17,8 @@ import redis
 from celery import Celery
 from click.testing import CliRunner, Result
 
-from prismatic_celery import get_runtime
 from prismatic_celery.cli.main import supervision
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.conftest import REDIS_HOST, RedisServer, _require, redis_answers

@@ -24,10 +24,10 @@ from celery import Celery
 from click.testing import CliRunner
 
 import prismatic_celery
-from prismatic_celery import ConfigurationError, get_runtime
+from prismatic_celery import ConfigurationError
 from prismatic_celery.cli.main import supervision
 from prismatic_celery.remediation.dlq import dead_letter_entry
-from prismatic_celery.runtime import Runtime
+from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.faults import corrupt

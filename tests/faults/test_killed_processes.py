@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import failure_events

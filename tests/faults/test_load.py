@@ -26,10 +26,10 @@ import pytest
 import redis
 from celery import Celery
 
-from prismatic_celery import get_runtime
 from prismatic_celery.admission.shedding.park import parked_key, totals_key
 from prismatic_celery.admission.shedding.sampler import redis_subqueues
 from prismatic_celery.observability.health import rss_bytes
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.conftest import RedisServer

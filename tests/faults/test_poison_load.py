@@ -19,7 +19,7 @@ import time
 import pytest
 import redis
 
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import failure_events

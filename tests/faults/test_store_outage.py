@@ -19,7 +19,7 @@ import redis
 from celery import Celery
 from celery.exceptions import Retry
 
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import wait_for
 from tests.conftest import RedisServer, failure_events, free_port, redis_answers

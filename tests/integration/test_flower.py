@@ -154,7 +154,7 @@ def _live(broker: str) -> Iterator[LiveRun]:
                                  "supervision_pause", "telemetry", "120", "-d", host, "-t", "5"], cwd=ROOT,
                                 env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
         assert paused.returncode == 0, paused.stderr
-        from prismatic_celery import get_runtime
+        from prismatic_celery.runtime import get_runtime
 
         runtime = get_runtime(app)
         assert runtime is not None

@@ -19,6 +19,7 @@ from tornado.options import options as flower_options
 from tornado.testing import AsyncHTTPTestCase
 
 import prismatic_celery
+import prismatic_celery.runtime
 from prismatic_celery.observability.flower import install, installed_routes
 from prismatic_celery.store import MemoryStore, RedisStore
 from prismatic_celery.testing import serve
@@ -33,7 +34,7 @@ def make_celery() -> Celery:
     app.conf.update(prismatic_domains={"core": {"strategy": "rest_for_one", "children": ["storage", "cache"]}},
                     prismatic_store_url="memory://", prismatic_circuits={"payments": {}})
     prismatic_celery.install(app, store=MemoryStore())
-    runtime = prismatic_celery.get_runtime(app)
+    runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     serve(runtime)
     return app
@@ -57,7 +58,7 @@ class FlowerCase(AsyncHTTPTestCase):
     def get_app(self) -> Any:
         install(metrics=False)
         self.celery = make_celery()
-        runtime = prismatic_celery.get_runtime(self.celery)
+        runtime = prismatic_celery.runtime.get_runtime(self.celery)
         assert runtime is not None
         self.runtime = runtime
         opts = SimpleNamespace(**{**flower_options.as_dict(), "enable_events": False, **self.overrides})

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app

@@ -134,7 +134,7 @@ def test_every_supervision_event_of_a_live_run_carries_documented_fields(
             paused = celery(env, "supervision", "pause", "monitor", "--for", "20")
             assert paused.returncode == 0, paused.stderr
             celery(env, "supervision", "resume", "monitor")
-            from prismatic_celery import get_runtime
+            from prismatic_celery.runtime import get_runtime
 
             runtime = get_runtime(app)
             assert runtime is not None

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from prismatic_celery import get_runtime
 from prismatic_celery.remediation import RetryWithBackoff
 from prismatic_celery.remediation.backoff import delay_bounds
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.testing import WorkerProcess, wait_for
 from tests.apps.basic import make_app
 from tests.integration.conftest import basic_env

@@ -18,7 +18,7 @@ import pytest
 import redis
 from celery import Celery
 
-from prismatic_celery import get_runtime
+from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.supervision.pauses import Pause, clear_pauses, set_pause
 from prismatic_celery.testing import WorkerProcess, wait_for

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ...errors import ConfigurationError
 from ...validate import as_choice, as_int, as_mapping, reject_unknown
 
 if TYPE_CHECKING:
-    from ...config import Settings
     from ...supervision.tree import Supervisor
 
 __all__ = [
@@ -95,7 +94,22 @@ def default_resume_below(threshold: int) -> int:
     return max(1, threshold * 4 // 5)
 
 
-def queue_policies(settings: Settings, supervisor: Supervisor) -> dict[str, QueuePolicy]:
+class ShedSettings(Protocol):
+    """The settings :func:`queue_policies` reads (``config.Settings``; config_table imports this module)."""
+
+    @property
+    def shed_threshold(self) -> int: ...
+    @property
+    def shed_resume_below(self) -> int | None: ...
+    @property
+    def shed_cutoff(self) -> int: ...
+    @property
+    def shed_mode(self) -> str: ...
+    @property
+    def shed_queues(self) -> Mapping[str, Mapping[str, object]] | None: ...
+
+
+def queue_policies(settings: ShedSettings, supervisor: Supervisor) -> dict[str, QueuePolicy]:
     """The policy of every supervised queue (ConfigurationError naming the setting when inconsistent)."""
     overrides: Mapping[str, Mapping[str, Any]] = settings.shed_queues or {}
     for queue in overrides:
