@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from prismatic_celery.circuits import CircuitOpenError, Circuits, CircuitSpec
-from prismatic_celery.circuits.storage import CircuitRecord
+from prismatic_celery.circuits.record import CircuitRecord
 from prismatic_celery.store import RedisStore
 from prismatic_celery.store.keys import Keys
 from tests import circuits_fixtures as fx

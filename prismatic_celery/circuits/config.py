@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from celery.exceptions import Ignore, Reject, Retry
 
 from ..errors import ConfigurationError
 from ..validate import as_bool, as_class, as_int, as_mapping, as_seconds, as_str_list, reject_unknown
 
-__all__ = ["DEFAULT_EXCLUDE", "CircuitSpec", "Exclusion", "parse_circuits"]
+__all__ = ["DEFAULT_EXCLUDE", "CircuitSpec", "Exclusion", "SpecView", "parse_circuit", "parse_circuits"]
 
 #: An exception class, or a predicate over the exception, that is not a failure of the dependency.
 Exclusion = type[BaseException] | Callable[[BaseException], bool]
@@ -19,6 +19,17 @@ Exclusion = type[BaseException] | Callable[[BaseException], bool]
 #: Celery's control-flow exceptions: a task asking to be retried, ignored or rejected says
 #: nothing about the health of the dependency (they count as a success, as pybreaker does).
 DEFAULT_EXCLUDE: tuple[Exclusion, ...] = (Retry, Ignore, Reject)
+
+class SpecView(TypedDict):
+    """:meth:`CircuitSpec.describe`: the limits, JSON-ready (exclusions by qualified name)."""
+
+    fail_max: int
+    reset_timeout_s: float
+    success_threshold: int
+    call_timeout_s: float
+    strict: bool
+    exclude: list[str]
+
 
 _KEYS = ("fail_max", "reset_timeout_s", "exclude", "success_threshold", "call_timeout_s", "strict")
 
@@ -67,7 +78,7 @@ class CircuitSpec:
         """``call_timeout_s`` in whole milliseconds (at least 1)."""
         return max(1, round(self.call_timeout_s * 1000))
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> SpecView:
         """JSON-ready view (exclusions by qualified name)."""
         return {
             "fail_max": self.fail_max,
@@ -85,7 +96,7 @@ def _qualname(exclusion: Exclusion) -> str:
     return f"{module}.{name}" if module else str(name)
 
 
-def parse_circuit(setting: str, value: Any) -> CircuitSpec:
+def parse_circuit(setting: str, value: object) -> CircuitSpec:
     """One breaker's mapping; missing keys take the :class:`CircuitSpec` defaults."""
     data = as_mapping(setting, value)
     reject_unknown(setting, data, _KEYS)
@@ -105,7 +116,7 @@ def parse_circuit(setting: str, value: Any) -> CircuitSpec:
     )
 
 
-def parse_circuits(setting: str, value: Any) -> dict[str, CircuitSpec]:
+def parse_circuits(setting: str, value: object) -> dict[str, CircuitSpec]:
     """Parse ``{"payments": {"fail_max": 5, "reset_timeout_s": 30, "exclude": ["myapp.errors.NotFound"]}}``.
 
     ``None`` means no declared circuit. Errors name the setting down to the key, e.g.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from .base import Script, Store, decode_json, encode_json
 from .memory import MemoryStore
@@ -15,7 +14,7 @@ __all__ = [
 
 
 def open_store(
-    url: str, *, timeout_s: float = 0.5, retry_s: float = 1.0, transport_options: Mapping[str, Any] | None = None,
+    url: str, *, timeout_s: float = 0.5, retry_s: float = 1.0, transport_options: Mapping[str, object] | None = None,
     home_key: str | None = None,
 ) -> Store:
     """A store for ``url``: ``memory://`` is the in-process twin, anything else Redis (see :mod:`.urls`)."""

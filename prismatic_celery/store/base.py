@@ -15,14 +15,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..log import get_logger, log_event
 
-if TYPE_CHECKING:
-    from .memory import MemoryStore
-
-__all__ = ["Script", "ScriptCall", "Store", "StreamEntry", "decode_json", "encode_json", "safe_url"]
+__all__ = ["Script", "ScriptCall", "Store", "StreamEntry", "Twin", "decode_json", "encode_json", "safe_url"]
 
 _USERINFO = re.compile(r"://([^@/;]*)@")
 
@@ -40,9 +37,13 @@ logger = get_logger("store")
 
 Scalar = str | int | float
 StreamEntry = tuple[str, dict[str, str]]
+#: A script's Python twin, called as ``twin(memory_store, keys, args)`` under the
+#: :class:`~prismatic_celery.store.memory.MemoryStore`'s lock (that module builds on this one, so the
+#: store's type is not named here: each twin's own signature names it).
+Twin = Callable[..., object]
 
 
-def encode_json(value: Any) -> str:
+def encode_json(value: object) -> str:
     """Serialise to compact JSON (the only value format the store writes)."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
@@ -68,12 +69,11 @@ class Script:
 
     name: str
     lua: str
-    python: Callable[[MemoryStore, Sequence[str], Sequence[Scalar]], Any]
+    python: Twin
 
     @classmethod
     def from_file(
-        cls, path: Path, python: Callable[[MemoryStore, Sequence[str], Sequence[Scalar]], Any],
-        *, prelude: Sequence[Path] = (),
+        cls, path: Path, python: Twin, *, prelude: Sequence[Path] = (),
     ) -> Script:
         """Load the Lua source kept beside the code (``prelude`` files first: shared Lua functions)."""
         parts = [p.read_text(encoding="utf-8") for p in (*prelude, path)]
@@ -117,7 +117,7 @@ class Store(ABC):
         """The JSON values at ``keys`` in one round trip (None where absent or corrupt)."""
 
     @abstractmethod
-    def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
+    def set_json(self, key: str, value: object, *, ttl_s: float | None = None) -> None:
         """Store ``value`` as JSON, expiring after ``ttl_s`` seconds when given."""
 
     @abstractmethod
@@ -167,7 +167,7 @@ class Store(ABC):
 
     # capped lists --------------------------------------------------------------
     @abstractmethod
-    def list_push(self, key: str, value: Any, *, cap: int) -> int:
+    def list_push(self, key: str, value: object, *, cap: int) -> int:
         """Append a JSON value, dropping the oldest beyond ``cap``; the new length."""
 
     @abstractmethod

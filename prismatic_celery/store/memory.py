@@ -27,12 +27,12 @@ class MemoryStore(Store):
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.lock = threading.RLock()
-        self._data: dict[str, Any] = {}
+        self._data: dict[str, object] = {}
         self._expires: dict[str, float] = {}
         self._stream_ids = itertools.count(1)
 
     # internal helpers (also used by scripts' Python twins) ---------------------
-    def raw(self, key: str, default: Any = None) -> Any:
+    def raw(self, key: str, default: object = None) -> Any:
         """The stored object at ``key`` after expiry (str, dict, list or sorted-set dict)."""
         with self.lock:
             deadline = self._expires.get(key)
@@ -41,7 +41,7 @@ class MemoryStore(Store):
                 self._expires.pop(key, None)
             return self._data.get(key, default)
 
-    def set_raw(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
+    def set_raw(self, key: str, value: object, *, ttl_s: float | None = None) -> None:
         """Replace the object at ``key`` (``ttl_s`` None keeps no expiry)."""
         with self.lock:
             self._data[key] = value
@@ -70,7 +70,7 @@ class MemoryStore(Store):
     def get_many(self, keys: Sequence[str]) -> list[Any]:
         return [self.get_json(key) for key in keys]
 
-    def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
+    def set_json(self, key: str, value: object, *, ttl_s: float | None = None) -> None:
         self.set_raw(key, encode_json(value), ttl_s=ttl_s)
 
     def delete(self, *keys: str) -> int:
@@ -150,7 +150,7 @@ class MemoryStore(Store):
             return []
         return sorted(((m, t) for m, t in value.items() if now - window_s < t <= now), key=lambda p: (p[1], p[0]))
 
-    def list_push(self, key: str, value: Any, *, cap: int) -> int:
+    def list_push(self, key: str, value: object, *, cap: int) -> int:
         with self.lock:
             items = self.raw(key)
             if items is not None and not isinstance(items, list):  # like Redis: the foreign value is set aside

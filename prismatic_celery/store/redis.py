@@ -11,7 +11,6 @@ key of a namespace lives in one slot (see :mod:`prismatic_celery.store.keys`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -21,20 +20,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis
-from redis.cluster import RedisCluster
-from redis.exceptions import (
-    ClusterCrossSlotError,
-    ClusterError,
-    CrossSlotTransactionError,
-    InvalidPipelineStack,
-    RedisClusterException,
-)
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script as RedisScript
+from redis.exceptions import CrossSlotTransactionError, InvalidPipelineStack, RedisClusterException
 from redis.sentinel import SentinelConnectionPool
+from redis.typing import EncodableT, FieldT
 
 from ..log import RateLimitedWarning, get_logger, log_event
 from .base import Scalar, Script, ScriptCall, Store, StreamEntry, decode_json, encode_json, safe_url
 from .memory import MemoryStore
-from .urls import Client, check_transport_options, connect, parse_store_url
+from .scripting import OUTAGES, cross_slot, node_of, pipeline_pass
+from .urls import Client, check_transport_options, connect, parse_store_url, reset_locks
 
 __all__ = ["STORE_ERRORS", "RedisStore"]
 
@@ -44,8 +40,6 @@ logger = get_logger("store")
 
 #: Every error a store command may raise (a RedisClusterException is no RedisError).
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException)
-#: The store cannot be reached, or the cluster cannot serve the slot: an outage, so degrade.
-_OUTAGES = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
 #: The client refused one operation (keys of several slots): answered locally, Redis stays in use.
 _CLUSTER_REFUSALS = (CrossSlotTransactionError, InvalidPipelineStack)
 
@@ -65,30 +59,6 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _sha(script: Script) -> str:
-    """The SHA1 Redis knows ``script`` by (EVALSHA)."""
-    return hashlib.sha1(script.lua.encode("utf-8")).hexdigest()
-
-
-def _cross_slot(r: Client, keys: Sequence[str]) -> ClusterCrossSlotError | None:
-    """On a cluster, one script cannot take keys of several slots (every key of a namespace shares one): the
-    error answering it from local state, before anything is sent."""
-    if not isinstance(r, RedisCluster) or len(keys) < 2:
-        return None
-    slots = {r.keyslot(key) for key in keys}  # type: ignore[no-untyped-call]  # unannotated in redis-py
-    if len(slots) == 1:
-        return None
-    return ClusterCrossSlotError(f"a script's keys are in {len(slots)} slots: {', '.join(keys)[:200]}")
-
-
-def _node_of(r: Client, keys: Sequence[str]) -> dict[str, Any]:
-    """On a cluster, the option sending a command on ``keys`` (one slot) to the node serving them, looked up in
-    the client's slot table; else no option."""
-    if isinstance(r, RedisCluster) and keys:
-        return {"target_nodes": r.get_node_from_key(keys[0])}  # type: ignore[no-untyped-call]  # unannotated
-    return {}
-
-
 class RedisStore(Store):
     """A :class:`Store` on Redis: one server, the master a Sentinel names, or a cluster (see :mod:`.urls`).
 
@@ -105,7 +75,7 @@ class RedisStore(Store):
         retry_s: float = 1.0,
         client: Client | None = None,
         clock: Callable[[], float] = time.monotonic,
-        transport_options: Mapping[str, Any] | None = None,
+        transport_options: Mapping[str, object] | None = None,
         home_key: str | None = None,
     ) -> None:
         self.url = url
@@ -125,7 +95,7 @@ class RedisStore(Store):
         self._master_checked_at = -float("inf")
         self._warning = RateLimitedWarning()
         self._refused = RateLimitedWarning()
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, RedisScript] = {}
         self._lock = threading.Lock()
         self.degraded = False
         self.failures = 0
@@ -152,17 +122,8 @@ class RedisStore(Store):
         self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
         self.fallback.lock = threading.RLock()
-        client = self._client
-        holders: list[Any] = [getattr(client, "connection_pool", None)]
-        if isinstance(client, RedisCluster):
-            manager = client.nodes_manager
-            holders += [client, manager, getattr(manager, "read_load_balancer", None)]
-            nodes = manager.nodes_cache.values()
-            holders += [getattr(node.redis_connection, "connection_pool", None) for node in nodes]
-        for holder in holders:
-            for name in ("_fork_lock", "_lock", "_initialization_lock"):
-                if holder is not None and hasattr(holder, name):
-                    setattr(holder, name, threading.RLock())
+        if self._client is not None:
+            reset_locks(self._client)
 
     # the one guard every operation goes through -----------------------------------
     def _guard(self, on_redis: Callable[[Client], T], on_memory: Callable[[MemoryStore], T]) -> T:
@@ -174,7 +135,7 @@ class RedisStore(Store):
             result = on_redis(client)
         except _CLUSTER_REFUSALS as exc:
             return self._refuse(exc, on_memory)
-        except _OUTAGES as exc:
+        except OUTAGES as exc:
             self._degrade(exc)
             return on_memory(self.fallback)
         except redis.RedisError as exc:
@@ -222,9 +183,9 @@ class RedisStore(Store):
         return self.display_url
 
     # Store interface ------------------------------------------------------------------
-    def _home(self, r: Client) -> dict[str, Any]:
+    def _home(self, r: Client) -> dict[str, ClusterNode]:
         """On a cluster, the option sending a command to the node serving :attr:`home_key` (else none)."""
-        return _node_of(r, () if self.home_key is None else (self.home_key,))
+        return node_of(r, () if self.home_key is None else (self.home_key,))
 
     def ping(self) -> bool:
         return self._guard(lambda r: bool(r.ping(**self._home(r))), lambda m: False)
@@ -243,7 +204,7 @@ class RedisStore(Store):
         if not keys:
             return []
 
-        def read(r: Client) -> list[Any]:
+        def read(r: Client) -> list[object]:
             # A cluster's MGET must stay in one slot: mget_nonatomic sends one MGET per slot (one in all for
             # the keys of a namespace, which share their hash tag).
             raw = r.mget_nonatomic(list(keys)) if isinstance(r, RedisCluster) else r.mget(list(keys))
@@ -251,7 +212,7 @@ class RedisStore(Store):
 
         return self._guard(read, lambda m: m.get_many(keys))
 
-    def set_json(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
+    def set_json(self, key: str, value: object, *, ttl_s: float | None = None) -> None:
         encoded = encode_json(value)
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))
         self._guard(lambda r: r.set(key, encoded, px=px), lambda m: m.set_json(key, value, ttl_s=ttl_s))
@@ -293,7 +254,7 @@ class RedisStore(Store):
 
     def hset(self, key: str, mapping: Mapping[str, Scalar]) -> None:
         if mapping:
-            fields: dict[Any, Any] = dict(mapping)
+            fields: dict[FieldT, EncodableT] = {k: v for k, v in mapping.items()}
             self._guard(lambda r: r.hset(key, mapping=fields), lambda m: m.hset(key, mapping))
 
     def hgetall(self, key: str) -> dict[str, str]:
@@ -332,7 +293,7 @@ class RedisStore(Store):
 
         return self._guard(read, lambda m: m.window_members(key, now, window_s))
 
-    def list_push(self, key: str, value: Any, *, cap: int) -> int:
+    def list_push(self, key: str, value: object, *, cap: int) -> int:
         encoded = encode_json(value)
 
         def append(r: Client) -> int:
@@ -359,7 +320,7 @@ class RedisStore(Store):
         return self._guard(push, lambda m: m.list_push(key, value, cap=cap))
 
     def list_range(self, key: str, start: int = 0, stop: int = -1) -> list[Any]:
-        def read(r: Client) -> list[Any]:
+        def read(r: Client) -> list[object]:
             decoded = [decode_json(key, raw) for raw in r.lrange(key, start, stop)]
             return [d for d in decoded if d is not None]
 
@@ -387,8 +348,8 @@ class RedisStore(Store):
         )
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Scalar]) -> Any:
-        def call(r: Client) -> Any:
-            crossing = _cross_slot(r, keys)
+        def call(r: Client) -> object:
+            crossing = cross_slot(r, keys)
             if crossing is not None:
                 raise crossing
             registered = self._scripts.get(script.name)
@@ -402,17 +363,17 @@ class RedisStore(Store):
         if not calls:
             return []
 
-        def pipelined(r: Client) -> list[Any]:
-            results: list[Any] = [None] * len(calls)
+        def pipelined(r: Client) -> list[object]:
+            results: list[object] = [None] * len(calls)
             pending = []
             for i, call in enumerate(calls):
-                crossing = _cross_slot(r, call.keys)
+                crossing = cross_slot(r, call.keys)
                 if crossing is None:
                     pending.append(i)
                 else:
                     results[i] = self._answer_locally(call, crossing)
             for _ in range(2):  # a second pass only for scripts the server did not have cached
-                missing = self._pipeline_pass(r, calls, pending, results)
+                missing = pipeline_pass(r, calls, pending, results, self._answer_locally)
                 if not missing:
                     return results
                 for lua in {calls[i].script.lua for i in missing}:
@@ -422,33 +383,7 @@ class RedisStore(Store):
 
         return self._guard(pipelined, lambda m: m.run_many(calls))
 
-    def _pipeline_pass(
-        self, r: Client, calls: Sequence[ScriptCall], pending: list[int], results: list[Any],
-    ) -> list[int]:
-        """Send the ``pending`` calls in one pipeline and fill in their ``results``; the indexes of those whose
-        script the server did not have cached."""
-        if not pending:
-            return []
-        pipe = r.pipeline(transaction=False)
-        for i in pending:
-            call = calls[i]
-            # execute_command: a cluster pipeline refuses its evalsha() helper, not the command; and it would ask
-            # a node which arguments are keys (COMMAND GETKEYS, a round trip per script) unless told the node
-            pipe.execute_command("EVALSHA", _sha(call.script), len(call.keys), *call.keys, *call.args,
-                                 **_node_of(r, call.keys))
-        missing = []
-        for i, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                missing.append(i)
-            elif isinstance(reply, _OUTAGES):
-                raise reply
-            elif isinstance(reply, Exception):
-                results[i] = self._answer_locally(calls[i], reply)
-            else:
-                results[i] = reply
-        return missing
-
-    def _answer_locally(self, call: ScriptCall, error: Exception) -> Any:
+    def _answer_locally(self, call: ScriptCall, error: Exception) -> object:
         """The server refused this one script (e.g. WRONGTYPE on a foreign key): only its answer comes from
         local state; the others' stay Redis's."""
         return self._refuse(error, lambda m: m.run(call.script, call.keys, call.args))

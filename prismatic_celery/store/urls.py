@@ -17,6 +17,7 @@ the Sentinels, e.g. their own ``password``), ``min_other_sentinels``; and, with 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +33,7 @@ from redis.sentinel import Sentinel
 from ..errors import ConfigurationError
 from ..validate import as_int, as_mapping, as_str, reject_unknown
 
-__all__ = ["Client", "StoreTarget", "check_transport_options", "connect", "parse_store_url"]
+__all__ = ["Client", "StoreTarget", "check_transport_options", "connect", "parse_store_url", "reset_locks"]
 
 #: What a store talks to: one server (directly or through Sentinel) or a cluster.
 Client = redis.Redis | RedisCluster
@@ -195,3 +196,22 @@ def _cluster_client(target: StoreTarget, common: dict[str, Any], credentials: di
     # One immediate retry (after a node failed over, it re-reads the topology), not redis-py's ten with backoff:
     # a store command must fail within about two timeouts, so a task never waits on a sick node.
     return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), CLUSTER_RETRIES), **options)
+
+
+def reset_locks(client: Client) -> None:
+    """In a forked child, fresh locks in ``client``'s connection pools (a parent thread may have held one).
+
+    redis-py resets a pool in a child under the inherited pool lock, so a pool process forked while a worker
+    thread held that lock would block on its first command, for good. A cluster client has one pool per
+    node, and locks of its own around its topology.
+    """
+    holders: list[object] = [getattr(client, "connection_pool", None)]
+    if isinstance(client, RedisCluster):
+        manager = client.nodes_manager
+        holders += [client, manager, getattr(manager, "read_load_balancer", None)]
+        nodes = manager.nodes_cache.values()
+        holders += [getattr(node.redis_connection, "connection_pool", None) for node in nodes]
+    for holder in holders:
+        for name in ("_fork_lock", "_lock", "_initialization_lock"):
+            if holder is not None and hasattr(holder, name):
+                setattr(holder, name, threading.RLock())

@@ -17,7 +17,7 @@
 --
 -- Reply: verdict, old_state, state, fail_counter, success_counter, opened_at_ms, open_until_ms,
 --        permits, permit_until_ms, seq, now_ms, changed (0/1), reason, corrupt (0/1).
--- The Python twin is prismatic_celery.circuits.storage.transition: keep both in step.
+-- The Python twin is prismatic_celery.circuits.script.transition: keep both in step.
 
 local key = KEYS[1]
 local op, channel, name, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
