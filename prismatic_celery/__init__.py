@@ -13,7 +13,8 @@ from the module that defines it (e.g. ``prismatic_celery.runtime.get_runtime``).
 
 from __future__ import annotations
 
-from .circuits.breaker import CircuitOpenError, SharedBreaker
+from .circuits.breaker import SharedBreaker
+from .circuits.calls import CircuitOpenError
 from .errors import ConfigurationError, PrismaticError, StoreError
 from .install import install, supervise_registered_tasks
 from .observability.events import SupervisionEvent, SupervisionListener
