@@ -12,13 +12,13 @@ from celery.utils.imports import symbol_by_name
 from .admission.shedding.priority import connect_priority_marks
 from .errors import ConfigurationError
 from .log import get_logger, log_event, set_json
-from .observability.observer import connect_signals
+from .observability.observer import Observer, connect_signals
 from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
 from .store import Store
 from .store.base import safe_url
 from .supervision.tree import Supervisor
 from .worker import control  # noqa: F401  (registers the remote control commands)
-from .worker.bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
+from .worker.bootsteps import CONSUMER_STEPS, DOMAIN_OPTION, DomainStep
 from .worker.task import SupervisedTask, supervise_task
 
 __all__ = ["install", "supervise_registered_tasks"]
@@ -57,11 +57,11 @@ def install(
 
     _use_supervised_base(app)
     _censor_store_url()
-    connect_signals()
+    connect_signals(_observer)
     connect_priority_marks()
     app.steps["worker"].add(DomainStep)
-    app.steps["consumer"].add(SupervisionStep)
-    app.steps["consumer"].add("prismatic_celery.admission.shedding.step:SheddingStep")
+    for step in CONSUMER_STEPS:
+        app.steps["consumer"].add(step)
     app.user_options["worker"].add(DOMAIN_OPTION)
     app.on_after_configure.connect(_on_configured, weak=False)
     app.on_after_finalize.connect(_on_finalized, weak=False)
@@ -70,6 +70,12 @@ def install(
     if getattr(app, "finalized", False):
         supervise_registered_tasks(app)
     return setup
+
+
+def _observer(app: Celery) -> Observer | None:
+    """The outcome counters of ``app`` in this process (None when it is not supervised)."""
+    runtime = get_runtime(app)
+    return runtime.observer if runtime is not None else None
 
 
 def _censor_store_url() -> None:

@@ -401,7 +401,8 @@ class FakeBroker:
 def _sampler(runtime: Runtime, broker: FakeBroker, now: list[float]) -> Sampler:
     """The worker's sampler, on the test's clock, over ``broker``, feeding the guard of ``runtime``."""
     guard = _guard(runtime)
-    return Sampler(runtime, ["bulk"], guard.policies, name=f"w{id(runtime)}", probe=broker, guard=guard,  # type: ignore[arg-type]
+    return Sampler(runtime.app, runtime.store, runtime.keys, ["bulk"], guard.policies, name=f"w{id(runtime)}",
+                   interval_s=runtime.settings.shed_interval_s, probe=broker, guard=guard,  # type: ignore[arg-type]
                    clock=lambda: now[0])
 
 

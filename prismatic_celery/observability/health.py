@@ -55,16 +55,15 @@ that served two domains counts in both). Workers publish this sample every
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..log import get_logger, log_event
+from .sampler import WorkerSample, rss_bytes, sample_key, sample_worker
+from .sampler import sum_known as _sum
 from .workers import live_registrations, served_queues
 
 if TYPE_CHECKING:
@@ -77,7 +76,6 @@ __all__ = [
     "Score",
     "ScoreInputs",
     "WorkerSample",
-    "connect_sampler",
     "event_fields_table",
     "get_tree_health",
     "health_score",
@@ -85,6 +83,7 @@ __all__ = [
     "lessons_view",
     "recent_events",
     "rss_bytes",
+    "sample_key",
     "sample_worker",
     "shed_view",
     "store_view",
@@ -184,189 +183,6 @@ def health_score(inputs: ScoreInputs) -> Score:
     else:
         state = "critical"
     return Score(score, state, tuple(penalties))
-
-
-# -- a worker's processes and memory -----------------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` in bytes (``/proc``, else psutil); None when unknown."""
-    try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # type: ignore[import-untyped,unused-ignore]  # optional; no stubs required
-
-        return int(psutil.Process(pid).memory_info().rss)
-    except Exception:  # psutil absent, or the process is gone: unknown
-        return None
-
-
-@dataclass(frozen=True)
-class WorkerSample:
-    """One worker's processes and memory, sampled in its main process."""
-
-    hostname: str
-    pid: int
-    pool: str | None
-    processes: tuple[int, ...]
-    """The main process and the pool processes (pids, sorted)."""
-    memory_per_domain: dict[str, int | None]
-    """RSS in bytes of the live pool processes that served each domain (None: none has yet, or unknown)."""
-    rss_total: int | None
-    at: float
-
-    def to_json(self) -> dict[str, Any]:
-        """The stored / reported form."""
-        return {
-            "hostname": self.hostname, "pid": self.pid, "pool": self.pool, "processes": list(self.processes),
-            "total_processes": len(self.processes), "memory_per_domain": dict(self.memory_per_domain),
-            "rss_total": self.rss_total, "at": self.at,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> WorkerSample | None:
-        """A stored sample; None (with a warning) when malformed."""
-        try:
-            if not isinstance(data, Mapping):
-                raise TypeError("not an object")
-            memory = data.get("memory_per_domain") or {}
-            if not isinstance(memory, Mapping):
-                raise TypeError("memory_per_domain is not an object")
-            return cls(
-                hostname=str(data["hostname"]), pid=int(data["pid"]),
-                pool=None if data.get("pool") is None else str(data["pool"]),
-                processes=tuple(int(p) for p in data.get("processes") or ()),
-                memory_per_domain={str(k): None if v is None else int(v) for k, v in memory.items()},
-                rss_total=None if data.get("rss_total") is None else int(data["rss_total"]),
-                at=float(data.get("at") or 0.0),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            log_event(logging.WARNING, "health-sample-invalid", logger, error=repr(exc)[:200])
-            return None
-
-
-def _pool_pids(consumer: Any) -> list[int]:
-    pool = getattr(consumer, "pool", None)
-    try:
-        info = pool.info if pool is not None else {}
-        pids = info.get("processes") if isinstance(info, Mapping) else None
-    except Exception:  # a pool that is starting or stopping has no stable info
-        pids = None
-    return [int(p) for p in pids or () if isinstance(p, int)]
-
-
-def _sum(values: Iterable[int | None]) -> int | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
-
-
-def sample_worker(
-    runtime: Runtime, consumer: Any, *, hostname: str | None = None, now: float | None = None
-) -> WorkerSample:
-    """Sample this worker's processes and the memory of the pool processes serving each domain."""
-    main = os.getpid()
-    pool_pids = _pool_pids(consumer)
-    processes = tuple(sorted({main, *pool_pids}))
-    rss = {pid: rss_bytes(pid) for pid in processes}
-    memory: dict[str, int | None] = {}
-    reconciler = runtime.reconciler
-    served: dict[str, tuple[int, ...]] = {}
-    if reconciler is not None:
-        for _ in range(3):  # the event loop may add a pid while we copy: try again
-            try:
-                served = {d: tuple(p) for d, p in list(reconciler.served_pids.items())}
-                break
-            except RuntimeError:
-                continue
-    live = set(processes)
-    for domain in runtime.supervisor.domain_list:
-        pids = [p for p in served.get(domain.name, ()) if p in live]
-        memory[domain.name] = _sum(rss[p] for p in pids) if pids else None
-    pool = getattr(consumer, "pool", None)
-    return WorkerSample(
-        hostname=hostname or str(getattr(consumer, "hostname", None) or runtime.hostname or "unknown"),
-        pid=main,
-        pool=type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
-        processes=processes,
-        memory_per_domain=memory,
-        rss_total=_sum(rss.values()),
-        at=time.time() if now is None else now,  # a sample's own clock: no store round trip for it
-    )
-
-
-def sample_key(runtime: Runtime, hostname: str) -> str:
-    """``prismatic:{<ns>}:health:<hostname>``: a worker's latest sample (JSON, expires)."""
-    return runtime.keys.key("health", hostname)
-
-
-SAMPLE_INTERVAL_S = 5.0  # processes and memory change slowly: a sample every 5 s is fresh enough
-
-
-class _Sampler:
-    """Publishes this worker's sample from a daemon thread (never on the event loop)."""
-
-    def __init__(self, runtime: Runtime, consumer: Any) -> None:
-        self.runtime = runtime
-        self.consumer = consumer
-        self.hostname = str(consumer.hostname)
-        self.interval_s = max(SAMPLE_INTERVAL_S, runtime.settings.reconcile_interval_s)
-        self.ttl_s = max(15.0, 3 * self.interval_s)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="prismatic-health", daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                sample = sample_worker(self.runtime, self.consumer, hostname=self.hostname)
-                self.runtime.store.set_json(sample_key(self.runtime, self.hostname), sample.to_json(),
-                                            ttl_s=self.ttl_s)
-            except Exception as exc:  # the sampler never stops the worker; the next period tries again
-                log_event(logging.ERROR, "health-sample-failed", logger, error=repr(exc)[:300])
-            self.stop_event.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        with contextlib.suppress(Exception):  # shutting down: the key expires anyway
-            self.runtime.store.delete(sample_key(self.runtime, self.hostname))
-
-
-_samplers: dict[int, _Sampler] = {}
-_connected = False
-
-
-def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    try:
-        from ..runtime import get_runtime
-
-        app = getattr(sender, "app", None)
-        runtime = get_runtime(app) if app is not None else None
-        if runtime is None or id(sender) in _samplers:
-            return
-        sampler = _samplers[id(sender)] = _Sampler(runtime, sender)
-        sampler.thread.start()
-    except Exception as exc:  # observation only
-        log_event(logging.ERROR, "health-sampler-failed", logger, error=repr(exc)[:300])
-
-
-def _on_worker_shutdown(**_: Any) -> None:
-    for sampler in list(_samplers.values()):
-        sampler.stop()
-    _samplers.clear()
-
-
-def connect_sampler() -> None:
-    """Publish each worker's sample (``worker_ready`` starts it, ``worker_shutdown`` stops it); idempotent."""
-    global _connected
-    if _connected:
-        return
-    from celery import signals
-
-    _connected = True
-    signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="prismatic.health.ready")
-    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="prismatic.health.shutdown")
 
 
 # -- cluster-wide state from the store -----------------------------------------------------------------
@@ -481,7 +297,7 @@ def workers_view(runtime: Runtime, registrations: list[dict[str, Any]] | None = 
         registrations = live_registrations(store, runtime.keys, runtime.settings)
     rows: list[dict[str, Any]] = []
     hostnames = sorted(str(r.get("hostname")) for r in registrations if r.get("hostname"))
-    samples = dict(zip(hostnames, store.get_many([sample_key(runtime, h) for h in hostnames]), strict=True))
+    samples = dict(zip(hostnames, store.get_many([sample_key(runtime.keys, h) for h in hostnames]), strict=True))
     for registration in sorted(registrations, key=lambda r: str(r.get("hostname"))):
         hostname = str(registration.get("hostname"))
         sample = WorkerSample.from_json(samples.get(hostname)) if samples.get(hostname) is not None else None

@@ -35,7 +35,9 @@ from ..remediation.backoff import delay_s
 from ..remediation.dlq import dead_letter_entry
 from ..runtime import Runtime, get_runtime
 from ..supervision.engine import Fate
+from ..supervision.lost import worker_lost
 from ..supervision.tree import Child, Domain, RestartType
+from .state import worker_state
 
 __all__ = ["Quarantined", "SupervisedRequest"]
 
@@ -71,7 +73,7 @@ class SupervisedRequest(Request):
         if runtime is None:
             return None
         delivery = self.delivery_info if isinstance(self.delivery_info, dict) else None
-        located = runtime.locate(delivery, self.task.name)
+        located = runtime.locator.locate(delivery, self.task.name)
         return None if located is None else (runtime, located[0], located[1])
 
     def _request(self) -> Any:
@@ -79,9 +81,11 @@ class SupervisedRequest(Request):
         return getattr(self, "_context")  # noqa: B009  (private attribute the stubs do not declare)
 
     def _note_pid(self, pid: Any) -> None:
-        found = self._located()
-        if found is not None and pid and found[0].reconciler is not None:
-            found[0].reconciler.served_pids.setdefault(found[1].name, set()).add(int(pid))
+        state = worker_state(self.task.app)
+        reconciler = state.reconciler if state is not None else None
+        found = self._located() if reconciler is not None and pid else None
+        if reconciler is not None and found is not None:
+            reconciler.served_pids.setdefault(found[1].name, set()).add(int(pid))
 
     def _supervise_worker_lost(self, exc_info: Any) -> bool:
         exc = exc_info.exception
@@ -107,8 +111,8 @@ class SupervisedRequest(Request):
                 return Fate("rerun", "redelivered", 0.0, remediation="redeliver")
             return Fate("rerun", "worker_lost", delay_s(runtime.engine.backoff, deaths), remediation="restart_child")
 
-        _, fate = runtime.engine.worker_lost(
-            domain, child, self.id, self.task_name, self.hostname, decide,
+        _, fate = worker_lost(
+            runtime.engine, domain, child, self.id, self.task_name, self.hostname, decide,
             letter=lambda deaths, reason: self._letter(domain, child, exc, traceback, deaths, reason))
         if fate.outcome == "dead_letter":
             self._quarantine(runtime, fate.reason, traceback)
@@ -137,8 +141,8 @@ class SupervisedRequest(Request):
                 return Fate("dead_letter", f"quarantined: killed its pool process {deaths} times")
             return Fate("rerun", "resent_by_pool", 0.0, remediation="redeliver")  # billiard sends it again
 
-        deaths, fate = runtime.engine.worker_lost(
-            domain, child, self.id, self.task_name, self.hostname, decide,
+        deaths, fate = worker_lost(
+            runtime.engine, domain, child, self.id, self.task_name, self.hostname, decide,
             letter=lambda deaths, reason: self._letter(domain, child, exc, "", deaths, reason))
         log_event(logging.WARNING, "worker-lost-unaccepted", logger, task=self.task_name, id=self.id,
                   exitcode=exitcode, deaths=deaths)

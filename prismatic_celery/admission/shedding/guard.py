@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from celery import Task
+from celery import Celery, Task
 from celery.worker.state import task_ready
 
 from ...log import RateLimitedWarning, get_logger, log_event
@@ -26,7 +26,10 @@ from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, broker_consumes_
 from .state import ShedView
 
 if TYPE_CHECKING:
-    from ...runtime import Runtime
+    from ...store import Store
+    from ...store.keys import Keys
+    from ...supervision.locate import Locator
+    from ...supervision.ports import Emit
 
 __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
 
@@ -51,11 +54,12 @@ class ShedGuard:
     ``park`` mode.
     """
 
-    def __init__(self, runtime: Runtime, policies: Mapping[str, QueuePolicy]) -> None:
-        self.runtime = runtime
+    def __init__(self, app: Celery, store: Store, keys: Keys, policies: Mapping[str, QueuePolicy], *,
+                 locator: Locator, emit: Emit, interval_s: float, park_max: int) -> None:
+        self.app, self.store, self.keys, self.locator, self.emit = app, store, keys, locator, emit
+        self.park_max = park_max
         self.policies = dict(policies)
-        self.view = ShedView(runtime.store, runtime.keys, tuple(self.policies),
-                             max_age_s=runtime.settings.shed_interval_s)
+        self.view = ShedView(store, keys, tuple(self.policies), max_age_s=interval_s)
         self.backlogs = BacklogEstimate({q: p.resume_below for q, p in self.policies.items()},
                                         max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
@@ -65,7 +69,7 @@ class ShedGuard:
     def higher_first(self) -> bool:
         """True when the broker consumes higher priorities first (read once)."""
         if self._higher_first is None:
-            self._higher_first = broker_consumes_higher_first(self.runtime.app)
+            self._higher_first = broker_consumes_higher_first(self.app)
         return self._higher_first
 
     def admit(self, request: Any) -> bool:
@@ -81,7 +85,7 @@ class ShedGuard:
             return True  # no queue sheds or is near it (a few dictionary checks per message)
         task: Task[Any, Any] = request.task
         delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
-        located = self.runtime.locate(delivery, task.name)
+        located = self.locator.locate(delivery, task.name)
         if located is None:
             return True
         domain, child = located
@@ -108,8 +112,8 @@ class ShedGuard:
         if policy.mode == "park" and not self._park(task, context, policy, fields):
             return True
         if policy.mode == "drop":
-            self.runtime.store.hincr(totals_key(self.runtime.keys), {f"{child.queue}:dropped": 1})
-        self.runtime.emit("shed", **fields)
+            self.store.hincr(totals_key(self.keys), {f"{child.queue}:dropped": 1})
+        self.emit("shed", **fields)
         task_ready(request)
         request.acknowledge()
         return False
@@ -129,8 +133,7 @@ class ShedGuard:
             self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=fields["task_id"],
                                   reason="arguments are not JSON; the message runs instead")
             return False
-        outcome = park(self.runtime.store, self.runtime.keys, policy.queue, record,
-                       cap=self.runtime.settings.shed_park_max)
+        outcome = park(self.store, self.keys, policy.queue, record, cap=self.park_max)
         if not outcome.durable:
             self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=fields["task_id"],
                                   reason="store unavailable; the message runs instead")
