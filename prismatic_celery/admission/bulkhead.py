@@ -22,6 +22,7 @@ per-worker cap is not enforced there (the cluster cap still is).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -31,7 +32,7 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..log import get_logger, log_event
 from ..store import MemoryStore, Script, Store
@@ -78,8 +79,8 @@ class SlotTable:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.lock_timeout_s = lock_timeout_s
-        self._slots: Any = multiprocessing.RawArray("q", capacity)
-        self._lock: Any = multiprocessing.Lock()
+        self._slots = multiprocessing.RawArray(ctypes.c_longlong, capacity)  # typecode "q"
+        self._lock = multiprocessing.Lock()
 
     def acquire(self, token: int | None = None) -> int | None:
         """Take a slot for ``token`` (default: this thread); its index, -1 when full, None when unknown.

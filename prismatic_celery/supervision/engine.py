@@ -22,10 +22,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from celery import Task
+from typing import TYPE_CHECKING
 
 from ..circuits import CircuitOpenError
 from ..lessons.ladder import RERUN_ACTIONS, process_random, quick_retry
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
     from ..remediation.dlq import DeadLetterQueue
     from ..store import Store
     from ..store.keys import Keys
-    from .locate import Locator
+    from .locate import AnyTask, Locator
     from .ports import BroadcastReconcile, Emit, PendingSuccesses
 
 __all__ = ["DEFER_MAX_S", "PATTERN_TTL_S", "Engine", "Fate"]
@@ -120,11 +119,11 @@ class Engine:
         return self._policy[domain.strategy.value]
 
     # -- in the task's process -------------------------------------------------------------
-    def locate(self, task: Task[Any, Any]) -> tuple[Domain, Child] | None:
+    def locate(self, task: AnyTask) -> tuple[Domain, Child] | None:
         """The domain and child of the running request."""
         return self.locator.locate_task(task)
 
-    def before_run(self, task: Task[Any, Any]) -> None:
+    def before_run(self, task: AnyTask) -> None:
         """Defer the message when its queue is paused (raises Retry); else return at once.
 
         The process's view of the pauses may be a period old, so a pause it shows is read
@@ -152,7 +151,7 @@ class Engine:
                     id=task.request.id, queue=queue, reason=pause.reason, countdown_s=round(countdown, 3))
         requeue(task, countdown_s=countdown, retries=task.request.retries or 0)
 
-    def on_crash(self, task: Task[Any, Any], exc: BaseException) -> None:
+    def on_crash(self, task: AnyTask, exc: BaseException) -> None:
         """Decide what a failed execution of a supervised task means; may raise Retry to re-run it.
 
         An open circuit defers the message (not a failure); a transient child's normal
@@ -236,7 +235,7 @@ class Engine:
                       detail="this pool runs tasks in the worker process; in-process state is not reset")
 
     def _commit(self, crash: Crash, decision: Decision, fate: Fate, context: dict[str, str], *,
-                known: bool, recurring: bool, entry: dict[str, Any] | None) -> RestartOutcome:
+                known: bool, recurring: bool, entry: dict[str, object] | None) -> RestartOutcome:
         """Record the failure, the child's verdict, the message's fate, lesson and knowledge (one round trip)."""
         domain, child = crash.domain, crash.child
         fields = {"domain": domain.name, **context, "action": decision.action.name, "rule": decision.rule_name or "",
@@ -272,7 +271,7 @@ class Engine:
         return outcome
 
     @staticmethod
-    def message_event(fate: Fate, fields: dict[str, Any], *, attempt: int) -> dict[str, Any]:
+    def message_event(fate: Fate, fields: Mapping[str, object], *, attempt: int) -> dict[str, object]:
         """The message's one event: a remediation (re-run), a dead letter, or a recorded crash."""
         if fate.outcome == "rerun":
             return {"type": "remediation", **fields, "attempt": attempt, "countdown_s": fate.countdown_s}
@@ -284,7 +283,7 @@ class Engine:
         """This process's successes of ``queue`` not yet flushed, handed to the failure's script call."""
         return int(self.pending_successes(queue))
 
-    def _dead_letter(self, task: Task[Any, Any], crash: Crash, reason: str) -> dict[str, Any]:
+    def _dead_letter(self, task: AnyTask, crash: Crash, reason: str) -> dict[str, object]:
         request = task.request
         priority = (request.delivery_info or {}).get("priority") if isinstance(request.delivery_info, dict) else None
         return dead_letter_entry(
@@ -295,7 +294,7 @@ class Engine:
             remediations=crash.remediations, priority=priority if isinstance(priority, int) else None,
         )
 
-    def _defer_for_circuit(self, task: Task[Any, Any], exc: CircuitOpenError) -> None:
+    def _defer_for_circuit(self, task: AnyTask, exc: CircuitOpenError) -> None:
         """A circuit the task depends on is open: re-queue for when it may half-open; not a failure."""
         if not can_requeue(task):
             return
@@ -311,7 +310,7 @@ class Engine:
                     id=task.request.id, reason=f"circuit {exc.name} {exc.state}", countdown_s=round(countdown, 3))
         requeue(task, countdown_s=countdown, retries=int(task.request.retries or 0))
 
-    def _context(self, task: Task[Any, Any], exc: BaseException, child: Child) -> dict[str, str]:
+    def _context(self, task: AnyTask, exc: BaseException, child: Child) -> dict[str, str]:
         return {
             "child": child.queue,
             "task": str(task.name),
@@ -321,7 +320,7 @@ class Engine:
         }
 
     def announce(self, domain: Domain, child: Child, outcome: RestartOutcome, context: dict[str, str],
-                  message: dict[str, Any] | None, *, recorded: bool) -> None:
+                  message: dict[str, object] | None, *, recorded: bool) -> None:
         """Tell the listeners what one failure decided (the store's stream already has it when ``recorded``)."""
         if message is not None:
             kind = str(message["type"])
@@ -355,7 +354,7 @@ class Engine:
             log_event(logging.INFO, "recycle-unsupported", logger, domain=domain.name,
                       detail="this pool runs tasks in the worker process; in-process state is not reset")
 
-    def after_success(self, task: Task[Any, Any]) -> None:
+    def after_success(self, task: AnyTask) -> None:
         """A supervised task succeeded: if its child caused rest_for_one pauses, end them.
 
         Costs nothing unless this process's pause view (refreshed once per

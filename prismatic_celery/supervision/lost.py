@@ -6,7 +6,6 @@ Runs in the worker's main process (``SupervisedRequest``), with the app's :class
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from ..store.base import ScriptCall
 from .engine import Engine, Fate
@@ -20,7 +19,7 @@ DEATHS_TTL_S = 86_400.0  # a message's pool-process deaths are remembered this l
 
 def worker_lost(engine: Engine, domain: Domain, child: Child, task_id: str, task_name: str, hostname: str,
                 decide: Callable[[int], Fate],
-                letter: Callable[[int, str], dict[str, Any]]) -> tuple[int, Fate]:
+                letter: Callable[[int, str], dict[str, object]]) -> tuple[int, Fate]:
     """A pool process died running ``task_id``: count the death, decide the message's fate from the
     deaths so far (``decide``), and record the failure like any other, with the dead letter
     (``letter(deaths, reason)``) when the fate is one (two round trips)."""

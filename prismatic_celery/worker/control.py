@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from celery.worker.consumer import Consumer
 from celery.worker.control import control_command, inspect_command
@@ -57,6 +57,12 @@ __all__ = [
 ]
 
 logger = get_logger("control")
+
+
+class ControlState(Protocol):
+    """What Celery hands a remote control command: the worker's consumer."""
+
+    consumer: Consumer
 
 
 class UnknownTargetError(LookupError):
@@ -114,7 +120,7 @@ def resume_target(runtime: Runtime, name: str, *, by: str = "operator") -> tuple
     return target, cleared
 
 
-def _runtime(state: Any) -> tuple[Consumer, Runtime | None]:
+def _runtime(state: ControlState) -> tuple[Consumer, Runtime | None]:
     consumer: Consumer = state.consumer
     try:
         return consumer, get_runtime(consumer.app)
@@ -129,7 +135,7 @@ def _reconciler(consumer: Consumer) -> Reconciler | None:
 
 
 @control_command(args=[("pause", list)], signature="[queue, ...]")
-def supervision_reconcile(state: Any, pause: list[str] | None = None, **_: Any) -> dict[str, Any]:
+def supervision_reconcile(state: ControlState, pause: list[str] | None = None, **_: object) -> dict[str, object]:
     """Re-read the pause records now; stop consuming ``pause`` queues at once."""
     consumer, runtime = _runtime(state)
     reconciler = _reconciler(consumer)
@@ -140,7 +146,7 @@ def supervision_reconcile(state: Any, pause: list[str] | None = None, **_: Any) 
 
 
 @inspect_command()
-def supervision_health(state: Any, **_: Any) -> dict[str, Any]:
+def supervision_health(state: ControlState, **_: object) -> dict[str, object]:
     """prismatic-celery: tree health, health score and this worker's processes and memory."""
     consumer, runtime = _runtime(state)
     if runtime is None:
@@ -152,7 +158,7 @@ def supervision_health(state: Any, **_: Any) -> dict[str, Any]:
         return {"error": f"health unavailable: {exc!r}"[:300]}
 
 
-def worker_health(runtime: Runtime, consumer: Consumer) -> dict[str, Any]:
+def worker_health(runtime: Runtime, consumer: Consumer) -> dict[str, object]:
     """One worker's compact answer to ``inspect supervision_health``: its own processes, memory and consumed
     queues, and the tree's numbers it reads from the store (score, state, pauses, escalations, hotspots,
     circuit states); the full report is ``celery supervision health``."""
@@ -207,7 +213,9 @@ def _seconds(value: str) -> float:
 
 
 @control_command(args=[("target", _known_target), ("duration_s", _seconds)], signature="<domain|queue> [seconds]")
-def supervision_pause(state: Any, target: str = "", duration_s: float | None = None, **_: Any) -> dict[str, Any]:
+def supervision_pause(
+    state: ControlState, target: str = "", duration_s: float | None = None, **_: object
+) -> dict[str, object]:
     """prismatic-celery: pause a domain's or a child's queues (manual pause record, all workers)."""
     consumer, runtime = _runtime(state)
     if runtime is None:
@@ -223,7 +231,7 @@ def supervision_pause(state: Any, target: str = "", duration_s: float | None = N
 
 
 @control_command(args=[("target", _known_target)], signature="<domain|queue>")
-def supervision_resume(state: Any, target: str = "", **_: Any) -> dict[str, Any]:
+def supervision_resume(state: ControlState, target: str = "", **_: object) -> dict[str, object]:
     """prismatic-celery: end the pauses (and, for a domain, the cool-down and escalation) of a target."""
     consumer, runtime = _runtime(state)
     if runtime is None:

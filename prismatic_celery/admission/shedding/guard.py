@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celery import Celery, Task
+from celery import Celery
 from celery.worker.state import task_ready
 
 from ...log import RateLimitedWarning, get_logger, log_event
@@ -26,9 +26,13 @@ from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, broker_consumes_
 from .state import ShedView
 
 if TYPE_CHECKING:
+    from celery.app.task import Context
+    from celery.worker.consumer import Consumer
+    from celery.worker.request import Request
+
     from ...store import Store
     from ...store.keys import Keys
-    from ...supervision.locate import Locator
+    from ...supervision.locate import AnyTask, Locator
     from ...supervision.ports import Emit
 
 __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
@@ -72,7 +76,7 @@ class ShedGuard:
             self._higher_first = broker_consumes_higher_first(self.app)
         return self._higher_first
 
-    def admit(self, request: Any) -> bool:
+    def admit(self, request: Request) -> bool:
         """True when the worker's ``request`` should run; False when it was shed (parked or dropped,
         and acknowledged)."""
         if not self.policies:
@@ -83,7 +87,7 @@ class ShedGuard:
         states = self.view.current()
         if not states and not self.backlogs.counting:
             return True  # no queue sheds or is near it (a few dictionary checks per message)
-        task: Task[Any, Any] = request.task
+        task = request.task
         delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
         located = self.locator.locate(delivery, task.name)
         if located is None:
@@ -103,8 +107,9 @@ class ShedGuard:
         backlog = self.backlogs.estimate(child.queue)
         if backlog is None or backlog < policy.resume_below:
             return True  # below the resume mark now (the sampler's next read stops the state), or no fresh read
-        context = request._context  # the Context the task would see as ``task.request``
-        fields: dict[str, Any] = {
+        # the Context the task would see as ``task.request`` (private: not in the stubs)
+        context: Context = getattr(request, "_context")  # noqa: B009
+        fields: dict[str, object] = {
             "domain": domain.name, "queue": child.queue, "task": task.name, "task_id": request.id,
             "backlog": backlog, "threshold": state.threshold, "importance": importance,
             "cutoff": policy.cutoff, "mode": policy.mode, "hostname": request.hostname or "",
@@ -125,7 +130,7 @@ class ShedGuard:
         if any(on != (queue in held) for queue, on in shedding.items()):
             self.view.refresh()
 
-    def _park(self, task: Task[Any, Any], context: Any, policy: QueuePolicy, fields: dict[str, Any]) -> bool:
+    def _park(self, task: AnyTask, context: Context, policy: QueuePolicy, fields: dict[str, object]) -> bool:
         record = park_record(task, policy.queue, request=context, importance=fields["importance"],
                              backlog=fields["backlog"], threshold=fields["threshold"], hostname=fields["hostname"],
                              parked_at=time.time())
@@ -142,17 +147,17 @@ class ShedGuard:
         return True
 
 
-def guard_requests(consumer: Any, guard: ShedGuard) -> bool:
+def guard_requests(consumer: Consumer, guard: ShedGuard) -> bool:
     """Put ``guard`` in front of the consumer's ``on_task_request`` (once); False when already there.
 
     Called before the consumer builds its task strategies, which keep a
     reference to ``on_task_request``.
     """
-    original: Callable[[Any], Any] | None = getattr(consumer, "on_task_request", None)
+    original: Callable[[Request], object] | None = getattr(consumer, "on_task_request", None)
     if original is None or getattr(original, _GUARDED, False):
         return False
 
-    def on_task_request(request: Any) -> Any:
+    def on_task_request(request: Request) -> object:
         try:
             admitted = guard.admit(request)
         except Exception as exc:  # shedding must never lose or fail a message: run it
@@ -162,5 +167,5 @@ def guard_requests(consumer: Any, guard: ShedGuard) -> bool:
         return original(request) if admitted else None
 
     setattr(on_task_request, _GUARDED, True)
-    consumer.on_task_request = on_task_request
+    setattr(consumer, "on_task_request", on_task_request)
     return True
