@@ -1,4 +1,5 @@
-"""The per-app runtime: settings, store, tree and listeners, built once per process."""
+"""The per-app runtime, the composition root: built once per process from the settings, it builds every component
+and hands each only what it needs (the worker layer, the CLI and the operator views then use it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 
 from .admission.bulkhead import BulkheadGuard
-from .admission.shedding import ShedGuard, ShedStatus, queue_policies
+from .admission.shedding import ShedStatus, queue_policies
 from .circuits import Circuits
 from .config import Settings, load_settings
 from .lessons.learning import Learning
@@ -101,10 +102,6 @@ class Runtime:
         )
         policies = queue_policies(settings, self.supervisor)  # validates the shedding settings
         self.shedding = ShedStatus(self.store, self.keys, self.supervisor, policies)
-        self.shed_guard: ShedGuard | None = ShedGuard(
-            app, self.store, self.keys, policies, locator=self.locator, emit=self.emit,
-            interval_s=settings.shed_interval_s, park_max=settings.shed_park_max,
-        ) if settings.shed_enabled and policies else None
         bulkhead = BulkheadGuard(self.store, self.keys, self.supervisor, self.locator,
                                  lease_s=settings.bulkhead_lease_s, defer_s=settings.bulkhead_defer_s)
         self.bulkhead: BulkheadGuard | None = bulkhead if bulkhead.active else None

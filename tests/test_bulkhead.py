@@ -19,6 +19,7 @@ from prismatic_celery.store import Store
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.supervision.requeue import requeue
 from prismatic_celery.worker.pipeline import Stage
+from prismatic_celery.worker.services import shed_guard
 from prismatic_celery.worker.stages import BulkheadStage, CircuitStage, CrashStage, PauseStage
 from prismatic_celery.worker.task import task_pipeline
 
@@ -184,10 +185,10 @@ def test_the_runtime_builds_the_admission_guards_and_the_pipeline_orders_the_sta
     task; none when nothing is capped or shed."""
     _, runtime = _app()
     assert isinstance(runtime.bulkhead, BulkheadGuard)
-    assert isinstance(runtime.shed_guard, ShedGuard)
+    assert isinstance(shed_guard(runtime), ShedGuard)
     assert [type(s) for s in task_pipeline(runtime).stages] == [CrashStage, PauseStage, BulkheadStage, CircuitStage]
     _, plain = _app(domains={"a": {"children": ["a"]}}, prismatic_shed_enabled=False)
-    assert plain.bulkhead is None and plain.shed_guard is None
+    assert plain.bulkhead is None and shed_guard(plain) is None
     assert [type(s) for s in task_pipeline(plain).stages] == [CrashStage, PauseStage, CircuitStage]
 
 

@@ -11,8 +11,8 @@ Two levels of failure:
 
 Both are decided together, in one store round trip (``restart.lua``), after the crash was
 captured, fingerprinted and classified once and its remediation chosen once. Runs in the
-process that executes the task (``SupervisedTask.__call__``) and, for pool-process deaths,
-in the worker's main process (``SupervisedRequest``). Decisions on a message are enacted
+process that executes the task (the task pipeline's pause and crash stages) and, for pool-process
+deaths, in the worker's main process (:mod:`.lost`, called by ``SupervisedRequest``). Decisions on a message are enacted
 with :func:`~.requeue.requeue` (republish + ``Retry``) or by letting Celery fail the task;
 nothing here ever raises anything else into the task.
 """

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 
 from celery import bootsteps
 from celery.worker.consumer import Consumer
 
-from ..admission.shedding.guard import guard_requests
+from ..admission.shedding.guard import ShedGuard, guard_requests
 from ..admission.shedding.sampler import Sampler
 from ..log import get_logger, log_event
 from ..observability.sampler import HealthSampler
@@ -33,9 +34,23 @@ from ..supervision.slots import watch_pool
 from .state import WorkerState, ensure_worker_state
 from .ticker import Ticker
 
-__all__ = ["HealthSamplerStep", "RegistrationStep", "SheddingStep", "StatsStep", "SupervisionStep"]
+__all__ = ["HealthSamplerStep", "RegistrationStep", "SheddingStep", "StatsStep", "SupervisionStep", "shed_guard"]
 
 logger = get_logger("worker")
+_shed_guards: weakref.WeakKeyDictionary[Runtime, ShedGuard | None] = weakref.WeakKeyDictionary()
+
+
+def shed_guard(runtime: Runtime) -> ShedGuard | None:
+    """The shedding guard of ``runtime`` in the worker's main process (None when shedding is off or no queue
+    sheds); made on first call."""
+    if runtime not in _shed_guards:
+        policies = runtime.shedding.policies
+        settings = runtime.settings
+        _shed_guards[runtime] = ShedGuard(
+            runtime.app, runtime.store, runtime.keys, policies, locator=runtime.locator, emit=runtime.emit,
+            interval_s=settings.shed_interval_s, park_max=settings.shed_park_max,
+        ) if settings.shed_enabled and policies else None
+    return _shed_guards[runtime]
 
 
 def consumed_queues(consumer: Consumer, state: WorkerState) -> tuple[str, ...]:
@@ -192,8 +207,9 @@ class SheddingStep(bootsteps.StartStopStep):
         self.sampler: Sampler | None = None
         self.ticker: Ticker | None = None
         runtime = get_runtime(consumer.app)
-        if runtime is not None and runtime.shed_guard is not None:
-            guard_requests(consumer, runtime.shed_guard)  # before the consumer builds its strategies
+        guard = shed_guard(runtime) if runtime is not None else None
+        if guard is not None:
+            guard_requests(consumer, guard)  # before the consumer builds its strategies
         super().__init__(consumer, **kwargs)
 
     def start(self, consumer: Consumer) -> None:
@@ -210,7 +226,7 @@ class SheddingStep(bootsteps.StartStopStep):
             return
         self.sampler = Sampler(consumer.app, runtime.store, runtime.keys, queues, runtime.shedding.policies,
                                name=str(consumer.hostname), interval_s=runtime.settings.shed_interval_s,
-                               guard=runtime.shed_guard)
+                               guard=shed_guard(runtime))
         self.ticker = Ticker("prismatic-shedding", runtime.settings.shed_interval_s, self.sampler.tick)
         self.ticker.start()
 
