@@ -31,7 +31,7 @@ from .remediation.dlq import DeadLetterQueue
 from .store import Store, open_store
 from .store.keys import Keys
 from .supervision.engine import Engine
-from .supervision.locate import Located, Locator
+from .supervision.locate import Locator
 from .supervision.tree import Supervisor
 
 __all__ = ["Installation", "Runtime", "get_runtime", "installation"]
@@ -108,10 +108,6 @@ class Runtime:
 
     def _declared_queues(self) -> Mapping[str, object]:
         return self.app.amqp.queues
-
-    def locate(self, delivery_info: Mapping[str, object] | None, task_name: str | None) -> Located | None:
-        """The domain and child a delivery belongs to (see :class:`~.supervision.locate.Locator`)."""
-        return self.locator.locate(delivery_info, task_name)
 
     def emit(self, type_: str, /, **fields: object) -> None:
         """Send a supervision event to every listener (failures isolated).
