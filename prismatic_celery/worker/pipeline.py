@@ -12,6 +12,9 @@ In the manner of dramatiq's middleware, each concern is one :class:`Stage` (one 
 
 Celery's control flow (``Retry``, ``Ignore``, ``Reject``) passes untouched; any other exception of a hook is
 logged and dropped: the plugin is never the reason a task fails.
+
+Load shedding acts before all of this, in the worker's main process (the shedding guard in front of the
+consumer's task requests, installed by ``SheddingStep``): a message it parks never reaches a pool process.
 """
 
 from __future__ import annotations
