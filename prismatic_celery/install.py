@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from celery import Celery
 from celery.utils.imports import symbol_by_name
@@ -12,25 +11,28 @@ from celery.utils.imports import symbol_by_name
 from .admission.shedding.priority import connect_priority_marks
 from .errors import ConfigurationError
 from .log import get_logger, log_event, set_json
-from .observability.observer import connect_signals
+from .observability.events import SupervisionListener
+from .observability.observer import Observer, connect_signals
 from .runtime import _ATTR_INSTALL, Installation, Runtime, get_runtime, installation, reset_runtime
 from .store import Store
 from .store.base import safe_url
 from .supervision.tree import Supervisor
 from .worker import control  # noqa: F401  (registers the remote control commands)
-from .worker.bootsteps import DOMAIN_OPTION, DomainStep, SupervisionStep
+from .worker.bootsteps import CONSUMER_STEPS, DOMAIN_OPTION, DomainStep
 from .worker.task import SupervisedTask, supervise_task
 
 __all__ = ["install", "supervise_registered_tasks"]
 
 logger = get_logger()
+#: A Celery router: the task's name (then its arguments and options) to its route, or None.
+Router = Callable[..., dict[str, str] | None]
 
 
 def install(
     app: Celery,
     *,
     supervisor: Supervisor | None = None,
-    listeners: Iterable[Any] = (),
+    listeners: Iterable[SupervisionListener] = (),
     store: Store | None = None,
 ) -> Installation:
     """Enable prismatic-celery on ``app``.
@@ -57,11 +59,11 @@ def install(
 
     _use_supervised_base(app)
     _censor_store_url()
-    connect_signals()
+    connect_signals(_observer)
     connect_priority_marks()
     app.steps["worker"].add(DomainStep)
-    app.steps["consumer"].add(SupervisionStep)
-    app.steps["consumer"].add("prismatic_celery.admission.shedding.step:SheddingStep")
+    for step in CONSUMER_STEPS:
+        app.steps["consumer"].add(step)
     app.user_options["worker"].add(DOMAIN_OPTION)
     app.on_after_configure.connect(_on_configured, weak=False)
     app.on_after_finalize.connect(_on_finalized, weak=False)
@@ -70,6 +72,12 @@ def install(
     if getattr(app, "finalized", False):
         supervise_registered_tasks(app)
     return setup
+
+
+def _observer(app: Celery) -> Observer | None:
+    """The outcome counters of ``app`` in this process (None when it is not supervised)."""
+    runtime = get_runtime(app)
+    return runtime.observer if runtime is not None else None
 
 
 def _censor_store_url() -> None:
@@ -81,7 +89,7 @@ def _censor_store_url() -> None:
     if getattr(original, "_prismatic", False):
         return
 
-    def filter_hidden_settings(conf: Any) -> Any:
+    def filter_hidden_settings(conf: dict[str, object]) -> dict[str, object]:
         return {key: safe_url(value) if isinstance(key, str) and key.lower() == "prismatic_store_url"
                 and isinstance(value, str) else value for key, value in original(conf).items()}
 
@@ -91,11 +99,12 @@ def _censor_store_url() -> None:
 
 def _use_supervised_base(app: Celery) -> None:
     """Make every task declared from now on derive from SupervisedTask."""
-    configured: Any = app.task_cls
-    base: Any = symbol_by_name(configured) if isinstance(configured, str) else configured
+    configured: object = app.task_cls
+    base: object = symbol_by_name(configured) if isinstance(configured, str) else configured
     if not (isinstance(base, type) and issubclass(base, SupervisedTask)):
-        supervised: Any = type("SupervisedTask", (SupervisedTask, base), {"__module__": SupervisedTask.__module__})
-        app.task_cls = supervised
+        bases = (SupervisedTask, base) if isinstance(base, type) else (SupervisedTask,)
+        supervised = type("SupervisedTask", bases, {"__module__": SupervisedTask.__module__})
+        setattr(app, "task_cls", supervised)
     app.__dict__.pop("Task", None)  # drop the cached default Task class so the new base is used
 
 
@@ -104,13 +113,13 @@ def supervise_registered_tasks(app: Celery) -> list[str]:
     return [name for name, task in list(app.tasks.items()) if supervise_task(task)]
 
 
-def _on_finalized(sender: Celery, **_: Any) -> None:
+def _on_finalized(sender: Celery, **_: object) -> None:
     changed = supervise_registered_tasks(sender)
     if changed:
         log_event(logging.DEBUG, "tasks-supervised", logger, tasks=",".join(changed))
 
 
-def _on_configured(sender: Celery, **_: Any) -> None:
+def _on_configured(sender: Celery, **_: object) -> None:
     """Validate now and add the router; an invalid configuration is reported once, where it matters: the
     worker and ``celery supervision`` stop with it (one line), and a producer's first send raises it."""
     try:
@@ -127,11 +136,11 @@ def _on_configured(sender: Celery, **_: Any) -> None:
     _add_router(sender, runtime)
 
 
-def _refuse_to_send(error: ConfigurationError) -> Any:
+def _refuse_to_send(error: ConfigurationError) -> Router:
     """A router that raises ``error`` for every task sent: a producer whose supervision settings are invalid
     would otherwise send tasks that no worker of this configuration can start to supervise."""
 
-    def refuse(name: str, *_: Any, **__: Any) -> None:
+    def refuse(name: str, *_: object, **__: object) -> None:
         raise ConfigurationError(error.setting, f"{error.problem} (prismatic-celery refused to send {name})")
 
     return refuse
@@ -142,7 +151,7 @@ def _add_router(app: Celery, runtime: Runtime) -> None:
     if not any(c.tasks for d in runtime.supervisor.domain_list for c in d.child_list):
         return
 
-    def route_supervised(name: str, *_: Any, **__: Any) -> dict[str, str] | None:
+    def route_supervised(name: str, *_: object, **__: object) -> dict[str, str] | None:
         current = get_runtime(app)
         queue = current.supervisor.route(name) if current is not None else None
         return {"queue": queue} if queue else None
@@ -150,11 +159,11 @@ def _add_router(app: Celery, runtime: Runtime) -> None:
     _prepend_router(app, route_supervised)
 
 
-def _prepend_router(app: Celery, router: Any) -> None:
+def _prepend_router(app: Celery, router: Router) -> None:
     """Put ``router`` before the app's own ``task_routes`` (which keep working after it)."""
     existing = app.conf.task_routes
     if existing is None:
-        routes: tuple[Any, ...] = ()
+        routes: tuple[object, ...] = ()
     elif isinstance(existing, (list, tuple)):
         routes = tuple(existing)
     else:

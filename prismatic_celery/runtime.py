@@ -1,4 +1,5 @@
-"""The per-app runtime: settings, store, tree and listeners, built once per process."""
+"""The per-app runtime, the composition root: built once per process from the settings, it builds every component
+and hands each only what it needs (the worker layer, the CLI and the operator views then use it)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
+from .admission.bulkhead import BulkheadGuard
+from .admission.shedding import ShedStatus, queue_policies
+from .circuits import Circuits
 from .config import Settings, load_settings
+from .lessons.learning import Learning
 from .log import get_logger, log_event
 from .observability.events import (
     CeleryEventListener,
@@ -21,15 +25,14 @@ from .observability.events import (
     SupervisionEvent,
     SupervisionListener,
 )
+from .observability.observer import Observer, TaskStats
+from .remediation import RemediationRegistry
+from .remediation.dlq import DeadLetterQueue
 from .store import Store, open_store
 from .store.keys import Keys
-from .supervision.tree import Child, Domain, Supervisor
-
-if TYPE_CHECKING:
-    from .admission.shedding.guard import ShedGuard
-    from .supervision.reconcile import Reconciler
-    from .supervision.slots import RunningSlots
-    from .worker.task import TaskGuard
+from .supervision.engine import Engine
+from .supervision.locate import Locator
+from .supervision.tree import Supervisor
 
 __all__ = ["Installation", "Runtime", "get_runtime", "installation"]
 
@@ -39,8 +42,6 @@ _ATTR_INSTALL = "_prismatic_installation"
 _ATTR_RUNTIME = "_prismatic_runtime"
 _lock = threading.RLock()
 _DISABLED = "disabled"
-_LOCATED = "_prismatic_located"  # cached on the request (a new Context per execution)
-_UNSET = object()
 
 
 @dataclass
@@ -59,7 +60,11 @@ def installation(app: Celery) -> Installation | None:
 
 
 class Runtime:
-    """Everything supervision needs in this process for one app."""
+    """The composition root of one app in this process: builds every component and hands each what it needs.
+
+    Components never receive the runtime. Its attributes ``store``, ``keys``, ``settings``, ``supervisor``,
+    ``circuits``, ``learning``, ``dlq``, ``registry`` and ``shedding`` are what the operator views read.
+    """
 
     def __init__(
         self, app: Celery, settings: Settings, *, store: Store | None = None,
@@ -79,70 +84,32 @@ class Runtime:
             builtin.append(CeleryEventListener(app))
         self.dispatcher = Dispatcher([*builtin, *listeners])
         self.pid = os.getpid()
-        self._routing_keys: dict[str, str] | None = None
-        self.hostname: str | None = None  # the worker's node name, once it has started
-        self.worker_domains: tuple[str, ...] = ()  # --domain options of this worker
-        self.consumed_queues: tuple[str, ...] = ()  # every queue this worker consumes when nothing is paused
-        self.reconciler: Reconciler | None = None  # the worker main process's, once its consumer started
-        self.slots: RunningSlots | None = None  # a prefork worker's, made before its pool forks
-        from .admission.bulkhead import admission_guards
-        from .circuits import Circuits
-        from .lessons.learning import Learning
-        from .remediation import RemediationRegistry
-        from .remediation.dlq import DeadLetterQueue
-        from .supervision.engine import Engine
-
+        self.locator = Locator(self.supervisor, self._declared_queues)
+        self.stats = TaskStats(self.store, self.keys, window_s=settings.child_window_s,
+                               flush_s=settings.stats_flush_s)
+        self.observer = Observer(self.stats, self.locator)
         self.circuits = Circuits(self.store, self.keys, self.dispatcher, specs=settings.circuits,
                                  cache_ttl_s=settings.circuit_cache_s)
         self.registry = RemediationRegistry(settings.remediation_rules or (),
                                             defaults=None if settings.default_rules else ())
-        self.engine = Engine(self)
         self.dlq = DeadLetterQueue(self.store, self.keys, settings.dlq_max)
-        self.learning: Learning | None = Learning(self) if settings.lessons else None
-        self.guards: list[TaskGuard] = []  # the bulkheads add theirs
-        self.shed_guard: ShedGuard | None = None  # load shedding, in the worker's main process
-        self.guards.extend(admission_guards(self))
+        self.learning: Learning | None = (Learning(self.store, self.keys, settings, self.circuits)
+                                          if settings.lessons else None)
+        self.engine = Engine(
+            store=self.store, keys=self.keys, supervisor=self.supervisor, settings=settings, circuits=self.circuits,
+            registry=self.registry, dlq=self.dlq, learning=self.learning, locator=self.locator, emit=self.emit,
+            broadcast_reconcile=self._broadcast, pending_successes=self.stats.take_successes,
+        )
+        policies = queue_policies(settings, self.supervisor)  # validates the shedding settings
+        self.shedding = ShedStatus(self.store, self.keys, self.supervisor, policies)
+        bulkhead = BulkheadGuard(self.store, self.keys, self.supervisor, self.locator,
+                                 lease_s=settings.bulkhead_lease_s, defer_s=settings.bulkhead_defer_s)
+        self.bulkhead: BulkheadGuard | None = bulkhead if bulkhead.active else None
 
-    # locating the child of a request --------------------------------------------------
-    def _queue_for_routing_key(self, routing_key: str) -> str | None:
-        if self._routing_keys is None:
-            table: dict[str, str] = {}
-            declared: Mapping[str, Any]
-            try:
-                declared = self.app.amqp.queues
-            except Exception:  # an unusual queue config must not break task execution
-                declared = {}
-            for queue in self.supervisor.queues:
-                declared_queue = declared.get(queue)
-                table[getattr(declared_queue, "routing_key", None) or queue] = queue
-            self._routing_keys = table
-        return self._routing_keys.get(routing_key)
+    def _declared_queues(self) -> Mapping[str, object]:
+        return self.app.amqp.queues
 
-    def locate(self, delivery_info: Mapping[str, Any] | None, task_name: str | None) -> tuple[Domain, Child] | None:
-        """The domain and child a delivery belongs to (queue, then routing key, then task globs)."""
-        info = delivery_info or {}
-        for candidate in (info.get("queue"), info.get("routing_key")):
-            if isinstance(candidate, str):
-                found = self.supervisor.locate(candidate) or self.supervisor.locate(
-                    self._queue_for_routing_key(candidate)
-                )
-                if found:
-                    return found
-        if task_name:
-            return self.supervisor.locate(self.supervisor.route(task_name))
-        return None
-
-    def locate_task(self, task: Any) -> tuple[Domain, Child] | None:
-        """The domain and child of ``task``'s running request, worked out once per execution."""
-        request = task.request
-        found = getattr(request, _LOCATED, _UNSET)
-        if found is _UNSET:
-            delivery = request.delivery_info
-            found = self.locate(delivery if isinstance(delivery, dict) else None, task.name)
-            setattr(request, _LOCATED, found)
-        return found  # type: ignore[return-value]  # what locate() returned for this request
-
-    def emit(self, type_: str, **fields: Any) -> None:
+    def emit(self, type_: str, /, **fields: object) -> None:
         """Send a supervision event to every listener (failures isolated).
 
         ``recorded`` says the event is already in the store's event stream (the
@@ -150,6 +117,9 @@ class Runtime:
         """
         recorded = bool(fields.pop("recorded", False))
         self.dispatcher.emit(SupervisionEvent(type_, fields, recorded=recorded))
+
+    def _broadcast(self, *, pause: list[str]) -> None:
+        self.broadcast_reconcile(pause=pause)  # looked up at each call: tests replace it
 
     def broadcast_reconcile(self, *, pause: list[str]) -> None:
         """Tell every worker to re-read the pause records now (and stop consuming ``pause``)."""

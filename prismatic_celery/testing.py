@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from celery import Celery
 
@@ -160,7 +160,7 @@ class WorkerProcess:
     def __repr__(self) -> str:
         return f"WorkerProcess({self.hostname!r}, pid={getattr(self.proc, 'pid', None)})"
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, object]:
         """Hostname, pid and exit code (for assertion messages)."""
         return {"hostname": self.hostname, "pid": getattr(self.proc, "pid", None),
                 "returncode": None if self.proc is None else self.proc.poll()}
@@ -187,7 +187,7 @@ def fail_child(runtime: Runtime, queue: str, member: str = "test:0") -> RestartO
 
 
 def serve(runtime: Runtime, hostname: str = "test@localhost", queues: Sequence[str] | None = None,
-          **fields: Any) -> dict[str, Any]:
+          **fields: object) -> dict[str, object]:
     """Register a live worker consuming ``queues`` (default: every supervised queue), as a worker's heartbeat
     does, so health counts those children as served; ``fields`` add to the registration. Returns it."""
     from .observability.workers import register_worker

@@ -12,12 +12,17 @@ from celery import Celery
 from celery.exceptions import Retry
 
 from prismatic_celery import ConfigurationError, Domain, Supervisor, install
-from prismatic_celery.admission.bulkhead import BulkheadGuard, ClusterLeases, SlotTable, admission_guards, lease_key
+from prismatic_celery.admission.bulkhead import BulkheadGuard, ClusterLeases, SlotTable, lease_key
 from prismatic_celery.admission.shedding import ShedGuard
 from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store import Store
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.store.memory import MemoryStore
+from prismatic_celery.supervision.requeue import requeue
+from prismatic_celery.worker.pipeline import Stage
+from prismatic_celery.worker.services import shed_guard
+from prismatic_celery.worker.stages import BulkheadStage, CircuitStage, CrashStage, PauseStage
+from prismatic_celery.worker.task import task_pipeline
 
 
 def test_a_slot_table_never_hands_out_more_than_its_capacity_to_threads() -> None:
@@ -100,6 +105,11 @@ def _app(**conf: Any) -> tuple[Celery, Runtime]:
     return app, runtime
 
 
+def _bulkhead(runtime: Runtime) -> BulkheadGuard:
+    assert runtime.bulkhead is not None
+    return runtime.bulkhead
+
+
 def _push(task: Any, queue: str, task_id: str = "t1", retries: int = 0) -> None:
     task.push_request(id=task_id, args=[], kwargs={}, delivery_info={"exchange": "", "routing_key": queue},
                       called_directly=False, is_eager=False, hostname="w1@test", retries=retries)
@@ -108,7 +118,7 @@ def _push(task: Any, queue: str, task_id: str = "t1", retries: int = 0) -> None:
 def test_the_guard_defers_a_task_over_the_cap_with_its_retries_unchanged() -> None:
     """slow is capped at 1: while one task holds the slot, the next is republished (retries kept) and Retry raised."""
     app, runtime = _app()
-    guard = next(g for g in runtime.guards if isinstance(g, BulkheadGuard))
+    guard = _bulkhead(runtime)
     work = app.tasks["bhunit.work"]
     _push(work, "slow", "first")
     guard.before_run(work)
@@ -147,27 +157,40 @@ def test_the_guard_defers_a_task_over_the_cap_with_its_retries_unchanged() -> No
     assert guard.tables["slow"].holders() == []
 
 
-def test_a_slot_left_by_a_task_whose_after_run_never_ran_is_released_at_the_next_task() -> None:
-    """A later guard may defer after the slot was taken; the thread's next task frees it first."""
+class Full(Stage):
+    """A later stage with no room: every message goes back to its queue before its body runs."""
+
+    def before_run(self, task: Any) -> None:
+        requeue(task, countdown_s=1.0, retries=0)
+
+
+def test_a_slot_is_given_back_when_a_later_stage_defers_the_task() -> None:
+    """The pipeline pairs the hooks: a later stage defers after the slot was taken, and the slot is free again."""
     app, runtime = _app()
-    guard = next(g for g in runtime.guards if isinstance(g, BulkheadGuard))
+    guard = _bulkhead(runtime)
+    pipeline = task_pipeline(runtime, guards=(Full(),))
     work = app.tasks["bhunit.work"]
+    app.send_task = lambda *a, **kw: None  # type: ignore[method-assign,assignment,misc,return-value]
     for task_id in ("a", "b", "c"):
         _push(work, "slow", task_id)
-        guard.before_run(work)  # never followed by after_run
-        work.pop_request()
-        assert len(guard.tables["slow"].holders()) == 1
+        try:
+            with pytest.raises(Retry):
+                pipeline.run(work, lambda: None)
+        finally:
+            work.pop_request()
+        assert guard.tables["slow"].holders() == []
 
 
-def test_admission_guards_order_and_switches() -> None:
+def test_the_runtime_builds_the_admission_guards_and_the_pipeline_orders_the_stages() -> None:
     """Shedding in the worker's main process (a parked message never takes a slot), the caps around the
     task; none when nothing is capped or shed."""
     _, runtime = _app()
-    assert [type(g) for g in admission_guards(runtime)] == [BulkheadGuard]
-    assert isinstance(runtime.shed_guard, ShedGuard)
+    assert isinstance(runtime.bulkhead, BulkheadGuard)
+    assert isinstance(shed_guard(runtime), ShedGuard)
+    assert [type(s) for s in task_pipeline(runtime).stages] == [CrashStage, PauseStage, BulkheadStage, CircuitStage]
     _, plain = _app(domains={"a": {"children": ["a"]}}, prismatic_shed_enabled=False)
-    assert admission_guards(plain) == []
-    assert plain.guards == [] and plain.shed_guard is None
+    assert plain.bulkhead is None and shed_guard(plain) is None
+    assert [type(s) for s in task_pipeline(plain).stages] == [CrashStage, PauseStage, CircuitStage]
 
 
 def test_cluster_concurrency_is_part_of_the_tree() -> None:
@@ -201,7 +224,7 @@ def test_leases_cap_the_domain_across_holders_and_expire_unless_renewed(store: S
 def test_the_guard_defers_over_the_cluster_cap() -> None:
     """Another worker holds the only cluster lease: this worker defers the task."""
     app, runtime = _app(domains={"a": {"children": ["a"], "cluster_concurrency": 1}})
-    guard = next(g for g in runtime.guards if isinstance(g, BulkheadGuard))
+    guard = _bulkhead(runtime)
     assert guard.leases.acquire("a", 1, "other-worker|1|1|x")
     work = app.tasks["bhunit.work"]
     _push(work, "a", "mine")

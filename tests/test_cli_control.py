@@ -19,6 +19,7 @@ from prismatic_celery.store import MemoryStore
 from prismatic_celery.supervision.pauses import read_pauses
 from prismatic_celery.testing import serve
 from prismatic_celery.worker.control import supervision_health, supervision_pause, supervision_resume
+from prismatic_celery.worker.state import ensure_worker_state, worker_state
 
 DOMAINS = {"core": {"strategy": "rest_for_one", "children": ["storage", "cache", "telemetry"]}}
 
@@ -35,6 +36,12 @@ class FakeReconciler:
         self.paused.append(list(queues))
 
 
+def _reconciler(runtime: Runtime) -> Any:
+    state = worker_state(runtime.app)
+    assert state is not None
+    return state.reconciler
+
+
 @pytest.fixture
 def worker() -> Iterator[tuple[Any, Runtime]]:
     app = Celery("ctl", broker="memory://", set_as_current=False)
@@ -43,7 +50,7 @@ def worker() -> Iterator[tuple[Any, Runtime]]:
     runtime = prismatic_celery.runtime.get_runtime(app)
     assert runtime is not None
     serve(runtime, "w1@test")
-    runtime.reconciler = FakeReconciler()  # type: ignore[assignment]
+    ensure_worker_state(app).reconciler = FakeReconciler()  # type: ignore[assignment]
     broadcasts: list[dict[str, Any]] = []
     runtime.broadcast_reconcile = lambda *, pause: broadcasts.append({"pause": pause})  # type: ignore[method-assign]
     runtime.broadcasts = broadcasts  # type: ignore[attr-defined]
@@ -71,7 +78,7 @@ def test_pause_writes_a_manual_record_stops_consuming_here_and_broadcasts(worker
     assert {p.reason for p in pauses.values()} == {"manual"}
     assert all(119 < p.until - p.since <= 120 for p in pauses.values())
     assert pauses["cache"].by == "operator via w1@test"
-    assert runtime.reconciler.paused == [["storage", "cache", "telemetry"]]  # type: ignore[union-attr]
+    assert _reconciler(runtime).paused == [["storage", "cache", "telemetry"]]
     assert runtime.broadcasts == [{"pause": ["storage", "cache", "telemetry"]}]  # type: ignore[attr-defined]
 
 
@@ -82,7 +89,7 @@ def test_resume_clears_the_pause_and_wakes_the_reconciler(worker: tuple[Any, Run
     supervision_pause(state, target="telemetry", duration_s=30.0)
     assert supervision_resume(state, target="cache") == {"ok": "resumed cache of core (1 pause(s) ended)"}
     assert set(read_pauses(runtime.store, runtime.keys, runtime.supervisor, ["cache", "telemetry"])) == {"telemetry"}
-    assert ["<wake>"] in runtime.reconciler.paused  # type: ignore[union-attr]
+    assert ["<wake>"] in _reconciler(runtime).paused
 
 
 def test_unknown_targets_and_bad_durations_are_errors_not_crashes(worker: tuple[Any, Runtime]) -> None:

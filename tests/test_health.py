@@ -16,8 +16,9 @@ import prismatic_celery.runtime
 from prismatic_celery.circuits import Circuits
 from prismatic_celery.observability.event_fields import EVENT_FIELDS, event_fields_table
 from prismatic_celery.observability.events import EVENT_TYPES
-from prismatic_celery.observability.health import get_tree_health, rss_bytes, sample_key, sample_worker, summary_numbers
-from prismatic_celery.observability.samples import WorkerSample
+from prismatic_celery.observability.health import get_tree_health, summary_numbers
+from prismatic_celery.observability.sampler import rss_bytes, sample_worker
+from prismatic_celery.observability.samples import WorkerSample, sample_key_for
 from prismatic_celery.observability.score import PENALTIES, ScoreInputs, health_score
 from prismatic_celery.observability.views import tree_state, workers_view
 from prismatic_celery.observability.workers import registration_ttl_s
@@ -200,7 +201,7 @@ def test_worker_samples_add_up_to_cluster_processes_and_memory(runtime: Runtime)
     for host, pids, memory in (("a@h", [1, 2, 3], {"core": 100, "osint": None}), ("b@h", [7], {"core": 50})):
         serve(runtime, host, ["storage"], pid=pids[0], pool="prefork")
         sample = WorkerSample(host, pids[0], "prefork", tuple(pids), memory, 150, store.time())
-        store.set_json(sample_key(runtime, host), sample.to_json(), ttl_s=30)
+        store.set_json(sample_key_for(runtime.keys, host), sample.to_json(), ttl_s=30)
     health = get_tree_health(runtime)
     assert [w["hostname"] for w in health["workers"]] == ["a@h", "b@h"]
     assert health["total_processes"] == 4
@@ -211,7 +212,7 @@ def test_worker_samples_add_up_to_cluster_processes_and_memory(runtime: Runtime)
 def test_a_corrupt_worker_sample_is_skipped_with_a_warning(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
     """A malformed sample counts as no sample; the report still renders."""
     serve(runtime, "a@h", pid=1)
-    runtime.store.set_json(sample_key(runtime, "a@h"), {"hostname": "a@h", "pid": "not a pid"}, ttl_s=30)
+    runtime.store.set_json(sample_key_for(runtime.keys, "a@h"), {"hostname": "a@h", "pid": "not a pid"}, ttl_s=30)
     health = get_tree_health(runtime)
     assert health["workers"][0]["total_processes"] is None
     assert "health-sample-invalid" in caplog.text
@@ -221,8 +222,8 @@ def test_a_worker_samples_its_processes_and_the_memory_of_the_processes_serving_
     """Processes: main + pool; memory of a domain: RSS of the pool processes that served it."""
     me = os.getpid()
     consumer = SimpleNamespace(hostname="w@h", pool=SimpleNamespace(info={"processes": [me]}))
-    runtime.reconciler = SimpleNamespace(served_pids={"core": {me, 999_999_999}})  # type: ignore[assignment]
-    sample = sample_worker(runtime, consumer)
+    served = {"core": {me, 999_999_999}}
+    sample = sample_worker(runtime.supervisor, consumer, served=lambda: served)  # type: ignore[arg-type]
     assert sample.processes == (me,)
     assert sample.memory_per_domain["core"] == pytest.approx(rss_bytes(me), rel=0.05)  # a live process: RSS moves
     assert sample.memory_per_domain["osint"] is None, "no process served osint yet"

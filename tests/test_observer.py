@@ -9,11 +9,11 @@ from celery import Celery, signals
 from celery.app.trace import build_tracer
 
 from prismatic_celery import install
-from prismatic_celery.observability.observer import STATS_TTL_S, stats_for
+from prismatic_celery.observability.observer import STATS_TTL_S
 from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store.memory import MemoryStore
 from prismatic_celery.supervision.requeue import requeue
-from prismatic_celery.worker.task import TaskGuard
+from prismatic_celery.worker.task import TaskGuard, set_pipeline, task_pipeline
 
 DOMAINS = {"core": {"children": ["storage"]}}
 
@@ -58,7 +58,7 @@ def _trace(app: Celery, name: str, *args: Any, queue: str = "storage") -> Any:
 
 
 def _counts(runtime: Runtime) -> dict[str, int]:
-    stats = stats_for(runtime)
+    stats = runtime.stats
     stats.flush()
     raw = runtime.store.hgetall(runtime.keys.key("stats", "w1@test"))
     return {k: int(v) for k, v in raw.items()}
@@ -108,9 +108,9 @@ def test_a_deferral_counts_as_deferred_not_as_a_start_or_a_retry() -> None:
     """A full bulkhead and an open circuit put the message back before its body runs: deferred, once each;
     a retry the body asks for stays a start and a retry."""
     app, runtime = _app()
-    runtime.guards.append(Full())
+    set_pipeline(runtime, task_pipeline(runtime, guards=(Full(),)))
     _trace(app, "obs.work", "ok")
-    runtime.guards.pop()
+    set_pipeline(runtime, None)
     runtime.circuits.open_for("dep", 60_000)
     _trace(app, "obs.dep")
     assert _counts(runtime) == {"storage:deferred": 2}

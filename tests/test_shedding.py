@@ -40,6 +40,7 @@ from prismatic_celery.runtime import Runtime, get_runtime
 from prismatic_celery.store import Store
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.store.memory import MemoryStore
+from prismatic_celery.worker.services import shed_guard
 
 DOMAINS = {"bulk": {"children": ["bulk", "reports"]}, "core": {"children": ["core"]}}
 
@@ -72,8 +73,9 @@ def _app(store: Store | None = None, **conf: Any) -> tuple[Celery, Runtime, Reco
 
 
 def _guard(runtime: Runtime) -> ShedGuard:
-    assert runtime.shed_guard is not None
-    return runtime.shed_guard
+    guard = shed_guard(runtime)
+    assert guard is not None
+    return guard
 
 
 def _shedding(runtime: Runtime, queue: str, backlog: int = 2000) -> None:
@@ -103,7 +105,7 @@ def _deliver(task: Any, *, queue: str = "bulk", priority: int | None = None, hea
     message.properties = {"priority": priority}
     acks: list[bool] = []
     request = Request(message, app=task.app, task=task, hostname="w1@test", on_ack=lambda *_: acks.append(True))
-    guard = get_runtime(task.app).shed_guard  # type: ignore[union-attr]
+    guard = shed_guard(get_runtime(task.app))  # type: ignore[arg-type]
     shed = guard is not None and not guard.admit(request)
     assert acks == ([True] if shed else []), "a shed message is acknowledged, another is not"
     return request, shed
@@ -395,7 +397,8 @@ class FakeBroker:
 def _sampler(runtime: Runtime, broker: FakeBroker, now: list[float]) -> Sampler:
     """The worker's sampler, on the test's clock, over ``broker``, feeding the guard of ``runtime``."""
     guard = _guard(runtime)
-    return Sampler(runtime, ["bulk"], guard.policies, name=f"w{id(runtime)}", probe=broker, guard=guard,  # type: ignore[arg-type]
+    return Sampler(runtime.app, runtime.store, runtime.keys, ["bulk"], guard.policies, name=f"w{id(runtime)}",
+                   interval_s=runtime.settings.shed_interval_s, probe=broker, guard=guard,  # type: ignore[arg-type]
                    clock=lambda: now[0])
 
 
@@ -517,7 +520,7 @@ def test_with_two_workers_at_most_what_the_other_takes_in_one_read_period_is_she
 def test_shedding_can_be_switched_off() -> None:
     """prismatic_shed_enabled=False: no shedding guard at all."""
     _, runtime, _ = _app(prismatic_shed_enabled=False)
-    assert runtime.shed_guard is None
+    assert shed_guard(runtime) is None
 
 
 @pytest.fixture

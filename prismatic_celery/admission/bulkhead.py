@@ -22,6 +22,7 @@ per-worker cap is not enforced there (the cluster cap still is).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -31,21 +32,19 @@ import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-from celery import Task
+from typing import TYPE_CHECKING
 
 from ..log import get_logger, log_event
 from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar
 from ..store.keys import Keys
 from ..supervision.requeue import can_requeue, requeue
-from ..worker.task import TaskGuard
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..supervision.locate import AnyTask, Locator
+    from ..supervision.tree import Supervisor
 
-__all__ = ["BulkheadGuard", "ClusterLeases", "SlotTable", "admission_guards", "lease_key"]
+__all__ = ["BulkheadGuard", "ClusterLeases", "SlotTable", "lease_key"]
 
 logger = get_logger("bulkhead")
 
@@ -80,8 +79,8 @@ class SlotTable:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.lock_timeout_s = lock_timeout_s
-        self._slots: Any = multiprocessing.RawArray("q", capacity)
-        self._lock: Any = multiprocessing.Lock()
+        self._slots = multiprocessing.RawArray(ctypes.c_longlong, capacity)  # typecode "q"
+        self._lock = multiprocessing.Lock()
 
     def acquire(self, token: int | None = None) -> int | None:
         """Take a slot for ``token`` (default: this thread); its index, -1 when full, None when unknown.
@@ -293,17 +292,21 @@ class _Held(threading.local):
         self.lease: tuple[str, str] | None = None
 
 
-class BulkheadGuard(TaskGuard):
-    """Holds a domain slot (and lease) around each task of a capped domain; defers the task when none is free."""
+class BulkheadGuard:
+    """Holds a domain slot (and lease) around each task of a capped domain; defers the task when none is free.
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        domains = runtime.supervisor.domain_list
+    A stage of the task pipeline: ``after_run`` always follows a ``before_run`` that passed.
+    """
+
+    def __init__(self, store: Store, keys: Keys, supervisor: Supervisor, locator: Locator, *, lease_s: float,
+                 defer_s: float) -> None:
+        self.locator = locator
+        domains = supervisor.domain_list
         self.tables = {d.name: SlotTable(d.concurrency) for d in domains if d.concurrency}
         self.cluster_caps = {d.name: int(getattr(d, "cluster_concurrency", None) or 0) for d in domains}
         self.cluster_caps = {name: cap for name, cap in self.cluster_caps.items() if cap}
-        self.leases = ClusterLeases(runtime.store, runtime.keys, lease_s=runtime.settings.bulkhead_lease_s)
-        self.defer_s = runtime.settings.bulkhead_defer_s
+        self.leases = ClusterLeases(store, keys, lease_s=lease_s)
+        self.defer_s = defer_s
         self.deferred = 0
         self._held = _Held()
         self._host = socket.gethostname()
@@ -314,11 +317,11 @@ class BulkheadGuard(TaskGuard):
         """True when some domain is capped."""
         return bool(self.tables or self.cluster_caps)
 
-    def before_run(self, task: Task[Any, Any]) -> None:
-        self._release()  # a previous task of this thread whose after_run never ran (a later guard deferred it)
+    def before_run(self, task: AnyTask) -> None:
+        """Take the domain's slot (and cluster lease); defer the task (raises Retry) when none is free."""
         if not can_requeue(task):
             return
-        located = self.runtime.locate_task(task)
+        located = self.locator.locate_task(task)
         if located is None:
             return
         domain = located[0].name
@@ -338,7 +341,8 @@ class BulkheadGuard(TaskGuard):
                 self._defer(task, domain, "cluster", cap)
             self._held.lease = (domain, token)
 
-    def after_run(self, task: Task[Any, Any], failed: bool) -> None:
+    def after_run(self, task: AnyTask, failed: bool) -> None:
+        """Give the slot and lease back."""
         self._release()
 
     def _release(self) -> None:
@@ -352,7 +356,7 @@ class BulkheadGuard(TaskGuard):
             held.lease = None
             self.leases.release(domain, token)
 
-    def _defer(self, task: Task[Any, Any], domain: str, scope: str, cap: int) -> None:
+    def _defer(self, task: AnyTask, domain: str, scope: str, cap: int) -> None:
         countdown = self.defer_s * (1 + random.random() / 2)  # jitter, not cryptography
         self.deferred += 1
         now = time.monotonic()
@@ -362,24 +366,3 @@ class BulkheadGuard(TaskGuard):
                       task=task.name, task_id=task.request.id, countdown_s=round(countdown, 3),
                       deferred_total=self.deferred)
         requeue(task, countdown_s=countdown, retries=int(task.request.retries or 0))
-
-
-def admission_guards(runtime: Runtime) -> list[TaskGuard]:
-    """The guards of the admission layer in the process that runs tasks: the domain caps.
-
-    Load shedding comes before them, in the worker's main process (a message it
-    parks never reaches a pool process, so it never takes a slot): this sets
-    ``runtime.shed_guard`` (a :class:`~prismatic_celery.admission.shedding.ShedGuard`, None
-    when shedding is off) and ``runtime.shedding`` (a
-    :class:`~prismatic_celery.admission.shedding.ShedStatus`).
-    """
-    from .shedding import ShedGuard, ShedStatus, queue_policies
-
-    guards: list[TaskGuard] = []
-    policies = queue_policies(runtime.settings, runtime.supervisor)  # validates the shedding settings
-    setattr(runtime, "shedding", ShedStatus(runtime, policies))  # read by health and Prometheus
-    runtime.shed_guard = ShedGuard(runtime, policies) if runtime.settings.shed_enabled and policies else None
-    bulkhead = BulkheadGuard(runtime)
-    if bulkhead.active:
-        guards.append(bulkhead)
-    return guards

@@ -56,7 +56,8 @@ def _status(runtime: Runtime) -> ShedStatus:
     found = getattr(runtime, "shedding", None)
     if isinstance(found, ShedStatus):
         return found
-    return ShedStatus(runtime, queue_policies(runtime.settings, runtime.supervisor))
+    return ShedStatus(runtime.store, runtime.keys, runtime.supervisor,
+                      queue_policies(runtime.settings, runtime.supervisor))
 
 
 def _queues(runtime: Runtime, queues: Sequence[str], every: bool) -> list[str]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..log import get_logger, log_event
 from ..remediation.actions import RetryWithBackoff
@@ -25,7 +26,10 @@ from .metrics import MetricsRecorder
 from .store import Lesson, LessonStore, taught_action
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..circuits import Circuits
+    from ..config import Settings
+    from ..store import Store
+    from ..store.keys import Keys
     from ..supervision.crash import Crash
 
 __all__ = ["LESSON_RULE", "OPERATOR_REPLAY", "Learning"]
@@ -39,11 +43,11 @@ OPERATOR_REPLAY = "operator_replay"
 class Learning:
     """Lessons and knowledge metrics of one app."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        settings = runtime.settings
-        self.runtime = runtime
-        self.lessons = LessonStore(runtime.store, runtime.keys, max_lessons=settings.lessons_max)
-        self.metrics = MetricsRecorder(runtime.store, runtime.keys)
+    def __init__(self, store: Store, keys: Keys, settings: Settings, circuits: Circuits) -> None:
+        self.store = store
+        self.circuits = circuits
+        self.lessons = LessonStore(store, keys, max_lessons=settings.lessons_max)
+        self.metrics = MetricsRecorder(store, keys)
         self.policy = ChoicePolicy(
             min_observations=settings.lesson_min_observations, min_success_rate=settings.lesson_min_success_rate,
             exploration=settings.lesson_exploration, demotion_s=settings.lesson_demotion_s,
@@ -89,9 +93,9 @@ class Learning:
 
     def _circuit_ms(self, circuits: tuple[str, ...]) -> int:
         """How long the ``circuit_break`` candidate keeps the task's first circuit open: its reset timeout."""
-        if not circuits or circuits[0] not in self.runtime.circuits:
+        if not circuits or circuits[0] not in self.circuits:
             return CIRCUIT_OPEN_MS
-        timeout = getattr(self.runtime.circuits.get(circuits[0]), "reset_timeout", None)
+        timeout = getattr(self.circuits.get(circuits[0]), "reset_timeout", None)
         return int(timeout * 1000) if isinstance(timeout, (int, float)) and timeout > 0 else CIRCUIT_OPEN_MS
 
     def calls(self, crash: Crash, *, known: bool, recurring: bool, remediation: str | None, dead_lettered: bool,
@@ -107,7 +111,7 @@ class Learning:
             calls.append(metrics.failed_call(crash.task_id))
         return calls
 
-    def succeeded(self, tracking: dict[str, Any], task_id: str) -> None:
+    def succeeded(self, tracking: Mapping[str, object], task_id: str) -> None:
         """A re-run (or an operator's replay) succeeded: its remediation worked for its fingerprint (one round trip)."""
         fp, action = tracking.get("fp"), tracking.get("action")
         label = tracking.get("label") or action
@@ -120,5 +124,5 @@ class Learning:
             recovery = now - applied_at if applied_at is not None else None
             outcome = self.lessons.outcome_call(fp, label, True, recovery_s=recovery)
             calls.extend([outcome] if outcome is not None else [])
-        replies = self.runtime.store.run_many(calls)
+        replies = self.store.run_many(calls)
         self.metrics.reply(calls[0], replies[0] if replies else None)

@@ -20,22 +20,19 @@ formula); when the store does not answer it is :func:`~.unknown.unknown_health`.
 Lessons, knowledge metrics and shed counts come from the runtime's ``learning`` and ``shedding``
 when it has them (else they are reported as None, shown "n/a").
 
-Processes and memory (:mod:`.samples`): each worker samples its main and pool processes here
-(:func:`sample_worker`) and publishes the sample every ``max(5 s, prismatic_reconcile_interval_s)``
-to ``prismatic:{<ns>}:health:<hostname>`` (JSON, expiring) so the cluster view can add them up.
+Processes and memory (:mod:`.samples`): each worker's ``HealthSamplerStep`` runs a
+:class:`~.sampler.HealthSampler`, which samples its main and pool processes and publishes the sample every
+``max(5 s, prismatic_reconcile_interval_s)`` to ``prismatic:{<ns>}:health:<hostname>`` (JSON, expiring) so
+the cluster view can add them up.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import threading
-import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from ..log import get_logger, log_event
+from ..log import get_logger
+from .sampler import sum_known as _sum
 from .samples import WorkerSample
 from .score import ScoreInputs, health_score
 from .sources import HealthSources
@@ -43,158 +40,9 @@ from .unknown import local_fields, unknown_health
 from .views import circuits_view, knowledge_view, lessons_view, recent_events, tree_state, workers_view
 from .workers import live_registrations
 
-if TYPE_CHECKING:
-    from ..runtime import Runtime  # the worker sampler's only (it moves to observability/sampler.py)
-
-__all__ = [
-    "connect_sampler",
-    "get_tree_health",
-    "rss_bytes",
-    "sample_key",
-    "sample_worker",
-    "summary_numbers",
-]
+__all__ = ["get_tree_health", "summary_numbers"]
 
 logger = get_logger("health")
-
-# -- a worker's processes and memory -----------------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident set size of ``pid`` in bytes (``/proc``, else psutil); None when unknown."""
-    try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # type: ignore[import-untyped,unused-ignore]  # optional; no stubs required
-
-        return int(psutil.Process(pid).memory_info().rss)
-    except Exception:  # psutil absent, or the process is gone: unknown
-        return None
-
-
-def _pool_pids(consumer: Any) -> list[int]:
-    pool = getattr(consumer, "pool", None)
-    try:
-        info = pool.info if pool is not None else {}
-        pids = info.get("processes") if isinstance(info, Mapping) else None
-    except Exception:  # a pool that is starting or stopping has no stable info
-        pids = None
-    return [int(p) for p in pids or () if isinstance(p, int)]
-
-
-def _sum(values: Iterable[int | None]) -> int | None:
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
-
-
-def sample_worker(
-    runtime: Runtime, consumer: Any, *, hostname: str | None = None, now: float | None = None
-) -> WorkerSample:
-    """Sample this worker's processes and the memory of the pool processes serving each domain."""
-    main = os.getpid()
-    pool_pids = _pool_pids(consumer)
-    processes = tuple(sorted({main, *pool_pids}))
-    rss = {pid: rss_bytes(pid) for pid in processes}
-    memory: dict[str, int | None] = {}
-    reconciler = runtime.reconciler
-    served: dict[str, tuple[int, ...]] = {}
-    if reconciler is not None:
-        for _ in range(3):  # the event loop may add a pid while we copy: try again
-            try:
-                served = {d: tuple(p) for d, p in list(reconciler.served_pids.items())}
-                break
-            except RuntimeError:
-                continue
-    live = set(processes)
-    for domain in runtime.supervisor.domain_list:
-        pids = [p for p in served.get(domain.name, ()) if p in live]
-        memory[domain.name] = _sum(rss[p] for p in pids) if pids else None
-    pool = getattr(consumer, "pool", None)
-    return WorkerSample(
-        hostname=hostname or str(getattr(consumer, "hostname", None) or runtime.hostname or "unknown"),
-        pid=main,
-        pool=type(pool).__module__.rsplit(".", 1)[-1] if pool is not None else None,
-        processes=processes,
-        memory_per_domain=memory,
-        rss_total=_sum(rss.values()),
-        at=time.time() if now is None else now,  # a sample's own clock: no store round trip for it
-    )
-
-
-def sample_key(runtime: Runtime, hostname: str) -> str:
-    """``prismatic:{<ns>}:health:<hostname>``: a worker's latest sample (JSON, expires)."""
-    return runtime.keys.key("health", hostname)
-
-
-SAMPLE_INTERVAL_S = 5.0  # processes and memory change slowly: a sample every 5 s is fresh enough
-
-
-class _Sampler:
-    """Publishes this worker's sample from a daemon thread (never on the event loop)."""
-
-    def __init__(self, runtime: Runtime, consumer: Any) -> None:
-        self.runtime = runtime
-        self.consumer = consumer
-        self.hostname = str(consumer.hostname)
-        self.interval_s = max(SAMPLE_INTERVAL_S, runtime.settings.reconcile_interval_s)
-        self.ttl_s = max(15.0, 3 * self.interval_s)
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="prismatic-health", daemon=True)
-
-    def _loop(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                sample = sample_worker(self.runtime, self.consumer, hostname=self.hostname)
-                self.runtime.store.set_json(sample_key(self.runtime, self.hostname), sample.to_json(),
-                                            ttl_s=self.ttl_s)
-            except Exception as exc:  # the sampler never stops the worker; the next period tries again
-                log_event(logging.ERROR, "health-sample-failed", logger, error=repr(exc)[:300])
-            self.stop_event.wait(self.interval_s)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        with contextlib.suppress(Exception):  # shutting down: the key expires anyway
-            self.runtime.store.delete(sample_key(self.runtime, self.hostname))
-
-
-_samplers: dict[int, _Sampler] = {}
-_connected = False
-
-
-def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    try:
-        from ..runtime import get_runtime
-
-        app = getattr(sender, "app", None)
-        runtime = get_runtime(app) if app is not None else None
-        if runtime is None or id(sender) in _samplers:
-            return
-        sampler = _samplers[id(sender)] = _Sampler(runtime, sender)
-        sampler.thread.start()
-    except Exception as exc:  # observation only
-        log_event(logging.ERROR, "health-sampler-failed", logger, error=repr(exc)[:300])
-
-
-def _on_worker_shutdown(**_: Any) -> None:
-    for sampler in list(_samplers.values()):
-        sampler.stop()
-    _samplers.clear()
-
-
-def connect_sampler() -> None:
-    """Publish each worker's sample (``worker_ready`` starts it, ``worker_shutdown`` stops it); idempotent."""
-    global _connected
-    if _connected:
-        return
-    from celery import signals
-
-    _connected = True
-    signals.worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="prismatic.health.ready")
-    signals.worker_shutdown.connect(_on_worker_shutdown, weak=False, dispatch_uid="prismatic.health.shutdown")
-
 
 # -- the cluster-wide report ----------------------------------------------------------------------
 

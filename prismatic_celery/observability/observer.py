@@ -23,16 +23,20 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from celery import Celery, signals
 
 from ..log import get_logger, log_event
-from ..runtime import Runtime, get_runtime
 from ..supervision.window import FLUSH_INTERVAL_S, ExecutionWindow
 
-__all__ = ["DEFERRED_MARK", "OUTCOMES", "SUCCEEDED_MARK", "TaskStats", "connect_signals", "count_outcome",
-           "stats_for"]
+if TYPE_CHECKING:
+    from ..store import Store
+    from ..store.keys import Keys
+    from ..supervision.locate import AnyTask, Locator
+
+__all__ = ["DEFERRED_MARK", "OUTCOMES", "SUCCEEDED_MARK", "Observer", "TaskStats", "connect_signals"]
 
 logger = get_logger("observer")
 
@@ -45,8 +49,9 @@ STATS_TTL_S = 7 * 24 * 3600.0
 class TaskStats:
     """Per-process outcome counters per (hostname, queue), flushed in the background."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, store: Store, keys: Keys, *, window_s: float, flush_s: float) -> None:
+        self.store, self.keys = store, keys
+        self.window_s, self.flush_s = window_s, flush_s
         self._reset()
         _all_stats.add(self)
 
@@ -56,8 +61,8 @@ class TaskStats:
         self._lock = threading.Lock()
         self._pid = -1
         self._wake = threading.Event()
-        settings = self.runtime.settings
-        self.window = ExecutionWindow(self.runtime.store, self.runtime.keys, settings.child_window_s)
+        self.window = ExecutionWindow(self.store, self.keys, self.window_s)
+        self.counted = False
 
     def count(self, hostname: str | None, queue: str, outcome: str, amount: int = 1) -> None:
         """Count ``amount`` outcomes in memory (no I/O); starts this process's flusher if needed."""
@@ -67,7 +72,12 @@ class TaskStats:
                 self.window.success(queue)
             if self._pid != os.getpid():
                 self._pid = os.getpid()
+                self.counted = True
                 threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
+
+    def take_successes(self, queue: str) -> int:
+        """This process's successes of ``queue`` not yet flushed, handed to the caller (a failure's script call)."""
+        return self.window.take(queue)
 
     def flush(self) -> None:
         """Write pending counters to ``prismatic:{<ns>}:stats:<hostname>`` (HINCRBY, pipelined)."""
@@ -78,17 +88,22 @@ class TaskStats:
             if amount:
                 by_host.setdefault(hostname, {})[field] = amount
         for hostname, increments in by_host.items():
-            self.runtime.store.hincr(self.runtime.keys.key("stats", hostname), increments, ttl_s=STATS_TTL_S)
+            self.store.hincr(self.keys.key("stats", hostname), increments, ttl_s=STATS_TTL_S)
+
+    def flush_all(self) -> None:
+        """Flush the execution window and the counters (at shutdown)."""
+        self.window.flush()
+        self.flush()
 
     def _loop(self) -> None:
         pid = os.getpid()
         flushed_at = time.monotonic()
         while self._pid == pid:
-            self._wake.wait(min(FLUSH_INTERVAL_S, self.runtime.settings.stats_flush_s))
+            self._wake.wait(min(FLUSH_INTERVAL_S, self.flush_s))
             self._wake.clear()
             try:
                 self.window.flush()
-                if time.monotonic() - flushed_at >= self.runtime.settings.stats_flush_s:
+                if time.monotonic() - flushed_at >= self.flush_s:
                     flushed_at = time.monotonic()
                     self.flush()
             except Exception as exc:  # never let the flusher die silently
@@ -96,6 +111,32 @@ class TaskStats:
             time.sleep(0)
 
 
+class Observer:
+    """What the signal handlers and ``SupervisedTask`` count with: the counters and where a delivery belongs."""
+
+    def __init__(self, stats: TaskStats, locator: Locator) -> None:
+        self.stats = stats
+        self.locator = locator
+
+    def count(self, request: object, queue: str | None, outcome: str, amount: int = 1) -> None:
+        """Count ``amount`` outcomes of the execution ``request`` on ``queue`` (None: unsupervised)."""
+        hostname = getattr(request, "hostname", None)
+        self.stats.count(hostname if isinstance(hostname, str) else None, queue or UNSUPERVISED, outcome, amount)
+
+    def count_task(self, task: AnyTask, outcome: str, amount: int = 1) -> None:
+        """Count an outcome of ``task``'s running request."""
+        located = self.locator.locate_task(task)
+        self.count(task.request, located[1].queue if located else None, outcome, amount)
+
+    def count_delivery(self, carrier: object, task_name: str | None, hostname: str | None, outcome: str) -> None:
+        """Count an outcome signalled with a request or message (``carrier``) rather than a running task."""
+        delivery = getattr(carrier, "delivery_info", None)
+        located = self.locator.locate(delivery if isinstance(delivery, dict) else None, task_name)
+        self.stats.count(hostname, located[1].queue if located else UNSUPERVISED, outcome)
+
+
+#: Finds the observer of an app (None: not supervised); handed to :func:`connect_signals` by ``install``.
+Resolve = Callable[[Celery], "Observer | None"]
 _STATS_ATTR = "_prismatic_stats"
 _all_stats: weakref.WeakSet[TaskStats] = weakref.WeakSet()
 
@@ -108,22 +149,15 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def stats_for(runtime: Runtime) -> TaskStats:
-    """The counters of ``runtime`` (one per process and app)."""
-    stats = getattr(runtime, _STATS_ATTR, None)
-    if not isinstance(stats, TaskStats):
-        stats = TaskStats(runtime)
-        setattr(runtime, _STATS_ATTR, stats)
-        track(runtime)
-    return stats
+_resolvers: list[Resolve] = []
 
 
-def _runtime_of(sender: Any) -> Runtime | None:
+def _observer_of(sender: object) -> Observer | None:
     app = getattr(sender, "app", None)
-    if not isinstance(app, Celery):
+    if not isinstance(app, Celery) or not _resolvers:
         return None
     try:
-        return get_runtime(app)
+        return _resolvers[0](app)
     except Exception:  # bad configuration is reported at worker start, not per task
         return None
 
@@ -132,21 +166,8 @@ SUCCEEDED_MARK = "_prismatic_succeeded"  # set on a request whose task body retu
 DEFERRED_MARK = "_prismatic_deferred"  # set on a request put back before its body ran (not a start, not a retry)
 
 
-def count_outcome(runtime: Runtime, request: Any, queue: str | None, outcome: str, amount: int = 1) -> None:
-    """Count ``amount`` outcomes of the execution ``request`` on ``queue`` (None: unsupervised)."""
-    stats_for(runtime).count(getattr(request, "hostname", None), queue or UNSUPERVISED, outcome, amount)
-
-
-def _count_task(task: Any, outcome: str, amount: int = 1) -> None:
-    runtime = _runtime_of(task)
-    if runtime is None:
-        return
-    located = runtime.locate_task(task)
-    count_outcome(runtime, task.request, located[1].queue if located else None, outcome, amount)
-
-
-def _guarded(fn: Any) -> Any:
-    def handler(*args: Any, **kwargs: Any) -> None:
+def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    def handler(*args: object, **kwargs: object) -> None:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # observation must never disturb the task
@@ -157,63 +178,59 @@ def _guarded(fn: Any) -> Any:
 
 
 @_guarded
-def on_task_failure(sender: Any = None, **_: Any) -> None:
-    _count_task(sender, "failed")
-    if getattr(getattr(sender, "request", None), SUCCEEDED_MARK, False):
+def on_task_failure(sender: AnyTask | None = None, **_: object) -> None:
+    observer = _observer_of(sender)
+    if observer is None or sender is None:
+        return
+    observer.count_task(sender, "failed")
+    if getattr(sender.request, SUCCEEDED_MARK, False):
         # The body returned (counted as a success) and Celery then failed the task, e.g. its
         # result could not be encoded: it is a failure, not a success.
-        _count_task(sender, "succeeded", -1)
+        observer.count_task(sender, "succeeded", -1)
 
 
-def _count_delivery(sender: Any, carrier: Any, task_name: str | None, hostname: str | None, outcome: str) -> None:
-    """Count an outcome signalled with a request or message (``carrier``) rather than a running task."""
-    runtime = _runtime_of(sender)
-    if runtime is None:
-        return
-    delivery = getattr(carrier, "delivery_info", None)
-    located = runtime.locate(delivery if isinstance(delivery, dict) else None, task_name)
-    stats_for(runtime).count(hostname, located[1].queue if located else UNSUPERVISED, outcome)
+def _count_delivery(sender: object, carrier: object, task_name: str | None, hostname: object, outcome: str) -> None:
+    observer = _observer_of(sender)
+    if observer is not None:
+        observer.count_delivery(carrier, task_name, hostname if isinstance(hostname, str) else None, outcome)
 
 
 @_guarded
-def on_task_retry(sender: Any = None, request: Any = None, **_: Any) -> None:
+def on_task_retry(sender: object = None, request: object = None, **_: object) -> None:
     outcome = "deferred" if getattr(request, DEFERRED_MARK, False) else "retried"
-    _count_delivery(sender, request, getattr(sender, "name", None), getattr(request, "hostname", None), outcome)
+    _count_delivery(sender, request, _name(sender), getattr(request, "hostname", None), outcome)
 
 
 @_guarded
-def on_task_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
-    _count_delivery(sender, request, getattr(sender, "name", None), getattr(request, "hostname", None), "revoked")
+def on_task_revoked(sender: object = None, request: object = None, **_: object) -> None:
+    _count_delivery(sender, request, _name(sender), getattr(request, "hostname", None), "revoked")
 
 
 @_guarded
-def on_task_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
+def on_task_rejected(sender: object = None, message: object = None, **_: object) -> None:
     _count_delivery(sender, message, None, getattr(sender, "hostname", None), "rejected")
 
 
+def _name(sender: object) -> str | None:
+    name = getattr(sender, "name", None)
+    return name if isinstance(name, str) else None
+
+
 @_guarded
-def on_process_shutdown(**_: Any) -> None:
-    for runtime in list(_flush_targets):
-        stats = stats_for(runtime)
-        stats.window.flush()
-        stats.flush()
-
-
-_flush_targets: list[Runtime] = []
-
-
-def track(runtime: Runtime) -> None:
-    """Flush ``runtime``'s counters when this process shuts down."""
-    if runtime not in _flush_targets:
-        _flush_targets.append(runtime)
+def on_process_shutdown(**_: object) -> None:
+    for stats in list(_all_stats):
+        if stats.counted:
+            stats.flush_all()
 
 
 _connected = False
 
 
-def connect_signals() -> None:
-    """Connect the observation handlers once per process (idempotent)."""
+def connect_signals(resolve: Resolve) -> None:
+    """Connect the observation handlers once per process (idempotent); ``resolve`` finds an app's observer."""
     global _connected
+    if not _resolvers:
+        _resolvers.append(resolve)
     if _connected:
         return
     _connected = True
@@ -222,7 +239,6 @@ def connect_signals() -> None:
         (signals.task_retry, on_task_retry),
         (signals.task_revoked, on_task_revoked),
         (signals.task_rejected, on_task_rejected),
-        (signals.worker_process_shutdown, on_process_shutdown),
-        (signals.worker_shutdown, on_process_shutdown),
+        (signals.worker_process_shutdown, on_process_shutdown),  # a pool process (the main one: StatsStep)
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"prismatic.{handler.__name__}")

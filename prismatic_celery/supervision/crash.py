@@ -5,21 +5,21 @@ from __future__ import annotations
 import os
 import time
 import traceback as tb_module
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from celery import Task
+from typing import TYPE_CHECKING
 
 from ..describe import exception_text
-from ..lessons.classify import classify
+from ..lessons.classify import Overrides, classify
 from ..lessons.fingerprint import Fingerprint, exception_type_name, fingerprint_exception
+from ..lessons.frames import InApp
 from ..lessons.redact import redact
 from .recycle import process_started_at
 from .tree import Child, Domain
 
 if TYPE_CHECKING:
     from ..remediation.rules import Decision
-    from ..runtime import Runtime
+    from .locate import AnyTask
 
 __all__ = ["HEADER", "Crash", "fair_trial", "reruns"]
 
@@ -31,7 +31,7 @@ HEADER = "prismatic"
 TRACEBACK_LIMIT = 8000
 
 
-def reruns(request: Any) -> int:
+def reruns(request: object) -> int:
     """How many times the plugin has re-run this message so far (0 on its first execution).
 
     A task that behaves differently on a re-run reads this, not ``request.retries``
@@ -73,13 +73,12 @@ class Crash:
         return self.fp.hash
 
     @classmethod
-    def capture(cls, runtime: Runtime, task: Task[Any, Any], exc: BaseException, domain: Domain,
-                child: Child) -> Crash:
+    def capture(cls, task: AnyTask, exc: BaseException, domain: Domain, child: Child, *,
+                in_app_modules: InApp = None, failure_class_overrides: Overrides | None = None) -> Crash:
         """Capture a crash of the running request (secrets redacted before anything leaves here)."""
         request = task.request
         history = getattr(request, HEADER, None)
         history = history if isinstance(history, dict) else {}
-        settings = runtime.settings
         first = history.get("first_crash")
         remediations = history.get("remediations")
         previous_fp, previous_label = history.get("fp"), history.get("label") or history.get("action")
@@ -101,8 +100,8 @@ class Crash:
             exc_type=exception_type_name(exc),
             message=redact(exception_text(exc, use_repr=True)),
             traceback=redact(text, limit=TRACEBACK_LIMIT),
-            fp=fingerprint_exception(exc, in_app_prefixes=settings.in_app_modules),
-            failure_class=classify(exc, overrides=settings.failure_class_overrides),
+            fp=fingerprint_exception(exc, in_app_prefixes=in_app_modules),
+            failure_class=classify(exc, overrides=failure_class_overrides),
             first_crash=float(first) if isinstance(first, (int, float)) else time.time(),
             remediations=labels,
             circuits=tuple(str(c) for c in circuits) if isinstance(circuits, (list, tuple)) else (),
@@ -110,7 +109,7 @@ class Crash:
             and previous_label else None,
         )
 
-    def tracking(self, decision: Decision, *, known: bool) -> dict[str, Any]:
+    def tracking(self, decision: Decision, *, known: bool) -> dict[str, object]:
         """The header a re-run carries: its attempt, this crash's fingerprint and time, the remediation applied
         (name and label), whether the pattern was known, the first crash's time and the history."""
         return {
@@ -127,7 +126,7 @@ class Crash:
         }
 
 
-def fair_trial(history: dict[str, Any]) -> bool:
+def fair_trial(history: Mapping[str, object]) -> bool:
     """Whether a failed re-run tested the remediation its crash got.
 
     ``recycle_process`` replaces the process that crashed; when its re-run ran in another process

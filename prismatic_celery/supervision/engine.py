@@ -11,23 +11,20 @@ Two levels of failure:
 
 Both are decided together, in one store round trip (``restart.lua``), after the crash was
 captured, fingerprinted and classified once and its remediation chosen once. Runs in the
-process that executes the task (``SupervisedTask.__call__``) and, for pool-process deaths,
-in the worker's main process (``SupervisedRequest``). Decisions on a message are enacted
+process that executes the task (the task pipeline's pause and crash stages) and, for pool-process
+deaths, in the worker's main process (:mod:`.lost`, called by ``SupervisedRequest``). Decisions on a message are enacted
 with :func:`~.requeue.requeue` (republish + ``Retry``) or by letting Celery fail the task;
 nothing here ever raises anything else into the task.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-from celery import Task
+from typing import TYPE_CHECKING
 
 from ..circuits import CircuitOpenError
 from ..lessons.ladder import RERUN_ACTIONS, process_random, quick_retry
@@ -38,24 +35,30 @@ from ..remediation.backoff import delay_s, escalating_cooldown_s
 from ..remediation.defaults import DEFAULT_RULE_NAMES
 from ..remediation.dlq import dead_letter_entry
 from ..remediation.rules import Decision
-from ..store.base import ScriptCall
 from .cache import PauseCache
 from .crash import HEADER, Crash
 from .pauses import Pause, clear_pauses, read_pauses, rest_cause, set_pause
 from .recycle import recycle_current_process
 from .requeue import can_requeue, requeue
 from .restarts import ChildPolicy, RestartOutcome, failure_call, parse_outcome
-from .tree import Child, Domain, RestartType
+from .tree import Child, Domain, RestartType, Supervisor
 
 if TYPE_CHECKING:
+    from ..circuits import Circuits
+    from ..config import Settings
+    from ..lessons.learning import Learning
     from ..lessons.store import Lesson
-    from ..runtime import Runtime
+    from ..remediation import RemediationRegistry
+    from ..remediation.dlq import DeadLetterQueue
+    from ..store import Store
+    from ..store.keys import Keys
+    from .locate import AnyTask, Locator
+    from .ports import BroadcastReconcile, Emit, PendingSuccesses
 
 __all__ = ["DEFER_MAX_S", "PATTERN_TTL_S", "Engine", "Fate"]
 
 logger = get_logger("engine")
 COOLDOWN_ATTEMPTS = 16
-DEATHS_TTL_S = 86_400.0  # a message's pool-process deaths are remembered this long
 #: A failure pattern the rules escalate calls for a person once; again only after this long unseen.
 PATTERN_TTL_S = 86_400.0
 #: A message deferred because its queue is paused comes back at least this often (seconds), so it runs
@@ -85,14 +88,20 @@ class Fate:
 class Engine:
     """Enacts the tree's semantics for one app in one process."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        settings = runtime.settings
+    def __init__(
+        self, *, store: Store, keys: Keys, supervisor: Supervisor, settings: Settings, circuits: Circuits,
+        registry: RemediationRegistry, dlq: DeadLetterQueue, learning: Learning | None, locator: Locator,
+        emit: Emit, broadcast_reconcile: BroadcastReconcile, pending_successes: PendingSuccesses,
+    ) -> None:
+        self.store, self.keys, self.supervisor, self.settings = store, keys, supervisor, settings
+        self.circuits, self.registry, self.dlq, self.learning = circuits, registry, dlq, learning
+        self.locator, self.emit, self.broadcast_reconcile = locator, emit, broadcast_reconcile
+        self.pending_successes = pending_successes
         self.backoff = RetryWithBackoff(initial_ms=round(settings.backoff_initial_s * 1000),
                                         max_ms=round(settings.backoff_max_s * 1000),
                                         jitter_ms=round(settings.backoff_jitter_s * 1000))
-        self.pauses = PauseCache(runtime.store, runtime.keys, runtime.supervisor.queues,
-                                 max_age_s=settings.reconcile_interval_s, supervisor=runtime.supervisor)
+        self.pauses = PauseCache(store, keys, supervisor.queues,
+                                 max_age_s=settings.reconcile_interval_s, supervisor=supervisor)
         self.hostname = socket.gethostname()
         self.random = process_random()
         cooldowns = [escalating_cooldown_s(settings.cooldown_initial_s, settings.cooldown_max_s, n)
@@ -110,11 +119,11 @@ class Engine:
         return self._policy[domain.strategy.value]
 
     # -- in the task's process -------------------------------------------------------------
-    def locate(self, task: Task[Any, Any]) -> tuple[Domain, Child] | None:
+    def locate(self, task: AnyTask) -> tuple[Domain, Child] | None:
         """The domain and child of the running request."""
-        return self.runtime.locate_task(task)
+        return self.locator.locate_task(task)
 
-    def before_run(self, task: Task[Any, Any]) -> None:
+    def before_run(self, task: AnyTask) -> None:
         """Defer the message when its queue is paused (raises Retry); else return at once.
 
         The process's view of the pauses may be a period old, so a pause it shows is read
@@ -127,13 +136,13 @@ class Engine:
         if located is None:
             return
         queue = located[1].queue
-        store = self.runtime.store
+        store = self.store
         if self.pauses.get(queue) is None or getattr(store, "degraded", False):
             # With the store down a pause lives only in the memory of the process that made it, where
             # the child's recovery (in another process) cannot end it: the queues are still stopped
             # by the workers' own reconciliation, so a message already here simply runs.
             return
-        pause = read_pauses(store, self.runtime.keys, self.runtime.supervisor, [queue]).get(queue)
+        pause = read_pauses(store, self.keys, self.supervisor, [queue]).get(queue)
         if pause is None:
             self.pauses.invalidate()
             return
@@ -142,21 +151,7 @@ class Engine:
                     id=task.request.id, queue=queue, reason=pause.reason, countdown_s=round(countdown, 3))
         requeue(task, countdown_s=countdown, retries=task.request.retries or 0)
 
-    def call(self, task: Task[Any, Any], body: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        """Run the task body under the circuit breakers the task declares (``circuits=[...]`` option).
-
-        A closed circuit costs no store round trip; an open one raises
-        ``CircuitOpenError`` without running the body (handled by :meth:`on_crash`).
-        """
-        names = getattr(task, "circuits", None)
-        if not names:
-            return body(*args, **kwargs)
-        call: Callable[[], Any] = functools.partial(body, *args, **kwargs)
-        for name in reversed(tuple(names)):
-            call = functools.partial(self.runtime.circuits.get(name).call, call)
-        return call()
-
-    def on_crash(self, task: Task[Any, Any], exc: BaseException) -> None:
+    def on_crash(self, task: AnyTask, exc: BaseException) -> None:
         """Decide what a failed execution of a supervised task means; may raise Retry to re-run it.
 
         An open circuit defers the message (not a failure); a transient child's normal
@@ -172,14 +167,15 @@ class Engine:
             return
         domain, child = located
         if not can_requeue(task):
-            self.runtime.emit("crash", domain=domain.name, outcome="not_requeueable",
+            self.emit("crash", domain=domain.name, outcome="not_requeueable",
                               **self._context(task, exc, child))
             return
         if child.restart is RestartType.TRANSIENT and isinstance(exc, child.normal_exceptions):
-            self.runtime.emit("crash", domain=domain.name, outcome="normal_exit", **self._context(task, exc, child))
+            self.emit("crash", domain=domain.name, outcome="normal_exit", **self._context(task, exc, child))
             return
-        crash = Crash.capture(self.runtime, task, exc, domain, child)
-        learning = self.runtime.learning
+        crash = Crash.capture(task, exc, domain, child, in_app_modules=self.settings.in_app_modules,
+                              failure_class_overrides=self.settings.failure_class_overrides)
+        learning = self.learning
         lesson = learning.record(crash) if learning is not None else None
         decision = self.decide(crash, lesson)
         fate = self.fate(crash, decision)
@@ -195,11 +191,11 @@ class Engine:
 
     def decide(self, crash: Crash, lesson: Lesson | None = None) -> Decision:
         """The remediation for a crash: a user rule, else a lesson whose remediation worked, else a default."""
-        ruled = self.runtime.registry.lookup(crash.exc, task_name=crash.task_name, domain=crash.domain.name,
+        ruled = self.registry.lookup(crash.exc, task_name=crash.task_name, domain=crash.domain.name,
                                              failure_class=crash.failure_class)
         if ruled.rule_name in DEFAULT_RULE_NAMES and isinstance(ruled.action, RetryWithBackoff):
             ruled = Decision(ruled.rule_name, self.backoff)  # built-in rules back off as the settings say
-        learning = self.runtime.learning
+        learning = self.learning
         return learning.lookup(crash, ruled, lesson, backoff=self.backoff) if learning is not None else ruled
 
     def fate(self, crash: Crash, decision: Decision) -> Fate:
@@ -209,7 +205,7 @@ class Engine:
             return Fate("end", "temporary")  # never run again: it fails as plain Celery fails it
         if action.name not in RERUN_ACTIONS:
             return Fate("dead_letter", f"escalated: {action.reason}" if isinstance(action, Escalate) else action.name)
-        if crash.attempt >= self.runtime.settings.max_restarts_per_message:
+        if crash.attempt >= self.settings.max_restarts_per_message:
             return Fate("dead_letter", "restarts_exhausted")
         attempt = crash.attempt + 1
         if isinstance(action, RetryWithBackoff):
@@ -230,7 +226,7 @@ class Engine:
         """What a re-running action does besides the re-run: open a circuit, recycle this process."""
         action = decision.action
         if isinstance(action, CircuitBreak):
-            circuits = self.runtime.circuits
+            circuits = self.circuits
             if action.target not in circuits:
                 circuits.declare(action.target)
             circuits.open_for(action.target, action.duration_ms)
@@ -239,43 +235,43 @@ class Engine:
                       detail="this pool runs tasks in the worker process; in-process state is not reset")
 
     def _commit(self, crash: Crash, decision: Decision, fate: Fate, context: dict[str, str], *,
-                known: bool, recurring: bool, entry: dict[str, Any] | None) -> RestartOutcome:
+                known: bool, recurring: bool, entry: dict[str, object] | None) -> RestartOutcome:
         """Record the failure, the child's verdict, the message's fate, lesson and knowledge (one round trip)."""
         domain, child = crash.domain, crash.child
         fields = {"domain": domain.name, **context, "action": decision.action.name, "rule": decision.rule_name or "",
                   "failure_class": crash.failure_class, "fingerprint": crash.fingerprint}
-        message = self._message_event(fate, fields, attempt=crash.attempt + 1)
+        message = self.message_event(fate, fields, attempt=crash.attempt + 1)
         escalate = isinstance(decision.action, Escalate)
         pattern_event = {"type": "escalation", **fields, "reason": getattr(decision.action, "reason", "")}
         call = failure_call(
-            self.runtime.keys, self.runtime.supervisor, domain, child, f"{crash.task_id}:{crash.attempt}",
+            self.keys, self.supervisor, domain, child, f"{crash.task_id}:{crash.attempt}",
             self.policy(domain), pending_successes=self._pending_successes(child.queue),
             context={k: v for k, v in context.items() if k != "child"},
             message_event={k: str(v) for k, v in message.items()}, countdown_s=fate.countdown_s,
-            jitter=self.random.random(), pattern=self.runtime.keys.key("pattern", crash.fingerprint),
+            jitter=self.random.random(), pattern=self.keys.key("pattern", crash.fingerprint),
             pattern_ttl_s=PATTERN_TTL_S if escalate else 0.0,
             pattern_event={k: str(v) for k, v in pattern_event.items()},
         )
         calls = [call]
-        learning = self.runtime.learning
+        learning = self.learning
         if learning is not None:
             calls += learning.calls(crash, known=known, recurring=recurring, remediation=fate.remediation,
                                     dead_lettered=entry is not None, final=fate.final)
         if entry is not None:
-            calls.append(self.runtime.dlq.push_call(entry))
-        replies = self.runtime.store.run_many(calls)
+            calls.append(self.dlq.push_call(entry))
+        replies = self.store.run_many(calls)
         outcome = parse_outcome(domain, replies[0])
         if entry is not None:
-            self.runtime.dlq.pushed(calls[-1], replies[-1])
-        self._announce(domain, child, outcome, context, message, recorded=True)
+            self.dlq.pushed(calls[-1], replies[-1])
+        self.announce(domain, child, outcome, context, message, recorded=True)
         if escalate and outcome.new_pattern:
-            self.runtime.emit("escalation", recorded=True, **{k: v for k, v in pattern_event.items() if k != "type"})
+            self.emit("escalation", recorded=True, **{k: v for k, v in pattern_event.items() if k != "type"})
         if (outcome.escalated or (escalate and outcome.new_pattern)) and learning is not None:
             learning.metrics.escalated(crash.task_id)
         return outcome
 
     @staticmethod
-    def _message_event(fate: Fate, fields: dict[str, Any], *, attempt: int) -> dict[str, Any]:
+    def message_event(fate: Fate, fields: Mapping[str, object], *, attempt: int) -> dict[str, object]:
         """The message's one event: a remediation (re-run), a dead letter, or a recorded crash."""
         if fate.outcome == "rerun":
             return {"type": "remediation", **fields, "attempt": attempt, "countdown_s": fate.countdown_s}
@@ -285,11 +281,9 @@ class Engine:
 
     def _pending_successes(self, queue: str) -> int:
         """This process's successes of ``queue`` not yet flushed, handed to the failure's script call."""
-        from ..observability.observer import stats_for
+        return int(self.pending_successes(queue))
 
-        return int(stats_for(self.runtime).window.take(queue))
-
-    def _dead_letter(self, task: Task[Any, Any], crash: Crash, reason: str) -> dict[str, Any]:
+    def _dead_letter(self, task: AnyTask, crash: Crash, reason: str) -> dict[str, object]:
         request = task.request
         priority = (request.delivery_info or {}).get("priority") if isinstance(request.delivery_info, dict) else None
         return dead_letter_entry(
@@ -300,23 +294,23 @@ class Engine:
             remediations=crash.remediations, priority=priority if isinstance(priority, int) else None,
         )
 
-    def _defer_for_circuit(self, task: Task[Any, Any], exc: CircuitOpenError) -> None:
+    def _defer_for_circuit(self, task: AnyTask, exc: CircuitOpenError) -> None:
         """A circuit the task depends on is open: re-queue for when it may half-open; not a failure."""
         if not can_requeue(task):
             return
         countdown = max(0.05, float(exc.retry_after_s or 0.0))
         located = self.locate(task)
-        if located is not None and self.runtime.settings.circuit_pause_child:
+        if located is not None and self.settings.circuit_pause_child:
             domain, child = located
-            now = self.runtime.store.time()
-            set_pause(self.runtime.store, self.runtime.keys,
+            now = self.store.time()
+            set_pause(self.store, self.keys,
                       Pause(child.queue, domain.name, "circuit", exc.name, now, now + countdown))
-            self.runtime.broadcast_reconcile(pause=[child.queue])
+            self.broadcast_reconcile(pause=[child.queue])
         REPEATS.log(f"deferred:circuit:{exc.name}", logging.INFO, "supervision-deferred", logger, task=task.name,
                     id=task.request.id, reason=f"circuit {exc.name} {exc.state}", countdown_s=round(countdown, 3))
         requeue(task, countdown_s=countdown, retries=int(task.request.retries or 0))
 
-    def _context(self, task: Task[Any, Any], exc: BaseException, child: Child) -> dict[str, str]:
+    def _context(self, task: AnyTask, exc: BaseException, child: Child) -> dict[str, str]:
         return {
             "child": child.queue,
             "task": str(task.name),
@@ -325,80 +319,42 @@ class Engine:
             "exception": type(exc).__name__,
         }
 
-    def _announce(self, domain: Domain, child: Child, outcome: RestartOutcome, context: dict[str, str],
-                  message: dict[str, Any] | None, *, recorded: bool) -> None:
+    def announce(self, domain: Domain, child: Child, outcome: RestartOutcome, context: dict[str, str],
+                  message: dict[str, object] | None, *, recorded: bool) -> None:
         """Tell the listeners what one failure decided (the store's stream already has it when ``recorded``)."""
         if message is not None:
             kind = str(message["type"])
             fields = {k: v for k, v in message.items() if k != "type"}
             if "countdown_s" in fields:
                 fields["countdown_s"] = round(outcome.countdown_s, 3)
-            self.runtime.emit(kind, recorded=recorded, **fields)
+            self.emit(kind, recorded=recorded, **fields)
         if outcome.foreign:
-            log_event(logging.WARNING, "store-corrupt-value", logger, key=self.runtime.keys.key("executions",
+            log_event(logging.WARNING, "store-corrupt-value", logger, key=self.keys.key("executions",
                                                                                               child.queue),
                       detail="foreign data in the execution window was removed")
         if not outcome.tripped:
             return
         event_context = {k: v for k, v in context.items() if k != "child"}
-        self.runtime.emit("restart", domain=domain.name, child=child.queue, child_restarts=outcome.child_restarts,
+        self.emit("restart", domain=domain.name, child=child.queue, child_restarts=outcome.child_restarts,
                           domain_restarts=outcome.domain_restarts, executions=outcome.successes + outcome.failures,
                           failures=outcome.failures, window_s=self.policy(domain).window_s, recorded=True,
                           **event_context)
         if outcome.paused:
             reason = ("escalated" if outcome.escalated else "cooldown" if outcome.budget_exceeded
                       else domain.strategy.value)
-            self.runtime.emit("pause", domain=domain.name, child=child.queue, queues=",".join(outcome.paused),
+            self.emit("pause", domain=domain.name, child=child.queue, queues=",".join(outcome.paused),
                               reason=reason, cooldown_s=outcome.cooldown_s, recorded=True, **event_context)
             self.pauses.invalidate()
-            self.runtime.broadcast_reconcile(pause=list(outcome.paused))
+            self.broadcast_reconcile(pause=list(outcome.paused))
         if outcome.escalated:
-            self.runtime.emit("escalation", domain=domain.name, child=child.queue,
+            self.emit("escalation", domain=domain.name, child=child.queue,
                               reason="supervisor_budget_exceeded", supervisor_restarts=outcome.supervisor_restarts,
                               cooldown_s=outcome.cooldown_s, recorded=True, **event_context)
         if outcome.recycle_generation and not recycle_current_process():
             log_event(logging.INFO, "recycle-unsupported", logger, domain=domain.name,
                       detail="this pool runs tasks in the worker process; in-process state is not reset")
 
-    # -- in the worker's main process ---------------------------------------------------------
-    def worker_lost(self, domain: Domain, child: Child, task_id: str, task_name: str, hostname: str,
-                    decide: Callable[[int], Fate],
-                    letter: Callable[[int, str], dict[str, Any]]) -> tuple[int, Fate]:
-        """A pool process died running ``task_id``: count the death, decide the message's fate from the
-        deaths so far (``decide``), and record the failure like any other, with the dead letter
-        (``letter(deaths, reason)``) when the fate is one (two round trips)."""
-        deaths = self.runtime.store.incr(self.runtime.keys.key("deaths", task_id), ttl_s=DEATHS_TTL_S)
-        fate = decide(deaths)
-        context = {"child": child.queue, "task": task_name, "task_id": task_id, "hostname": hostname,
-                   "exception": "WorkerLostError"}
-        fields = {"domain": domain.name, **context, "action": fate.remediation or "", "rule": "",
-                  "failure_class": "resource_exhaustion", "deaths": deaths}
-        message = self._message_event(fate, fields, attempt=deaths)
-        call = failure_call(
-            self.runtime.keys, self.runtime.supervisor, domain, child, f"{task_id}:lost:{deaths}", self.policy(domain),
-            context={k: v for k, v in context.items() if k != "child"},
-            message_event={k: str(v) for k, v in message.items()}, countdown_s=fate.countdown_s,
-            jitter=self.random.random(),
-        )
-        calls: list[ScriptCall] = [call]
-        learning = self.runtime.learning
-        if learning is not None:
-            metrics = learning.metrics
-            calls.append(metrics.crash_call(task_id, False, recurring=deaths > 1))
-            if fate.outcome == "dead_letter":
-                calls += [metrics.count_call(task_id, "dead_letters"), metrics.failed_call(task_id)]
-        if fate.outcome == "dead_letter":
-            calls.append(self.runtime.dlq.push_call(letter(deaths, fate.reason)))
-        replies = self.runtime.store.run_many(calls)
-        outcome = parse_outcome(domain, replies[0])
-        if fate.outcome == "dead_letter":
-            self.runtime.dlq.pushed(calls[-1], replies[-1])
-        self._announce(domain, child, outcome, context, message, recorded=True)
-        if outcome.escalated and learning is not None:
-            learning.metrics.escalated(task_id)
-        return deaths, Fate(fate.outcome, fate.reason, outcome.countdown_s, fate.remediation)
-
-    def after_success(self, task: Task[Any, Any]) -> None:
+    def after_success(self, task: AnyTask) -> None:
         """A supervised task succeeded: if its child caused rest_for_one pauses, end them.
 
         Costs nothing unless this process's pause view (refreshed once per
@@ -413,23 +369,23 @@ class Engine:
                 self.resume_after_success(queue)
                 self.pauses.invalidate()
         tracking = getattr(task.request, HEADER, None)
-        if isinstance(tracking, dict) and self.runtime.learning is not None:
-            self.runtime.learning.succeeded(tracking, str(task.request.id))  # only tasks that had crashed
+        if isinstance(tracking, dict) and self.learning is not None:
+            self.learning.succeeded(tracking, str(task.request.id))  # only tasks that had crashed
 
     def resume_after_success(self, queue: str) -> list[str]:
         """A child succeeded: end the rest_for_one pauses it caused (one ``DEL`` of the records it owns)."""
-        located = self.runtime.supervisor.locate(queue)
+        located = self.supervisor.locate(queue)
         if located is None:
             return []
         domain = located[0]
         later = list(domain.queues[domain.queues.index(queue) + 1:])
         if not later:
             return []
-        ended = clear_pauses(self.runtime.store, self.runtime.keys, self.runtime.supervisor, later,
+        ended = clear_pauses(self.store, self.keys, self.supervisor, later,
                              causes=[rest_cause(queue)])
         if ended:
-            self.runtime.emit("resume", domain=domain.name, queues=",".join(later), reason="child_recovered",
+            self.emit("resume", domain=domain.name, queues=",".join(later), reason="child_recovered",
                               child=queue, at=time.time())
-            self.runtime.broadcast_reconcile(pause=[])
+            self.broadcast_reconcile(pause=[])
         return later if ended else []
 

@@ -16,14 +16,18 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..log import REPEATS, get_logger, log_event
 from .pauses import Pause, cause_keys, parse_pauses
 from .recycle import recycle_pool_processes
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from celery.worker.consumer import Consumer
+
+    from ..store import Store
+    from ..store.keys import Keys
+    from .tree import Supervisor
 
 __all__ = ["Reconciler", "Snapshot"]
 
@@ -49,10 +53,12 @@ class Snapshot:
 class Reconciler:
     """Keeps one worker's consumption in line with the pause records."""
 
-    def __init__(self, runtime: Runtime, intended: Sequence[str]) -> None:
-        self.runtime = runtime
-        self.intended = tuple(q for q in runtime.supervisor.queues if q in set(intended))
-        self.domains = tuple(d for d in runtime.supervisor.domain_list if set(d.queues) & set(self.intended))
+    def __init__(self, store: Store, keys: Keys, supervisor: Supervisor, intended: Sequence[str]) -> None:
+        """``intended``: every queue the worker consumes when nothing is paused."""
+        self.store, self.keys, self.supervisor = store, keys, supervisor
+        self.consumed = tuple(intended)
+        self.intended = tuple(q for q in supervisor.queues if q in set(intended))
+        self.domains = tuple(d for d in supervisor.domain_list if set(d.queues) & set(self.intended))
         self.snapshot: Snapshot | None = None
         self._applied: Snapshot | None = None
         self._seen_recycle: dict[str, int] | None = None
@@ -62,10 +68,10 @@ class Reconciler:
     # background thread -------------------------------------------------------------------------
     def poll(self) -> Snapshot:
         """Read pauses and recycle generations (one round trip) and publish the snapshot."""
-        keys = self.runtime.keys
+        keys = self.keys
         recycle_keys = [keys.key("recycle", d.name) for d in self.domains]
-        wanted = cause_keys(keys, self.runtime.supervisor, self.intended)
-        raw = self.runtime.store.get_many([*recycle_keys, *(key for _, _, key in wanted)])
+        wanted = cause_keys(keys, self.supervisor, self.intended)
+        raw = self.store.get_many([*recycle_keys, *(key for _, _, key in wanted)])
         recycle = {d.name: v if isinstance(v, int) else 0 for d, v in zip(self.domains, raw, strict=False)}
         pauses = parse_pauses(wanted, raw[len(recycle_keys):])
         snapshot = Snapshot(pauses=pauses, recycle=recycle)
@@ -73,7 +79,7 @@ class Reconciler:
         return snapshot
 
     # event loop -------------------------------------------------------------------------------
-    def apply(self, consumer: Any) -> None:
+    def apply(self, consumer: Consumer) -> None:
         """Apply the newest snapshot to ``consumer`` (cheap; only touches what changed)."""
         snapshot = self.snapshot
         if snapshot is None or snapshot is self._applied:
@@ -95,7 +101,7 @@ class Reconciler:
                 REPEATS.log(f"queue-resumed:{queue}", logging.INFO, "queue-resumed", logger, queue=queue)
         self._recycle(consumer, snapshot)
 
-    def pause_now(self, consumer: Any, queues: Sequence[str]) -> None:
+    def pause_now(self, consumer: Consumer, queues: Sequence[str]) -> None:
         """A broadcast named queues to pause: stop consuming them before the next read."""
         task_consumer = getattr(consumer, "task_consumer", None)
         for queue in queues:
@@ -105,7 +111,7 @@ class Reconciler:
                             reason="broadcast")
         self.wake.set()
 
-    def _recycle(self, consumer: Any, snapshot: Snapshot) -> None:
+    def _recycle(self, consumer: Consumer, snapshot: Snapshot) -> None:
         if self._seen_recycle is None:
             self._seen_recycle = dict(snapshot.recycle)
             return
@@ -121,5 +127,5 @@ class Reconciler:
     def _shared(self) -> bool:
         """True when this worker serves more than one domain (recycle only the domain's processes)."""
         return len(self.domains) > 1 or any(
-            q not in self.runtime.supervisor.queues for q in self.runtime.consumed_queues
+            q not in self.supervisor.queues for q in self.consumed
         )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from celery.utils.functional import noop
 
@@ -55,7 +54,7 @@ def recycle_current_process() -> bool:
     return True
 
 
-def recycle_pool_processes(pool: Any, pids: Iterable[int] | None = None) -> list[int]:
+def recycle_pool_processes(pool: object, pids: Iterable[int] | None = None) -> list[int]:
     """Ask pool processes (all, or those in ``pids``) to exit after their current task.
 
     ``pool`` is the worker's Celery pool (``consumer.pool``); returns the pids asked.
@@ -71,7 +70,7 @@ def recycle_pool_processes(pool: Any, pids: Iterable[int] | None = None) -> list
             asked.append(pid)
     # An idle pool process blocks reading its next job and only looks at its shutdown event
     # after one: hand out one no-op job per process asked (what Celery's pool_restart does for one).
-    apply_async = getattr(pool._pool, "apply_async", None)
+    apply_async = getattr(getattr(pool, "_pool", None), "apply_async", None)
     if callable(apply_async):
         for _ in asked:
             apply_async(noop)

@@ -9,23 +9,26 @@ with the same id and the retry count the caller chooses, then raises
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, NoReturn
 
-from celery import Task
 from celery.exceptions import Retry
+
+if TYPE_CHECKING:
+    from .locate import AnyTask
 
 __all__ = ["can_requeue", "requeue"]
 
 
-def can_requeue(task: Task[Any, Any]) -> bool:
+def can_requeue(task: AnyTask) -> bool:
     """False for direct calls and eager execution (there is no message to put back)."""
     request = task.request
     return not (request.called_directly or request.is_eager)
 
 
 def requeue(
-    task: Task[Any, Any], *, countdown_s: float, retries: int, exc: BaseException | None = None,
-    headers: dict[str, Any] | None = None,
+    task: AnyTask, *, countdown_s: float, retries: int, exc: BaseException | None = None,
+    headers: Mapping[str, object] | None = None,
 ) -> NoReturn:
     """Republish the current message to run after ``countdown_s`` with ``retries``; raises Retry.
 
@@ -33,12 +36,11 @@ def requeue(
     attributes of ``task.request`` when it runs again).
     """
     request = task.request
-    options: dict[str, Any] = {}
+    args, kwargs, countdown = tuple(request.args or ()), dict(request.kwargs or {}), max(0.0, countdown_s)
     if headers:
-        options["headers"] = {**(request.headers or {}), **headers}
-    signature = task.signature_from_request(
-        request, tuple(request.args or ()), dict(request.kwargs or {}), countdown=max(0.0, countdown_s),
-        retries=retries, **options,
-    )
+        signature = task.signature_from_request(request, args, kwargs, countdown=countdown, retries=retries,
+                                                headers={**(request.headers or {}), **headers})
+    else:
+        signature = task.signature_from_request(request, args, kwargs, countdown=countdown, retries=retries)
     signature.apply_async()
     raise Retry(exc=exc if isinstance(exc, Exception) else None, when=int(countdown_s * 1000) / 1000)  # type: ignore[arg-type]  # stubs want numbers.Real

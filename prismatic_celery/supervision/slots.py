@@ -23,7 +23,7 @@ import logging
 import mmap
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from ..log import get_logger, log_event
 
@@ -101,7 +101,15 @@ class RunningSlots:
         return self.running(index) == _encode(task_id).decode("utf-8", "replace")
 
 
-def watch_pool(pool: Any, slots: RunningSlots) -> bool:
+class PoolJob(Protocol):
+    """What is read of one of billiard's jobs (``ApplyResult``)."""
+
+    _accepted: bool
+
+    def discard(self) -> None: ...
+
+
+def watch_pool(pool: object, slots: RunningSlots) -> bool:
     """Count the deaths of pool processes that ran a job the worker never saw accepted.
 
     ``pool`` is the worker's Celery pool (``consumer.pool``); only prefork pools
@@ -114,7 +122,7 @@ def watch_pool(pool: Any, slots: RunningSlots) -> bool:
     if asyn is None or original is None or getattr(asyn, _WATCHED, False):
         return False
 
-    def on_partial_read(job: Any, proc: Any) -> Any:
+    def on_partial_read(job: PoolJob, proc: object) -> object:
         taken = False
         try:
             taken = _count_unaccepted_death(job, proc, slots)
@@ -132,7 +140,7 @@ def watch_pool(pool: Any, slots: RunningSlots) -> bool:
     return True
 
 
-def _count_unaccepted_death(job: Any, proc: Any, slots: RunningSlots) -> bool:
+def _count_unaccepted_death(job: PoolJob, proc: object, slots: RunningSlots) -> bool:
     """Count the death if ``proc`` was running ``job`` when it died; True when the message was taken out."""
     index = getattr(proc, "index", None)
     if getattr(job, "_accepted", True) or not isinstance(index, int):

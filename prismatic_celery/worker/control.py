@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
+from celery.worker.consumer import Consumer
 from celery.worker.control import control_command, inspect_command
 
 from ..errors import ConfigurationError
 from ..log import get_logger, log_event
-from ..observability.health import connect_sampler, get_tree_health, sample_worker
+from ..observability.health import get_tree_health
+from ..observability.sampler import sample_worker
 from ..runtime import Runtime, get_runtime
 from ..supervision.pauses import Pause, clear_pauses, set_pause
+from ..supervision.reconcile import Reconciler
+from .state import worker_state
 
 __all__ = [
     "Target",
@@ -53,6 +57,12 @@ __all__ = [
 ]
 
 logger = get_logger("control")
+
+
+class ControlState(Protocol):
+    """What Celery hands a remote control command: the worker's consumer."""
+
+    consumer: Consumer
 
 
 class UnknownTargetError(LookupError):
@@ -110,26 +120,33 @@ def resume_target(runtime: Runtime, name: str, *, by: str = "operator") -> tuple
     return target, cleared
 
 
-def _runtime(state: Any) -> tuple[Any, Runtime | None]:
-    consumer = state.consumer
+def _runtime(state: ControlState) -> tuple[Consumer, Runtime | None]:
+    consumer: Consumer = state.consumer
     try:
         return consumer, get_runtime(consumer.app)
     except Exception:  # bad configuration was reported at start-up
         return consumer, None
 
 
+def _reconciler(consumer: Consumer) -> Reconciler | None:
+    """The reconciler of the worker whose consumer runs the command (None before it started)."""
+    found = worker_state(consumer.app)
+    return found.reconciler if found is not None else None
+
+
 @control_command(args=[("pause", list)], signature="[queue, ...]")
-def supervision_reconcile(state: Any, pause: list[str] | None = None, **_: Any) -> dict[str, Any]:
+def supervision_reconcile(state: ControlState, pause: list[str] | None = None, **_: object) -> dict[str, object]:
     """Re-read the pause records now; stop consuming ``pause`` queues at once."""
     consumer, runtime = _runtime(state)
-    if runtime is None or runtime.reconciler is None:
+    reconciler = _reconciler(consumer)
+    if runtime is None or reconciler is None:
         return {"ok": "not supervised"}
-    runtime.reconciler.pause_now(consumer, [q for q in (pause or []) if isinstance(q, str)])
+    reconciler.pause_now(consumer, [q for q in (pause or []) if isinstance(q, str)])
     return {"ok": "reconciling"}
 
 
 @inspect_command()
-def supervision_health(state: Any, **_: Any) -> dict[str, Any]:
+def supervision_health(state: ControlState, **_: object) -> dict[str, object]:
     """prismatic-celery: tree health, health score and this worker's processes and memory."""
     consumer, runtime = _runtime(state)
     if runtime is None:
@@ -141,14 +158,17 @@ def supervision_health(state: Any, **_: Any) -> dict[str, Any]:
         return {"error": f"health unavailable: {exc!r}"[:300]}
 
 
-def worker_health(runtime: Runtime, consumer: Any) -> dict[str, Any]:
+def worker_health(runtime: Runtime, consumer: Consumer) -> dict[str, object]:
     """One worker's compact answer to ``inspect supervision_health``: its own processes, memory and consumed
     queues, and the tree's numbers it reads from the store (score, state, pauses, escalations, hotspots,
     circuit states); the full report is ``celery supervision health``."""
-    sample = sample_worker(runtime, consumer)
+    worker = worker_state(consumer.app)
+    reconciler = worker.reconciler if worker is not None else None
+    sample = sample_worker(runtime.supervisor, consumer,
+                           served=(lambda: reconciler.served_pids) if reconciler is not None else None)
     report = get_tree_health(runtime, local=sample)
     task_consumer = getattr(consumer, "task_consumer", None)
-    consuming = sorted(q for q in runtime.consumed_queues
+    consuming = sorted(q for q in (worker.consumed_queues if worker is not None else ())
                        if task_consumer is None or task_consumer.consuming_from(q))
     return {
         "scope": "worker", "hostname": sample.hostname, "pid": sample.pid, "pool": sample.pool,
@@ -193,7 +213,9 @@ def _seconds(value: str) -> float:
 
 
 @control_command(args=[("target", _known_target), ("duration_s", _seconds)], signature="<domain|queue> [seconds]")
-def supervision_pause(state: Any, target: str = "", duration_s: float | None = None, **_: Any) -> dict[str, Any]:
+def supervision_pause(
+    state: ControlState, target: str = "", duration_s: float | None = None, **_: object
+) -> dict[str, object]:
     """prismatic-celery: pause a domain's or a child's queues (manual pause record, all workers)."""
     consumer, runtime = _runtime(state)
     if runtime is None:
@@ -202,13 +224,14 @@ def supervision_pause(state: Any, target: str = "", duration_s: float | None = N
         found = pause_target(runtime, target, duration_s, by=f"operator via {consumer.hostname}")
     except (UnknownTargetError, ValueError) as exc:
         return {"error": str(exc)}
-    if runtime.reconciler is not None:
-        runtime.reconciler.pause_now(consumer, list(found.queues))
+    reconciler = _reconciler(consumer)
+    if reconciler is not None:
+        reconciler.pause_now(consumer, list(found.queues))
     return {"ok": f"paused {','.join(found.queues)} of {found.domain}"}
 
 
 @control_command(args=[("target", _known_target)], signature="<domain|queue>")
-def supervision_resume(state: Any, target: str = "", **_: Any) -> dict[str, Any]:
+def supervision_resume(state: ControlState, target: str = "", **_: object) -> dict[str, object]:
     """prismatic-celery: end the pauses (and, for a domain, the cool-down and escalation) of a target."""
     consumer, runtime = _runtime(state)
     if runtime is None:
@@ -217,9 +240,8 @@ def supervision_resume(state: Any, target: str = "", **_: Any) -> dict[str, Any]
         found, cleared = resume_target(runtime, target, by=f"operator via {consumer.hostname}")
     except UnknownTargetError as exc:
         return {"error": str(exc)}
-    if runtime.reconciler is not None:
-        runtime.reconciler.wake.set()
+    reconciler = _reconciler(consumer)
+    if reconciler is not None:
+        reconciler.wake.set()
     return {"ok": f"resumed {','.join(found.queues)} of {found.domain} ({cleared} pause(s) ended)"}
 
-
-connect_sampler()  # each worker publishes its processes and memory for the cluster view

@@ -21,9 +21,10 @@ base, so success-time work happens in the task's process instead.)
 from __future__ import annotations
 
 import logging
-from typing import Any
 
+from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
+from celery.app.task import Context
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.utils.encoding import safe_repr, safe_str
@@ -35,7 +36,9 @@ from ..remediation.backoff import delay_s
 from ..remediation.dlq import dead_letter_entry
 from ..runtime import Runtime, get_runtime
 from ..supervision.engine import Fate
+from ..supervision.lost import worker_lost
 from ..supervision.tree import Child, Domain, RestartType
+from .state import worker_state
 
 __all__ = ["Quarantined", "SupervisedRequest"]
 
@@ -49,15 +52,14 @@ class Quarantined(PrismaticError):
 class SupervisedRequest(Request):
     """Celery's Request plus pool-process bookkeeping and crash-loop quarantine."""
 
-    def on_accepted(self, pid: Any, time_accepted: Any) -> Any:
-        result = super().on_accepted(pid, time_accepted)
+    def on_accepted(self, pid: str, time_accepted: float) -> None:
+        super().on_accepted(pid, time_accepted)
         try:
             self._note_pid(pid)
         except Exception as exc:  # bookkeeping only
             log_event(logging.ERROR, "request-hook-failed", logger, hook="on_accepted", error=repr(exc)[:300])
-        return result
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+    def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
         try:
             if self._supervise_worker_lost(exc_info):
                 return None
@@ -71,19 +73,22 @@ class SupervisedRequest(Request):
         if runtime is None:
             return None
         delivery = self.delivery_info if isinstance(self.delivery_info, dict) else None
-        located = runtime.locate(delivery, self.task.name)
+        located = runtime.locator.locate(delivery, self.task.name)
         return None if located is None else (runtime, located[0], located[1])
 
-    def _request(self) -> Any:
+    def _request(self) -> Context:
         """The task's Context for this request (Celery keeps it private)."""
-        return getattr(self, "_context")  # noqa: B009  (private attribute the stubs do not declare)
+        context: Context = getattr(self, "_context")  # noqa: B009  (private attribute the stubs do not declare)
+        return context
 
-    def _note_pid(self, pid: Any) -> None:
-        found = self._located()
-        if found is not None and pid and found[0].reconciler is not None:
-            found[0].reconciler.served_pids.setdefault(found[1].name, set()).add(int(pid))
+    def _note_pid(self, pid: str | int) -> None:
+        state = worker_state(self.task.app)
+        reconciler = state.reconciler if state is not None else None
+        found = self._located() if reconciler is not None and pid else None
+        if reconciler is not None and found is not None:
+            reconciler.served_pids.setdefault(found[1].name, set()).add(int(pid))
 
-    def _supervise_worker_lost(self, exc_info: Any) -> bool:
+    def _supervise_worker_lost(self, exc_info: ExceptionInfo) -> bool:
         exc = exc_info.exception
         inner = getattr(exc, "exc", None)  # billiard's ExceptionWithTraceback wraps the real one
         if isinstance(inner, BaseException):
@@ -107,8 +112,8 @@ class SupervisedRequest(Request):
                 return Fate("rerun", "redelivered", 0.0, remediation="redeliver")
             return Fate("rerun", "worker_lost", delay_s(runtime.engine.backoff, deaths), remediation="restart_child")
 
-        _, fate = runtime.engine.worker_lost(
-            domain, child, self.id, self.task_name, self.hostname, decide,
+        _, fate = worker_lost(
+            runtime.engine, domain, child, self.id, self.task_name, self.hostname, decide,
             letter=lambda deaths, reason: self._letter(domain, child, exc, traceback, deaths, reason))
         if fate.outcome == "dead_letter":
             self._quarantine(runtime, fate.reason, traceback)
@@ -117,7 +122,7 @@ class SupervisedRequest(Request):
             return False  # Celery fails it (temporary) or requeues it (reject_on_worker_lost): that is the re-run
         return self._rerun(exc, exc_info, fate.countdown_s)
 
-    def died_unaccepted(self, exitcode: Any) -> bool:
+    def died_unaccepted(self, exitcode: int | None) -> bool:
         """The pool process running this request died before the worker read its acceptance.
 
         Billiard then sends the job to another process without a ``WorkerLostError``
@@ -137,8 +142,8 @@ class SupervisedRequest(Request):
                 return Fate("dead_letter", f"quarantined: killed its pool process {deaths} times")
             return Fate("rerun", "resent_by_pool", 0.0, remediation="redeliver")  # billiard sends it again
 
-        deaths, fate = runtime.engine.worker_lost(
-            domain, child, self.id, self.task_name, self.hostname, decide,
+        deaths, fate = worker_lost(
+            runtime.engine, domain, child, self.id, self.task_name, self.hostname, decide,
             letter=lambda deaths, reason: self._letter(domain, child, exc, "", deaths, reason))
         log_event(logging.WARNING, "worker-lost-unaccepted", logger, task=self.task_name, id=self.id,
                   exitcode=exitcode, deaths=deaths)
@@ -148,7 +153,7 @@ class SupervisedRequest(Request):
         return True
 
     def _letter(self, domain: Domain, child: Child, exc: BaseException, traceback: str, deaths: int,
-                reason: str) -> dict[str, Any]:
+                reason: str) -> dict[str, object]:
         """The dead letter of this message, killed by its pool process ``deaths`` times."""
         return dead_letter_entry(
             task=self.task_name, task_id=self.id, args=self.args, kwargs=self.kwargs, queue=child.queue,
@@ -167,7 +172,7 @@ class SupervisedRequest(Request):
             self.acknowledge()
         self.send_event("task-failed", exception=safe_repr(failure), traceback=traceback)
 
-    def _rerun(self, exc: BaseException, exc_info: Any, countdown: float) -> bool:
+    def _rerun(self, exc: BaseException, exc_info: ExceptionInfo, countdown: float) -> bool:
         """Republish a message whose process died (plain Celery would record a failure and drop it).
 
         ``request.retries`` is left as it is: it is Celery's count; the deaths are the plugin's.

@@ -1,57 +1,68 @@
 """The supervised Task base class: where a crash is turned into a supervision decision.
 
-Signal handlers cannot change a task's fate (DESIGN.md section 2), so the
-decision is taken in ``__call__``, around the task body, in the process that
-runs it. A task that just works pays a few dictionary lookups: no store round
-trip, no signal dispatch (its start and success are counted here, in memory).
+Signal handlers cannot change a task's fate, so the decision is taken in ``__call__``, around the task body,
+in the process that runs it, by the per-task :class:`~.pipeline.Pipeline`. A task that just works pays a few
+dictionary lookups: no store round trip, no signal dispatch (its start and success are counted here, in memory).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import weakref
 from types import TracebackType
-from typing import Any
 
 from celery import Task
 from celery._state import _task_stack  # type: ignore[attr-defined]  # private, not in the stubs
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, Retry
 
-from ..circuits import CircuitOpenError
 from ..log import get_logger, log_event
-from ..observability.observer import DEFERRED_MARK, SUCCEEDED_MARK, count_outcome
+from ..observability.observer import DEFERRED_MARK, SUCCEEDED_MARK
 from ..runtime import Runtime, get_runtime
+from ..supervision.locate import AnyTask
+from .pipeline import CONTROL_FLOW, Pipeline, Stage, TaskGuard
+from .stages import BulkheadStage, CircuitStage, CrashStage, PauseStage
+from .state import worker_state
 
-__all__ = ["CONTROL_FLOW", "SupervisedTask", "TaskGuard", "supervise_task"]
+__all__ = ["CONTROL_FLOW", "SupervisedTask", "TaskGuard", "pipeline_for", "set_pipeline", "supervise_task",
+           "task_pipeline"]
 
 logger = get_logger("task")
 
-# Exceptions Celery uses for control flow: never crashes, always passed through.
-CONTROL_FLOW: tuple[type[BaseException], ...] = (Retry, Ignore, Reject)
+_pipelines: weakref.WeakKeyDictionary[Runtime, Pipeline] = weakref.WeakKeyDictionary()
 
 
-def _runtime(task: Task[Any, Any]) -> Runtime | None:
+def task_pipeline(runtime: Runtime, guards: tuple[Stage, ...] = ()) -> Pipeline:
+    """The stages of ``runtime``'s tasks, in order: crash handling (outermost: it sees the body's outcome
+    last), pause deferral, the bulkheads, ``guards`` (extra stages), the circuit breakers (innermost)."""
+    stages: list[Stage] = [CrashStage(runtime.engine), PauseStage(runtime.engine)]
+    if runtime.bulkhead is not None:
+        stages.append(BulkheadStage(runtime.bulkhead))
+    return Pipeline([*stages, *guards, CircuitStage(runtime.circuits)])
+
+
+def pipeline_for(runtime: Runtime) -> Pipeline:
+    """The pipeline ``runtime``'s tasks run through in this process (built on first use)."""
+    found = _pipelines.get(runtime)
+    if found is None:
+        found = _pipelines[runtime] = task_pipeline(runtime)
+    return found
+
+
+def set_pipeline(runtime: Runtime, pipeline: Pipeline | None) -> None:
+    """Replace ``runtime``'s pipeline (None: back to the default one)."""
+    if pipeline is None:
+        _pipelines.pop(runtime, None)
+    else:
+        _pipelines[runtime] = pipeline
+
+
+def _runtime(task: AnyTask) -> Runtime | None:
     try:
         return get_runtime(task.app)
     except Exception as exc:  # bad configuration fails the worker at start, never a task
         log_event(logging.ERROR, "runtime-unavailable", logger, task=task.name, error=repr(exc)[:300])
         return None
-
-
-class TaskGuard:
-    """A hook around every supervised task, in the process that runs it (no-op by default).
-
-    ``before_run`` may defer or divert the message by raising Celery's ``Retry``
-    or ``Ignore`` (after putting the message somewhere safe); any other exception
-    is logged and ignored. ``after_run`` always runs once ``before_run`` passed.
-    """
-
-    def before_run(self, task: Task[Any, Any]) -> None:
-        """Called before the task body."""
-
-    def after_run(self, task: Task[Any, Any], failed: bool) -> None:
-        """Called after the task body (``failed`` when it raised)."""
 
 
 class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stubs' view of subclasses
@@ -63,22 +74,25 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
     supervise: bool = True
     Request = "prismatic_celery.worker.request:SupervisedRequest"
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> object:
         runtime = _runtime(self)
         if runtime is None:
             return super().__call__(*args, **kwargs)
         request = self.request
-        located = runtime.locate_task(self)
+        observer = runtime.observer
+        located = runtime.locator.locate_task(self)
         queue = located[1].queue if located is not None else None
         counted = not request.called_directly  # a plain function call is no execution of a message
         if counted:
-            count_outcome(runtime, request, queue, "started")
-        slots = runtime.slots if counted else None
+            observer.count(request, queue, "started")
+        state = worker_state(self.app) if counted else None
+        slots = state.slots if state is not None else None
         if slots is not None:
             slots.enter(str(request.id))  # a prefork pool process: which message it runs, if it dies
         try:
             if self.supervise:
-                result = self._supervised(runtime, request, args, kwargs)
+                body = self._traced_run if self._plain_call() and not request.called_directly else super().__call__
+                result = pipeline_for(runtime).run(self, lambda: body(*args, **kwargs))
             else:
                 result = super().__call__(*args, **kwargs)
         except Ignore as diverted:
@@ -87,7 +101,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
             raise diverted.with_traceback(None) from None
         except Retry:
             if counted and getattr(request, DEFERRED_MARK, False):
-                count_outcome(runtime, request, queue, "started", -1)  # put back before it started
+                observer.count(request, queue, "started", -1)  # put back before it started
             raise
         except Exception as exc:
             # The task's own failure, re-raised as it is (B904 is about a new exception): its traceback keeps
@@ -98,33 +112,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 slots.leave()
         if counted:
             setattr(request, SUCCEEDED_MARK, True)
-            count_outcome(runtime, request, queue, "succeeded")
-        return result
-
-    def _supervised(self, runtime: Runtime, request: Any, args: Any, kwargs: Any) -> Any:
-        """The task body between the engine's and the guards' hooks."""
-        engine = runtime.engine
-        _deferring(request, engine.before_run, self)
-        guards = runtime.guards
-        for guard in guards:
-            _deferring(request, guard.before_run, self)
-        failed = True
-        body = self._traced_run if self._plain_call() and not request.called_directly else super().__call__
-        try:
-            result = engine.call(self, body, args, kwargs)
-            failed = False
-        except CONTROL_FLOW:
-            raise
-        except CircuitOpenError as exc:  # a circuit the task depends on is open: the engine defers the message
-            _deferring(request, engine.on_crash, self, exc)
-            raise
-        except Exception as exc:
-            _guarded(engine.on_crash, self, exc)
-            raise
-        finally:
-            for guard in reversed(guards):
-                _guarded(guard.after_run, self, failed)
-        _guarded(engine.after_success, self)
+            observer.count(request, queue, "succeeded")
         return result
 
     @classmethod
@@ -138,7 +126,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
             setattr(cls, "_prismatic_plain_call", found)
         return bool(found)
 
-    def _traced_run(self, *args: Any, **kwargs: Any) -> Any:
+    def _traced_run(self, *args: object, **kwargs: object) -> object:
         """Celery's ``Task.__call__`` without its second copy of the request: the worker's tracer has
         already pushed this execution's request, so only the task stack is needed."""
         _task_stack.push(self)
@@ -159,35 +147,15 @@ def _plugin_frame(tb: TracebackType) -> bool:
 
 
 def _task_frames(tb: TracebackType | None) -> TracebackType | None:
-    """``tb`` from the first frame that is not the plugin's: the frames of ``__call__``, ``_supervised``, the
-    engine's and the circuits' wrappers go; the task's own frames (and anything it called, plugin or not) stay."""
+    """``tb`` from the first frame that is not the plugin's: the frames of ``__call__``, the pipeline's and its
+    stages', and the circuits' wrappers go; the task's own frames (and anything it called, plugin or not) stay."""
     first = tb
     while first is not None and _plugin_frame(first):
         first = first.tb_next
     return first if first is not None else tb
 
 
-def _guarded(hook: Callable[..., None], *args: Any) -> None:
-    """Run an engine hook: Retry/Ignore pass (they are the decision), anything else is logged and dropped."""
-    try:
-        hook(*args)
-    except (Retry, Ignore):
-        raise
-    except Exception as exc:  # the plugin must never be the reason a task fails
-        log_event(logging.ERROR, "supervision-hook-failed", logger, hook=getattr(hook, "__name__", "?"),
-                  error=repr(exc)[:300])
-
-
-def _deferring(request: Any, hook: Callable[..., None], *args: Any) -> None:
-    """Run a hook that may put the message back before its body ran; its Retry then marks a deferral."""
-    try:
-        _guarded(hook, *args)
-    except Retry:
-        setattr(request, DEFERRED_MARK, True)
-        raise
-
-
-def supervise_task(task: Task[Any, Any]) -> bool:
+def supervise_task(task: AnyTask) -> bool:
     """Give an existing task instance the supervised behaviour; True when it changed.
 
     Tasks declared with ``@app.task`` after ``install`` already are supervised.

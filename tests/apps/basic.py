@@ -157,11 +157,13 @@ def make_app(broker_url: str, namespace: str, store_url: str | None = None, **co
         """What the shared running slot of this pool process says it runs (its own id, under prefork)."""
         from billiard.process import current_process
 
-        runtime = prismatic_celery.runtime.get_runtime(app)
+        from prismatic_celery.worker.state import worker_state
+
+        state = worker_state(app)
         index = getattr(current_process(), "index", None)
-        if runtime is None or runtime.slots is None or index is None:
+        if state is None or state.slots is None or index is None:
             return None
-        return runtime.slots.running(index)
+        return state.slots.running(index)
 
     return app
 

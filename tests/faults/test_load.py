@@ -28,7 +28,7 @@ from celery import Celery
 
 from prismatic_celery.admission.shedding.park import parked_key, totals_key
 from prismatic_celery.admission.shedding.sampler import redis_subqueues
-from prismatic_celery.observability.health import rss_bytes
+from prismatic_celery.observability.sampler import rss_bytes
 from prismatic_celery.runtime import get_runtime
 from prismatic_celery.store.keys import Keys
 from prismatic_celery.testing import WorkerProcess, wait_for

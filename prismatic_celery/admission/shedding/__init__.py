@@ -1,6 +1,6 @@
 """Load shedding: above a queue's backlog threshold, low-importance messages are parked or dropped.
 
-* :mod:`.sampler` and :mod:`.step`: each worker samples its supervised queues'
+* :mod:`.sampler` (run by the worker's ``SheddingStep``): each worker samples its supervised queues'
   backlogs once per period in a background thread and publishes the shedding
   state (with hysteresis) in the store.
 * :mod:`.guard`: in the worker's main process, before a message goes to the
@@ -22,7 +22,6 @@ from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, TASK_OPTION, mar
 from .sampler import BrokerBacklog, Sampler, redis_subqueues
 from .state import ShedState, ShedView, publish_sample, read_states, state_key
 from .status import ShedStatus
-from .step import SheddingStep
 
 __all__ = [
     "HEADER",
@@ -40,7 +39,6 @@ __all__ = [
     "ShedState",
     "ShedStatus",
     "ShedView",
-    "SheddingStep",
     "guard_requests",
     "mark_priority",
     "message_importance",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from celery import Task
+from celery import Celery
 from celery.worker.state import task_ready
 
 from ...log import RateLimitedWarning, get_logger, log_event
@@ -26,7 +26,14 @@ from .priority import HEADER, PRIORITY_HEADER, REPLAYED_HEADER, broker_consumes_
 from .state import ShedView
 
 if TYPE_CHECKING:
-    from ...runtime import Runtime
+    from celery.app.task import Context
+    from celery.worker.consumer import Consumer
+    from celery.worker.request import Request
+
+    from ...store import Store
+    from ...store.keys import Keys
+    from ...supervision.locate import AnyTask, Locator
+    from ...supervision.ports import Emit
 
 __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
 
@@ -51,11 +58,12 @@ class ShedGuard:
     ``park`` mode.
     """
 
-    def __init__(self, runtime: Runtime, policies: Mapping[str, QueuePolicy]) -> None:
-        self.runtime = runtime
+    def __init__(self, app: Celery, store: Store, keys: Keys, policies: Mapping[str, QueuePolicy], *,
+                 locator: Locator, emit: Emit, interval_s: float, park_max: int) -> None:
+        self.app, self.store, self.keys, self.locator, self.emit = app, store, keys, locator, emit
+        self.park_max = park_max
         self.policies = dict(policies)
-        self.view = ShedView(runtime.store, runtime.keys, tuple(self.policies),
-                             max_age_s=runtime.settings.shed_interval_s)
+        self.view = ShedView(store, keys, tuple(self.policies), max_age_s=interval_s)
         self.backlogs = BacklogEstimate({q: p.resume_below for q, p in self.policies.items()},
                                         max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
@@ -65,10 +73,10 @@ class ShedGuard:
     def higher_first(self) -> bool:
         """True when the broker consumes higher priorities first (read once)."""
         if self._higher_first is None:
-            self._higher_first = broker_consumes_higher_first(self.runtime.app)
+            self._higher_first = broker_consumes_higher_first(self.app)
         return self._higher_first
 
-    def admit(self, request: Any) -> bool:
+    def admit(self, request: Request) -> bool:
         """True when the worker's ``request`` should run; False when it was shed (parked or dropped,
         and acknowledged)."""
         if not self.policies:
@@ -79,9 +87,9 @@ class ShedGuard:
         states = self.view.current()
         if not states and not self.backlogs.counting:
             return True  # no queue sheds or is near it (a few dictionary checks per message)
-        task: Task[Any, Any] = request.task
+        task = request.task
         delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
-        located = self.runtime.locate(delivery, task.name)
+        located = self.locator.locate(delivery, task.name)
         if located is None:
             return True
         domain, child = located
@@ -99,8 +107,9 @@ class ShedGuard:
         backlog = self.backlogs.estimate(child.queue)
         if backlog is None or backlog < policy.resume_below:
             return True  # below the resume mark now (the sampler's next read stops the state), or no fresh read
-        context = request._context  # the Context the task would see as ``task.request``
-        fields: dict[str, Any] = {
+        # the Context the task would see as ``task.request`` (private: not in the stubs)
+        context: Context = getattr(request, "_context")  # noqa: B009
+        fields: dict[str, object] = {
             "domain": domain.name, "queue": child.queue, "task": task.name, "task_id": request.id,
             "backlog": backlog, "threshold": state.threshold, "importance": importance,
             "cutoff": policy.cutoff, "mode": policy.mode, "hostname": request.hostname or "",
@@ -108,8 +117,8 @@ class ShedGuard:
         if policy.mode == "park" and not self._park(task, context, policy, fields):
             return True
         if policy.mode == "drop":
-            self.runtime.store.hincr(totals_key(self.runtime.keys), {f"{child.queue}:dropped": 1})
-        self.runtime.emit("shed", **fields)
+            self.store.hincr(totals_key(self.keys), {f"{child.queue}:dropped": 1})
+        self.emit("shed", **fields)
         task_ready(request)
         request.acknowledge()
         return False
@@ -121,7 +130,7 @@ class ShedGuard:
         if any(on != (queue in held) for queue, on in shedding.items()):
             self.view.refresh()
 
-    def _park(self, task: Task[Any, Any], context: Any, policy: QueuePolicy, fields: dict[str, Any]) -> bool:
+    def _park(self, task: AnyTask, context: Context, policy: QueuePolicy, fields: dict[str, object]) -> bool:
         record = park_record(task, policy.queue, request=context, importance=fields["importance"],
                              backlog=fields["backlog"], threshold=fields["threshold"], hostname=fields["hostname"],
                              parked_at=time.time())
@@ -129,8 +138,7 @@ class ShedGuard:
             self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=fields["task_id"],
                                   reason="arguments are not JSON; the message runs instead")
             return False
-        outcome = park(self.runtime.store, self.runtime.keys, policy.queue, record,
-                       cap=self.runtime.settings.shed_park_max)
+        outcome = park(self.store, self.keys, policy.queue, record, cap=self.park_max)
         if not outcome.durable:
             self._unparkable.warn("shed-unparkable", queue=policy.queue, task=task.name, task_id=fields["task_id"],
                                   reason="store unavailable; the message runs instead")
@@ -139,17 +147,17 @@ class ShedGuard:
         return True
 
 
-def guard_requests(consumer: Any, guard: ShedGuard) -> bool:
+def guard_requests(consumer: Consumer, guard: ShedGuard) -> bool:
     """Put ``guard`` in front of the consumer's ``on_task_request`` (once); False when already there.
 
     Called before the consumer builds its task strategies, which keep a
     reference to ``on_task_request``.
     """
-    original: Callable[[Any], Any] | None = getattr(consumer, "on_task_request", None)
+    original: Callable[[Request], object] | None = getattr(consumer, "on_task_request", None)
     if original is None or getattr(original, _GUARDED, False):
         return False
 
-    def on_task_request(request: Any) -> Any:
+    def on_task_request(request: Request) -> object:
         try:
             admitted = guard.admit(request)
         except Exception as exc:  # shedding must never lose or fail a message: run it
@@ -159,5 +167,5 @@ def guard_requests(consumer: Any, guard: ShedGuard) -> bool:
         return original(request) if admitted else None
 
     setattr(on_task_request, _GUARDED, True)
-    consumer.on_task_request = on_task_request
+    setattr(consumer, "on_task_request", on_task_request)
     return True

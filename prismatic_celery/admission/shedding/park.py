@@ -20,15 +20,20 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery, Task
+from celery import Celery
 
 from ...log import get_logger, log_event
 from ...store import MemoryStore, Script, Store
 from ...store.base import Scalar
 from ...store.keys import Keys
 from .priority import REPLAYED_HEADER
+
+if TYPE_CHECKING:
+    from celery.app.task import Context
+
+    from ...supervision.locate import AnyTask
 
 __all__ = [
     "ParkOutcome",
@@ -106,7 +111,7 @@ PUTBACK = Script.from_file(_SCRIPTS / "putback.lua", _putback_twin)
 PURGE = Script.from_file(_SCRIPTS / "purge.lua", _purge_twin)
 
 
-def park_record(task: Task[Any, Any], queue: str, *, request: Any, **context: Any) -> str | None:
+def park_record(task: AnyTask, queue: str, *, request: Context, **context: object) -> str | None:
     """A message as a JSON record; None when its arguments are not JSON (it cannot be parked).
 
     ``request`` is the message's Context (what the task would see as ``task.request``).
@@ -150,7 +155,9 @@ def park(store: Store, keys: Keys, queue: str, record: str, *, cap: int) -> Park
     return ParkOutcome(length=length, overflowed=overflowed, durable=durable)
 
 
-def _decode(raw: Any) -> dict[str, Any] | None:
+def _decode(raw: object) -> dict[str, Any] | None:
+    if not isinstance(raw, (str, bytes, bytearray)):
+        return None
     try:
         data = json.loads(raw)
     except (TypeError, ValueError):

@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-from celery import Celery, Task, signals
+from celery import Celery, signals
 
 from ...log import get_logger, log_event
 from .config import IMPORTANCE_MAX
+
+if TYPE_CHECKING:
+    from ...supervision.locate import AnyTask
 
 __all__ = [
     "HEADER",
@@ -70,17 +73,16 @@ def broker_consumes_higher_first(app: Celery) -> bool:
     return driver in _HIGHER_FIRST_DRIVERS
 
 
-def _as_level(value: Any) -> int | None:
+def _as_level(value: object) -> int | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, int):
+    level = int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+    if not isinstance(level, int):
         return None
-    return max(0, min(IMPORTANCE_MAX, value))
+    return max(0, min(IMPORTANCE_MAX, level))
 
 
-def importance_from_priority(priority: Any, *, higher_first: bool) -> int | None:
+def importance_from_priority(priority: object, *, higher_first: bool) -> int | None:
     """A priority the producer set, translated to importance (None when it set none)."""
     level = _as_level(priority)
     if level is None:
@@ -88,7 +90,7 @@ def importance_from_priority(priority: Any, *, higher_first: bool) -> int | None
     return level if higher_first else IMPORTANCE_MAX - level
 
 
-def mark_priority(headers: MutableMapping[str, Any], properties: Mapping[str, Any]) -> None:
+def mark_priority(headers: MutableMapping[str, object], properties: Mapping[str, object]) -> None:
     """Record in a message's ``headers`` the priority its producer set (None: none), unless already recorded.
 
     Called as the message is published. A re-publish copies the original's
@@ -101,7 +103,7 @@ def mark_priority(headers: MutableMapping[str, Any], properties: Mapping[str, An
     headers[PRIORITY_HEADER] = priority if isinstance(priority, int) and not isinstance(priority, bool) else None
 
 
-def _on_before_publish(headers: Any = None, properties: Any = None, **_: Any) -> None:
+def _on_before_publish(headers: object = None, properties: object = None, **_: object) -> None:
     try:
         if isinstance(headers, MutableMapping):
             mark_priority(headers, properties if isinstance(properties, Mapping) else {})
@@ -114,12 +116,12 @@ def connect_priority_marks() -> None:
     signals.before_task_publish.connect(_on_before_publish, weak=False, dispatch_uid="prismatic.priority_mark")
 
 
-def _headers(request: Any) -> Mapping[str, Any]:
+def _headers(request: object) -> Mapping[str, object]:
     headers = getattr(request, "headers", None)
     return headers if isinstance(headers, Mapping) else {}
 
 
-def importance_of(task: Task[Any, Any], headers: Iterable[Any], priority: Any, *, higher_first: bool) -> int | None:
+def importance_of(task: AnyTask, headers: Iterable[object], priority: object, *, higher_first: bool) -> int | None:
     """The first valid level among the message's ``headers`` values, then the task option, then ``priority``
     (the one its producer set, from the ``prismatic_priority`` header)."""
     for candidate in (*headers, getattr(task, TASK_OPTION, None)):
@@ -129,19 +131,19 @@ def importance_of(task: Task[Any, Any], headers: Iterable[Any], priority: Any, *
     return importance_from_priority(priority, higher_first=higher_first)
 
 
-def _carried(request: Any, name: str) -> Any:
+def _carried(request: object, name: str) -> object:
     """A custom header of the running message (Celery keeps them in ``headers`` and as attributes)."""
     found = _headers(request).get(name)
     return getattr(request, name, None) if found is None else found
 
 
-def message_importance(task: Task[Any, Any], *, higher_first: bool) -> int | None:
+def message_importance(task: AnyTask, *, higher_first: bool) -> int | None:
     """The importance of the running message (header, then task option, then the priority its producer set)."""
     request = task.request
     return importance_of(task, (_carried(request, HEADER),), _carried(request, PRIORITY_HEADER),
                          higher_first=higher_first)
 
 
-def replayed(task: Task[Any, Any]) -> bool:
+def replayed(task: AnyTask) -> bool:
     """True when the running message was put back by ``shed replay`` (an operator chose to run it)."""
     return bool(_carried(task.request, REPLAYED_HEADER))

@@ -26,7 +26,8 @@ from .config import QueuePolicy
 from .state import Transition, publish_sample
 
 if TYPE_CHECKING:
-    from ...runtime import Runtime
+    from ...store import Store
+    from ...store.keys import Keys
     from .guard import ShedGuard
 
 __all__ = ["SHEDDING_PERIOD_S", "BrokerBacklog", "Sampler", "redis_subqueues"]
@@ -120,18 +121,18 @@ class Sampler:
     """
 
     def __init__(
-        self, runtime: Runtime, queues: Sequence[str], policies: Mapping[str, QueuePolicy], *, name: str,
-        probe: BrokerBacklog | None = None, guard: ShedGuard | None = None,
+        self, app: Celery, store: Store, keys: Keys, queues: Sequence[str], policies: Mapping[str, QueuePolicy], *,
+        name: str, interval_s: float, probe: BrokerBacklog | None = None, guard: ShedGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.runtime = runtime
+        self.store, self.keys = store, keys
         self.guard = guard
         self.queues = tuple(q for q in queues if q in policies)
         self.policies = dict(policies)
         self.name = name
-        self.probe = probe or BrokerBacklog(runtime.app)
+        self.probe = probe or BrokerBacklog(app)
         self.clock = clock
-        self.interval_s = runtime.settings.shed_interval_s
+        self.interval_s = interval_s
         self.follow_s = min(SHEDDING_PERIOD_S, self.interval_s)
         self.ttl_s = max(5.0, 5 * self.interval_s)
         self.samples = 0
@@ -180,7 +181,7 @@ class Sampler:
         return backlogs
 
     def _publish(self, backlogs: Mapping[str, int]) -> list[Transition]:
-        transitions = publish_sample(self.runtime.store, self.runtime.keys, backlogs, self.policies,
+        transitions = publish_sample(self.store, self.keys, backlogs, self.policies,
                                      ttl_s=self.ttl_s, sampler=self.name)
         self.published += 1
         self._published_at = self.clock()

@@ -14,7 +14,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ...store import MemoryStore, Script, Store
 from ...store.base import Scalar
@@ -48,7 +47,7 @@ class ShedState:
     by: str
 
     @classmethod
-    def from_json(cls, queue: str, data: Any) -> ShedState | None:
+    def from_json(cls, queue: str, data: object) -> ShedState | None:
         """Validate a stored record; None for anything malformed."""
         if not isinstance(data, Mapping):
             return None
@@ -80,7 +79,7 @@ def _twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> li
         queue, backlog, threshold, resume_below = (str(args[2 + 4 * i]), int(args[3 + 4 * i]),
                                                    int(args[4 + 4 * i]), int(args[5 + 4 * i]))
         raw = store.raw(key)
-        current: Any = None
+        current: object = None
         if isinstance(raw, str):
             try:
                 current = json.loads(raw)

@@ -10,14 +10,18 @@ from .park import parked_key, totals_key
 from .state import backlog_key, read_states
 
 if TYPE_CHECKING:
-    from ...runtime import Runtime
+    from ...store import Store
+    from ...store.keys import Keys
+    from ...supervision.tree import Supervisor
 
 __all__ = ["COUNTERS", "ShedStatus"]
 
 COUNTERS = ("parked", "dropped", "overflowed", "replayed", "purged")
 
 
-def _int(value: Any) -> int:
+def _int(value: object) -> int:
+    if not isinstance(value, (str, bytes, int, float)):
+        return 0
     try:
         return int(float(value))
     except (TypeError, ValueError):
@@ -27,13 +31,13 @@ def _int(value: Any) -> int:
 class ShedStatus:
     """Read-only view of every supervised queue's shedding (``runtime.shedding``)."""
 
-    def __init__(self, runtime: Runtime, policies: Mapping[str, QueuePolicy]) -> None:
-        self.runtime = runtime
+    def __init__(self, store: Store, keys: Keys, supervisor: Supervisor, policies: Mapping[str, QueuePolicy]) -> None:
+        self.store, self.keys, self.supervisor = store, keys, supervisor
         self.policies = dict(policies)
 
     def totals(self) -> dict[str, dict[str, int]]:
         """``{queue: {parked, dropped, overflowed, replayed, purged}}`` since the counters began."""
-        raw = self.runtime.store.hgetall(totals_key(self.runtime.keys))
+        raw = self.store.hgetall(totals_key(self.keys))
         out: dict[str, dict[str, int]] = {q: dict.fromkeys(COUNTERS, 0) for q in self.policies}
         for field, value in raw.items():
             queue, _, counter = field.rpartition(":")
@@ -47,7 +51,7 @@ class ShedStatus:
 
     def overview(self) -> list[dict[str, Any]]:
         """One row per supervised queue: state, last sampled backlog, policy, parked now, totals."""
-        store, keys = self.runtime.store, self.runtime.keys
+        store, keys = self.store, self.keys
         queues = list(self.policies)
         states = read_states(store, keys, queues)
         backlogs = store.hgetall(backlog_key(keys))
@@ -56,7 +60,7 @@ class ShedStatus:
         for queue in queues:
             policy = self.policies[queue]
             state = states.get(queue)
-            located = self.runtime.supervisor.locate(queue)
+            located = self.supervisor.locate(queue)
             rows.append({
                 "queue": queue,
                 "domain": located[0].name if located else None,
