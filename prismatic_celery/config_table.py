@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
+from .admission.shedding.config import parse_cutoff, parse_mode, parse_queue_overrides, parse_resume_below
 from .circuits.config import parse_circuits
 from .errors import ConfigurationError
-from .remediation.rules import parse_rules
+from .remediation.rules import parse_overrides, parse_rules
 from .store.urls import StoreTarget, parse_store_url
 from .supervision.tree import DEFAULT_DOMAIN_BUDGET, DEFAULT_SUPERVISOR_BUDGET, RestartBudget
 from .validate import as_bool, as_int, as_mapping, as_seconds, as_str, as_str_list
@@ -69,36 +70,7 @@ def _transport_options(setting: str, value: object) -> dict[str, object]:
 
 
 def _class_overrides(setting: str, value: object) -> dict[type[BaseException] | str, str]:
-    from .lessons.classify import parse_overrides  # defined with the classifier (lessons/classify.py)
-
     return parse_overrides(value, setting=setting)
-
-
-# The shedding settings' parsers live in admission/shedding/config.py, imported on use: importing that module
-# runs its package's __init__, which imports the shedding bootstep, which imports the runtime, which imports
-# this module. The shedding config module itself imports nothing from here.
-def _shed_resume_below(setting: str, value: object) -> int | None:
-    from .admission.shedding.config import parse_resume_below
-
-    return parse_resume_below(setting, value)
-
-
-def _shed_cutoff(setting: str, value: object) -> int:
-    from .admission.shedding.config import parse_cutoff
-
-    return parse_cutoff(setting, value)
-
-
-def _shed_mode(setting: str, value: object) -> str:
-    from .admission.shedding.config import parse_mode
-
-    return parse_mode(setting, value)
-
-
-def _shed_queues(setting: str, value: object) -> Mapping[str, Mapping[str, object]]:
-    from .admission.shedding.config import parse_queue_overrides
-
-    return parse_queue_overrides(setting, value)
 
 
 def _rate(setting: str, value: object) -> float:
@@ -228,15 +200,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shed_threshold", 1000, _positive_int, "messages",
             "A supervised queue starts shedding when its backlog is above this."),
     Setting("shed_resume_below", None,
-            _shed_resume_below,
+            parse_resume_below,
             "messages",
             "Shedding stops when the backlog falls below this (hysteresis). Default: 80% of the threshold."),
     Setting("shed_cutoff", 5,
-            _shed_cutoff,
+            parse_cutoff,
             "0..10", "While a queue sheds, messages whose importance (0 lowest, 9 highest; see Load shedding) is "
             "below this are shed. Messages without importance never are."),
     Setting("shed_mode", "park",
-            _shed_mode,
+            parse_mode,
             "park|drop", "`park`: move shed messages to a capped Redis list for `shed replay`; `drop`: discard them."),
     Setting("shed_interval_s", 1.0, as_seconds, "s",
             "Backlog sampler period (each worker, in a background thread); also the longest staleness of a "
@@ -245,7 +217,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("shed_park_max", 100000, _positive_int, "messages",
             "Cap of each queue's parked list (beyond it the oldest are dropped and counted as `overflowed`)."),
     Setting("shed_queues", None,
-            _shed_queues,
+            parse_queue_overrides,
             "mapping", "Per-queue overrides `{queue: {threshold, resume_below, cutoff, mode}}`."),
 )
 

@@ -28,7 +28,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "errors.py", "log.py", "validate.py", "store/*",
     )),
     ("1 configuration and the definitions users write", (
-        "config.py", "supervision/tree.py", "circuits/config.py", "remediation/rules.py", "remediation/actions.py",
+        "config.py", "config_table.py", "supervision/tree.py", "circuits/config.py", "remediation/rules.py",
+        "remediation/actions.py",
         "remediation/backoff.py", "remediation/defaults.py", "admission/shedding/config.py",
     )),
     ("2 components", (
@@ -48,9 +49,9 @@ HELPER_MAX_LINES = 200
 
 MAX_LINES = 450
 #: Ratchets: lower them as ``Any`` goes away, never raise them (measured like ``grep -rPo ': Any\b'`` and
-#: ``grep -rPo '\bAny\b'``; 231 and 591 when the ratchet was set).
-MAX_ANY_ANNOTATIONS = 94
-MAX_ANY_TOKENS = 295
+#: ``grep -rPo '\bAny\b'``): 231 and 591 before the architecture work, 11 and 87 after it.
+MAX_ANY_ANNOTATIONS = 11
+MAX_ANY_TOKENS = 87
 
 
 # reading the package -------------------------------------------------------------------------------------------
@@ -107,6 +108,17 @@ def imports_of(module: Module, modules: Mapping[str, Module]) -> set[str]:
 
 def import_graph(modules: Mapping[str, Module]) -> dict[str, set[str]]:
     return {name: imports_of(module, modules) for name, module in modules.items()}
+
+
+def with_parent_packages(graph: Mapping[str, set[str]], modules: Mapping[str, Module],
+                         package: str = PACKAGE) -> dict[str, set[str]]:
+    """``graph`` plus what Python runs too: importing ``a.b.c`` first runs ``a.b``'s ``__init__`` (the top
+    package's own ``__init__``, the public facade, is left out: it runs before any import of the package)."""
+    found: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        parents = {".".join(t.split(".")[:i]) for t in targets for i in range(2, t.count(".") + 1)}
+        found[name] = targets | {p for p in parents if p in modules and p != package and not name.startswith(p + ".")}
+    return found
 
 
 def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
@@ -202,10 +214,13 @@ def graph(modules: dict[str, Module]) -> dict[str, set[str]]:
     return import_graph(modules)
 
 
-def test_no_import_cycles(graph: dict[str, set[str]]) -> None:
-    """No cycle between the package's modules, counting function-level and ``TYPE_CHECKING`` imports."""
-    found = cycles(graph)
-    assert not found, f"{len(found)} import cycle(s):\n" + "\n".join(_describe(graph, c) for c in found)
+def test_no_import_cycles(graph: dict[str, set[str]], modules: dict[str, Module]) -> None:
+    """No cycle between the package's modules, counting function-level and ``TYPE_CHECKING`` imports and the
+    parent packages' ``__init__`` each import runs. (The layering below reads the explicit imports only: a
+    package's ``__init__`` re-exports its modules, so it sits in its package's highest layer.)"""
+    full = with_parent_packages(graph, modules)
+    found = cycles(full)
+    assert not found, f"{len(found)} import cycle(s):\n" + "\n".join(_describe(full, c) for c in found)
 
 
 def _describe(graph: Mapping[str, set[str]], component: list[str]) -> str:
@@ -286,6 +301,20 @@ def test_an_import_of_a_package_is_an_import_of_its_init_and_no_cycle_without_on
     assert graph["pkg.sub"] == {"pkg.sub.b"}
     assert graph["pkg.sub.b"] == {"pkg.sub.c"}
     assert cycles(graph) == []
+
+
+def test_a_cycle_through_a_parent_packages_init_is_found(tmp_path: Path) -> None:
+    modules = _write(tmp_path, {
+        "__init__.py": "",
+        "sub/__init__.py": "from pkg.other import x\n",
+        "sub/b.py": "",
+        "other.py": "from pkg.sub.b import y\nx = 1\n",
+    })
+    graph = import_graph(modules)
+    assert cycles(graph) == [], "no explicit cycle: other imports sub.b, sub's __init__ imports other"
+    full = with_parent_packages(graph, modules, "pkg")
+    assert full["pkg.other"] == {"pkg.sub.b", "pkg.sub"}, "importing pkg.sub.b runs pkg.sub's __init__ first"
+    assert cycles(full) == [["pkg.other", "pkg.sub"]]
 
 
 def test_an_import_of_a_higher_layer_is_reported(tmp_path: Path) -> None:

@@ -57,8 +57,8 @@ from prismatic_celery.lessons.classify import (
     RESOURCE_EXHAUSTION,
     STATE_CORRUPTION,
     classify,
-    parse_overrides,
 )
+from prismatic_celery.remediation.rules import parse_overrides
 
 
 def foreign(module: str, name: str, base: type[BaseException] = Exception, **attrs: Any) -> type[BaseException]:

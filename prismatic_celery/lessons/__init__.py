@@ -18,7 +18,6 @@ from .classify import (
     RESOURCE_EXHAUSTION,
     STATE_CORRUPTION,
     classify,
-    parse_overrides,
 )
 from .fingerprint import Fingerprint, exception_type_name, fingerprint, fingerprint_exception
 from .frames import in_app_frames
@@ -45,7 +44,6 @@ __all__ = [
     "fingerprint_exception",
     "in_app_frames",
     "normalize_message",
-    "parse_overrides",
     "redact",
     "sanitize",
 ]

@@ -75,7 +75,8 @@ tar, base64/hex) are almost always bytes a program wrote earlier, so failing to 
 stored data is damaged. To classify a text decode error as state corruption, raise your own error
 from it (``raise CacheCorruptionError(key) from exc``: its name decides) or add an override.
 
-:func:`classify` never raises; :func:`parse_overrides` validates overrides at start-up.
+:func:`classify` never raises; :func:`~prismatic_celery.remediation.rules.parse_overrides` validates
+overrides at start-up.
 """
 
 from __future__ import annotations
@@ -87,7 +88,6 @@ import ssl
 from collections.abc import Mapping
 
 from ..describe import exception_text
-from ..errors import ConfigurationError
 from ..remediation.rules import (
     EXTERNAL_DEPENDENCY,
     FAILURE_CLASSES,
@@ -96,7 +96,6 @@ from ..remediation.rules import (
     STATE_CORRUPTION,
     FailureClass,
 )
-from ..validate import as_choice, as_class
 
 __all__ = [
     "EXTERNAL_DEPENDENCY",
@@ -106,7 +105,6 @@ __all__ = [
     "STATE_CORRUPTION",
     "Overrides",
     "classify",
-    "parse_overrides",
 ]
 
 #: Exception class or dotted class name (``"builtins.KeyError"``, ``"KeyError"``) -> failure class.
@@ -228,35 +226,6 @@ _STATE_MESSAGE = re.compile(
 def _qualified(cls: type) -> str:
     module = getattr(cls, "__module__", "") or ""
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-def parse_overrides(
-    value: object, *, setting: str = "prismatic_failure_class_overrides"
-) -> dict[type[BaseException] | str, str]:
-    """Validate overrides at start-up: keys are exception classes or importable dotted names.
-
-    Raises :class:`~prismatic_celery.errors.ConfigurationError` naming ``setting``. Dotted
-    names that cannot be imported here are kept as names (matched by qualified name), so an
-    override for an optional dependency does not require installing it.
-    """
-    if not isinstance(value, Mapping):
-        raise ConfigurationError(setting, f"expected a mapping of exception class -> failure class, got {value!r}")
-    parsed: dict[type[BaseException] | str, str] = {}
-    for key, klass in value.items():
-        label = f"{setting}[{key!r}]"
-        failure_class = as_choice(label, klass, FAILURE_CLASSES)
-        if isinstance(key, str):
-            if not key.strip():
-                raise ConfigurationError(label, "an exception class name must not be empty")
-            try:
-                parsed[as_class(label, key, BaseException)] = failure_class
-            except ConfigurationError:
-                parsed[key] = failure_class  # not importable here: matched by its dotted name
-        elif isinstance(key, type) and issubclass(key, BaseException):
-            parsed[key] = failure_class
-        else:
-            raise ConfigurationError(label, f"keys must be exception classes or dotted names, got {key!r}")
-    return parsed
 
 
 def _override(cls: type[BaseException], overrides: Overrides) -> FailureClass | None:

@@ -17,7 +17,7 @@ from typing import Literal, TypedDict, TypeVar, get_args
 from ..describe import exception_text
 from ..errors import ConfigurationError
 from ..log import get_logger
-from ..validate import as_choice, as_mapping, as_str, reject_unknown
+from ..validate import as_choice, as_class, as_mapping, as_str, reject_unknown
 from .actions import Action, action_from_config
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "FailureClass",
     "Match",
     "Rule",
+    "parse_overrides",
     "parse_rules",
     "qualified_names",
 ]
@@ -264,3 +265,32 @@ def parse_rules(setting: str, value: object) -> tuple[Rule, ...]:
             raise ConfigurationError(f"{setting}[{i}].name", f"duplicate rule name {rule.name!r}")
         seen.add(rule.name)
     return rules
+
+
+def parse_overrides(
+    value: object, *, setting: str = "prismatic_failure_class_overrides"
+) -> dict[type[BaseException] | str, str]:
+    """Validate overrides at start-up: keys are exception classes or importable dotted names.
+
+    Raises :class:`~prismatic_celery.errors.ConfigurationError` naming ``setting``. Dotted
+    names that cannot be imported here are kept as names (matched by qualified name), so an
+    override for an optional dependency does not require installing it.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(setting, f"expected a mapping of exception class -> failure class, got {value!r}")
+    parsed: dict[type[BaseException] | str, str] = {}
+    for key, klass in value.items():
+        label = f"{setting}[{key!r}]"
+        failure_class = as_choice(label, klass, FAILURE_CLASSES)
+        if isinstance(key, str):
+            if not key.strip():
+                raise ConfigurationError(label, "an exception class name must not be empty")
+            try:
+                parsed[as_class(label, key, BaseException)] = failure_class
+            except ConfigurationError:
+                parsed[key] = failure_class  # not importable here: matched by its dotted name
+        elif isinstance(key, type) and issubclass(key, BaseException):
+            parsed[key] = failure_class
+        else:
+            raise ConfigurationError(label, f"keys must be exception classes or dotted names, got {key!r}")
+    return parsed
