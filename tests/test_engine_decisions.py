@@ -46,7 +46,7 @@ class Recorder(SupervisionListener):
 def _app(store_url: str | None = None, **conf: Any) -> tuple[Celery, Runtime, Recorder]:
     app = Celery("dec", broker="memory://", set_as_current=False)
     app.conf.update(prismatic_domains=DOMAINS, prismatic_send_events=False, prismatic_store_url=store_url or "memory://",
-                    prismatic_backoff_initial_ms=100, prismatic_backoff_max_ms=400, prismatic_backoff_jitter_ms=0,
+                    prismatic_backoff_initial_s=0.1, prismatic_backoff_max_s=0.4, prismatic_backoff_jitter_s=0,
                     **conf)
     recorder = Recorder()
     install(app, listeners=[recorder], store=None if store_url else MemoryStore())

@@ -285,7 +285,7 @@ def test_a_worker_whose_store_is_a_cluster_reruns_crashed_tasks_restarts_the_chi
     """A real prefork worker (broker: the test's Redis database; store: the cluster): 25 messages fail once, each runs
     again and succeeds, the child restarts once and pauses its later siblings; an unknown failure is a dead
     letter; the lessons count every crash. All of it read back from the cluster."""
-    conf = {"prismatic_backoff_initial_ms": 200, "prismatic_backoff_max_ms": 200, "prismatic_backoff_jitter_ms": 0}
+    conf = {"prismatic_backoff_initial_s": 0.2, "prismatic_backoff_max_s": 0.2, "prismatic_backoff_jitter_s": 0}
     app = make_app(redis_url, namespace, redis_cluster.url, **conf)
     env = basic_env(redis_url, namespace, conf, store=redis_cluster.url)
     with WorkerProcess("tests.apps.basic", hostname=f"cl-{namespace}@test", pool="prefork", concurrency=2, env=env,

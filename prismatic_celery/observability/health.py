@@ -1,4 +1,4 @@
-"""Tree health: the seed's SupervisionIntrospector ``get_tree_health()``, per worker and cluster-wide.
+"""Tree health: the supervision introspector's ``get_tree_health()``, per worker and cluster-wide.
 
 The report adds up the views (:mod:`.views`) and scores them (:mod:`.score`, whose docstring has the
 formula); when the store does not answer it is :func:`~.unknown.unknown_health`. What is read

@@ -27,7 +27,7 @@ class Hotspot:
 
 
 def is_hotspot(restarts_in_window: int, threshold: int) -> bool:
-    """The seed's rule: more than ``threshold`` restarts in the window."""
+    """A hotspot: more than ``threshold`` restarts in the window."""
     return restarts_in_window > threshold
 
 

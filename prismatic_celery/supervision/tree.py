@@ -1,7 +1,7 @@
 """The supervision tree: a Supervisor of Domains (bulkheads) of Children (queues).
 
-Pure data and validation (DESIGN.md section 1); the engine that acts on it
-lives in :mod:`prismatic_celery.supervision`.
+Pure data and validation; the engine that acts on it is ``supervision/engine.py``
+(ARCHITECTURE.md has the map).
 """
 
 from __future__ import annotations

@@ -240,8 +240,8 @@ def test_a_worker_with_a_bad_rule_stops_at_start_naming_it(redis_url: str, names
 # ------------------------------------------------------------------------------------------------
 # exception messages: huge, bytes, non-UTF-8, control characters, secrets (real worker)
 # ------------------------------------------------------------------------------------------------
-LEAK_CONF = {**LOG_CONF, "prismatic_max_restarts_per_message": 1, "prismatic_backoff_initial_ms": 50,
-             "prismatic_backoff_max_ms": 50, "prismatic_backoff_jitter_ms": 0,
+LEAK_CONF = {**LOG_CONF, "prismatic_max_restarts_per_message": 1, "prismatic_backoff_initial_s": 0.05,
+             "prismatic_backoff_max_s": 0.05, "prismatic_backoff_jitter_s": 0,
              "prismatic_domain_budget": {"max_restarts": 1000, "period_s": 60}}
 
 
@@ -503,8 +503,8 @@ def test_a_worker_keeps_working_over_corrupted_and_foreign_keys(
 ) -> None:
     """Garbage at every key kind of the namespace, and pauses under a foreign namespace: every task runs once,
     a crash is still re-run, a poison message still quarantined, foreign keys untouched."""
-    conf = {**LOG_CONF, "task_reject_on_worker_lost": True, "prismatic_backoff_initial_ms": 100,
-            "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0}
+    conf = {**LOG_CONF, "task_reject_on_worker_lost": True, "prismatic_backoff_initial_s": 0.1,
+            "prismatic_backoff_max_s": 0.1, "prismatic_backoff_jitter_s": 0}
     app, runtime = faults_runtime(redis_url, namespace, **conf)
     corrupt.plant_garbage(raw, namespace)
     # garbage stays at pause and deaths (and dead-letter lists: test_a_dead_letter_is_not_lost_... covers their type)

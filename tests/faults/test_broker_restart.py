@@ -48,7 +48,7 @@ def test_a_broker_crash_and_restart_loses_no_message_with_acks_late(
 ) -> None:
     """150 tasks in flight and 2 crashing while the broker is down: after the restart every one has run."""
     conf = {"broker_transport_options": TRANSPORT, "result_backend": redis_url,
-            "prismatic_backoff_initial_ms": 300, "prismatic_backoff_max_ms": 300, "prismatic_backoff_jitter_ms": 0,
+            "prismatic_backoff_initial_s": 0.3, "prismatic_backoff_max_s": 0.3, "prismatic_backoff_jitter_s": 0,
             "prismatic_domain_budget": {"max_restarts": 1000, "period_s": 60}}
     broker = persistent_redis.url
     app = make_faults_app(broker, namespace, redis_url, redis_url, **conf)

@@ -55,7 +55,7 @@ def test_killed_pool_processes_each_message_once_or_dead_lettered_and_restarts_c
 ) -> None:
     """Three rounds of SIGKILL on busy pool processes: once or dead-lettered, one recorded failure per death."""
     conf = {**CONF, "task_reject_on_worker_lost": reject_on_worker_lost,
-            "prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0}
+            "prismatic_backoff_initial_s": 0.1, "prismatic_backoff_max_s": 0.1, "prismatic_backoff_jitter_s": 0}
     app = make_faults_app(redis_url, namespace, redis_url, redis_url, **conf)
     work = app.tasks["faults.work"]
     runtime = get_runtime(app)

@@ -71,8 +71,8 @@ def test_pickles_and_python_expressions_in_redis_are_treated_as_data(
     assert marker.exists()
     marker.unlink()
 
-    conf = {**LOG_CONF, "task_reject_on_worker_lost": True, "prismatic_backoff_initial_ms": 50,
-            "prismatic_backoff_max_ms": 50, "prismatic_backoff_jitter_ms": 0}
+    conf = {**LOG_CONF, "task_reject_on_worker_lost": True, "prismatic_backoff_initial_s": 0.05,
+            "prismatic_backoff_max_s": 0.05, "prismatic_backoff_jitter_s": 0}
     app, runtime = faults_runtime(redis_url, namespace, **conf)
     planted = corrupt.plant_payloads(raw, namespace, payloads)
     exercise_readers(app, runtime)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 OUTAGE_S = 10.0
 RESUME_BOUND_S = 2.0
 BACKOFF_S = 0.4
-CONF = {"prismatic_backoff_initial_ms": 400, "prismatic_backoff_max_ms": 400, "prismatic_backoff_jitter_ms": 0}
+CONF = {"prismatic_backoff_initial_s": 0.4, "prismatic_backoff_max_s": 0.4, "prismatic_backoff_jitter_s": 0}
 QUEUES = ("storage", "cache", "telemetry", "sources", "monitor", "mendel", "fitness")
 
 
@@ -164,8 +164,8 @@ def test_a_fallback_pause_ends_when_its_child_recovers(redis_url: str, namespace
     """Two pool processes (two runtimes): A crashes on storage (rest_for_one pauses cache), B then runs storage
     successfully; A must no longer defer cache messages. With the store up this holds (control case)."""
     url = redis_url if store == "up" else f"redis://127.0.0.1:{free_port()}/0"
-    conf = {"result_backend": "cache+memory://", "prismatic_backoff_initial_ms": 100,
-            "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0,
+    conf = {"result_backend": "cache+memory://", "prismatic_backoff_initial_s": 0.1,
+            "prismatic_backoff_max_s": 0.1, "prismatic_backoff_jitter_s": 0,
             "prismatic_child_min_executions": 1}  # this one failure is a child failure (a rest_for_one pause)
     (app_a, a), (app_b, b) = [(app, get_runtime(app)) for app in
                               (make_faults_app("memory://", namespace, url, redis_url, **conf) for _ in "ab")]

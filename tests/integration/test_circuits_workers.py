@@ -69,7 +69,7 @@ def dependency() -> Iterator[Dependency]:
     server.server_close()
 
 
-CONF = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 400, "prismatic_backoff_jitter_ms": 50,
+CONF = {"prismatic_backoff_initial_s": 0.1, "prismatic_backoff_max_s": 0.4, "prismatic_backoff_jitter_s": 0.05,
         "prismatic_domain_budget": {"max_restarts": 1000, "period_s": 60},
         "prismatic_max_restarts_per_message": 50}
 

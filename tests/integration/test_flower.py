@@ -46,7 +46,7 @@ USER, PASSWORD = "ops", "s3cret"
 pytestmark = pytest.mark.integration
 
 CONF: dict[str, Any] = {
-    "prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0,
+    "prismatic_backoff_initial_s": 0.1, "prismatic_backoff_max_s": 0.1, "prismatic_backoff_jitter_s": 0,
     "prismatic_remediation_rules": [{"name": "fast", "match": {"exceptions": ["ConnectionError"]},
                                      "action": "restart_child"}],
     "prismatic_domain_budget": {"max_restarts": 2, "period_s": 60},

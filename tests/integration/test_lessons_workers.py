@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 # Fast re-runs; no exploration, so that which remediation each crash gets is exact (exploration has its own tests).
-CONF = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 200, "prismatic_backoff_jitter_ms": 0,
+CONF = {"prismatic_backoff_initial_s": 0.1, "prismatic_backoff_max_s": 0.2, "prismatic_backoff_jitter_s": 0,
         "prismatic_max_restarts_per_message": 2, "prismatic_lesson_exploration": 0.0}
 FLAKY, FRAGILE, DOOMED = 4, 2, 1
 

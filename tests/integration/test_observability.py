@@ -101,7 +101,7 @@ def _capture(app: Celery, into: list[dict[str, Any]], ready: threading.Event, st
         receiver.capture(limit=None, timeout=None, wakeup=False)
 
 
-FAST = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0,
+FAST = {"prismatic_backoff_initial_s": 0.1, "prismatic_backoff_max_s": 0.1, "prismatic_backoff_jitter_s": 0,
         "prismatic_remediation_rules": [{"name": "fast", "match": {"exceptions": ["ConnectionError"]},
                                          "action": "restart_child"}],
         # dep: the circuit tests/apps/basic.py's call_dep task declares; payments: ours

@@ -36,7 +36,7 @@ def _consuming(app: Celery, hostnames: list[str]) -> dict[str, set[str]]:
 
 
 
-REST = {"prismatic_backoff_initial_ms": 2000, "prismatic_backoff_max_ms": 2000, "prismatic_backoff_jitter_ms": 0}
+REST = {"prismatic_backoff_initial_s": 2.0, "prismatic_backoff_max_s": 2.0, "prismatic_backoff_jitter_s": 0}
 DEPLOY = 25  # storage messages that each fail once (a bad deploy): the child fails by rate at 20 executions
 
 
@@ -115,7 +115,7 @@ def app_store(app: Celery) -> Any:
     return runtime.store
 
 
-ALL = {"prismatic_backoff_initial_ms": 200, "prismatic_backoff_max_ms": 200, "prismatic_backoff_jitter_ms": 0,
+ALL = {"prismatic_backoff_initial_s": 0.2, "prismatic_backoff_max_s": 0.2, "prismatic_backoff_jitter_s": 0,
        "prismatic_recycle_pause_s": 1.5}
 
 
@@ -144,7 +144,7 @@ def test_one_for_all_recycles_the_domains_pool_processes_and_resumes(
         assert all(client.get(f"runs:evo{i}") == "1" for i in range(20))
 
 
-BUDGET = {"prismatic_backoff_initial_ms": 100, "prismatic_backoff_max_ms": 100, "prismatic_backoff_jitter_ms": 0,
+BUDGET = {"prismatic_backoff_initial_s": 0.1, "prismatic_backoff_max_s": 0.1, "prismatic_backoff_jitter_s": 0,
           "prismatic_domain_budget": {"max_restarts": 2, "period_s": 60},
           "prismatic_supervisor_budget": {"max_restarts": 1, "period_s": 300},
           "prismatic_cooldown_initial_s": 2, "prismatic_cooldown_max_s": 30}

@@ -130,8 +130,8 @@ def test_a_deferred_message_runs_within_one_and_a_half_seconds_of_its_pause_endi
 ) -> None:
     """Given a cache message a worker holds (countdown), when storage fails by rate (cache paused for up to 30 s) and
     recovers about 3 s later, then the held message, deferred meanwhile, runs within 1.5 s of the resume."""
-    conf = {**DEFAULTS, "prismatic_backoff_initial_ms": 3000, "prismatic_backoff_max_ms": 3000,
-            "prismatic_backoff_jitter_ms": 0}
+    conf = {**DEFAULTS, "prismatic_backoff_initial_s": 3.0, "prismatic_backoff_max_s": 3.0,
+            "prismatic_backoff_jitter_s": 0}
     with two_workers(redis_url, namespace, conf) as (app, workers):
         held = [app.tasks["basic.stamp"].apply_async((f"held{i}",), queue="cache", countdown=1.5) for i in range(4)]
         for i in range(25):

@@ -35,7 +35,7 @@ _OVERRIDE_KEYS = ("threshold", "resume_below", "cutoff", "mode")
 
 
 def parse_mode(setting: str, value: Any) -> str:
-    """``park`` (move to a replayable list) or ``drop`` (discard, as the seed does)."""
+    """``park`` (move to a replayable list) or ``drop`` (discard)."""
     return as_choice(setting, value, MODES)
 
 
