@@ -38,8 +38,9 @@ shorter warm-up pair). Each run:
    live through every run and nothing else is spawned; a process that outlived its worker
    (handed to this script as an orphan, its CPU not in the delta) stops the benchmark.
    Divided by N it gives the CPU seconds per task, worker start-up and shutdown included
-   (about 0.5 s per run in either variant on the project's machine; the plugin's worker also
-   idles until its counters are flushed, at about 1 % of a core).
+   (about 0.5 s per run in either variant on the project's machine) and the same idle time in
+   both: every worker lives ``SETTLE_S`` (6 s) after its queue drained, time in which the
+   plugin's counters are flushed.
 
 Then the failure path: store round trips per failed execution with lessons on (the default),
 counted on the wire to the store's server (each ``send_packed_command`` of a connection to it: a
@@ -132,6 +133,9 @@ class StoreMeter:
 
 # worker CPU accounting ---------------------------------------------------------------------
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+#: How long each worker lives after its queue drained: the default ``prismatic_stats_flush_s`` (5 s), in which
+#: the plugin's worker flushes its counters, plus a second; the same for both variants.
+SETTLE_S = 6.0
 
 
 def become_subreaper() -> None:
@@ -249,6 +253,7 @@ class Bench:
                 return int(self.marks.llen(ENDS_KEY)) >= marks
 
             wait_for(finished, timeout_s=60 + n / 50, interval_s=0.05, message=f"{n} tasks on {hostname}")
+            drained = time.monotonic()
             if variant == "plugin":
                 key = Keys(self.apps[variant].main).key("stats", hostname)
 
@@ -261,6 +266,9 @@ class Bench:
                     wait_for(counted, timeout_s=10, interval_s=0.25, message="the plugin's success counters")
                 except AssertionError as exc:
                     print(f"  note: {exc}", flush=True)
+            # Both variants idle as long after the drain (the plugin's counters are flushed within it), so the
+            # CPU of a worker's idle loop and background threads is counted for the same time in each.
+            time.sleep(max(0.0, SETTLE_S - (time.monotonic() - drained)))
             code = worker.stop()
         if code != 0:
             raise SystemExit(f"worker {hostname} exited with {code}:\n{worker.log}")

@@ -465,6 +465,31 @@ def test_the_sampler_hands_each_read_and_state_change_to_the_guard_at_once() -> 
     assert _run(work, priority=9, task_id="below") == "ran" and len(recorder.events) == 1
 
 
+def test_a_shedding_queue_with_no_candidate_is_read_once_per_period_until_one_arrives() -> None:
+    """Reading a shedding queue every 20 ms only helps messages it could shed: after a period with none the
+    sampler reads it once per period; the first candidate then finds no fresh read, runs, and wakes the sampler,
+    which follows the queue closely again, so the next candidate is shed."""
+    app, runtime, recorder = _app()
+    now = _clocked(runtime)
+    guard = _guard(runtime)
+    woken: list[float] = []
+    guard.wake = lambda: woken.append(now[0])
+    broker = FakeBroker(bulk=5000)
+    sampler = _sampler(runtime, broker, now)
+    work = app.tasks["shedunit.work"]
+    assert sampler.tick() == SHEDDING_PERIOD_S, "it started shedding: followed closely"
+    now[0] += sampler.interval_s / 2
+    assert _run(work, task_id="unmarked") == "ran", "no producer priority: never a candidate"
+    assert sampler.tick() == SHEDDING_PERIOD_S, "still within a period of the start"
+    now[0] += sampler.interval_s
+    assert sampler.tick() is None, "a period without a candidate: one read per period"
+    now[0] += 0.2
+    assert _run(work, priority=9, task_id="first") == "ran" and woken == [now[0]], "no fresh read: it runs"
+    assert sampler.tick() == SHEDDING_PERIOD_S, "woken by a candidate: followed closely again"
+    assert _run(work, priority=9, task_id="next") == SHED
+    assert len(recorder.events) == 1
+
+
 def _drain(workers: list[tuple[Runtime, Sampler]], now: list[float], broker: FakeBroker) -> list[tuple[int, str]]:
     """1,500 queued messages (a third low, a third unmarked, a third high), one received every millisecond by
     each worker in turn; each worker's sampler ticks when its Ticker would. The backlog when each shed message

@@ -70,7 +70,7 @@ class TaskStats:
             self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += amount
             if outcome == "succeeded" and amount > 0 and queue != UNSUPERVISED:
                 self.window.success(queue)
-            if self._pid != os.getpid():
+            if self._pid < 0:  # the first count of this process (a fork resets it): no getpid per count
                 self._pid = os.getpid()
                 self.counted = True
                 threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()

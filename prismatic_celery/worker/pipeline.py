@@ -78,6 +78,8 @@ class Pipeline:
         self._wrap = [s for s in reversed(self.stages) if _overrides(s, "wrap")]
         self._failure = [s for s in self.stages if _overrides(s, "on_failure")]
         self._success = [s for s in self.stages if _overrides(s, "on_success")]
+        #: Of the stages entered, those whose ``after_run`` does something (the others need no call).
+        self._pairs = frozenset(id(s) for s in self.stages if _overrides(s, "after_run"))
 
     def run(self, task: AnyTask, call: Call) -> object:
         """Run ``call`` (the body, its arguments bound) through every stage."""
@@ -87,7 +89,8 @@ class Pipeline:
         try:
             for stage in self._before:
                 _deferring(request, stage.before_run, task)
-                entered.append(stage)
+                if id(stage) in self._pairs:
+                    entered.append(stage)
             for stage in self._wrap:
                 call = stage.wrap(task, call)
             try:
@@ -104,7 +107,8 @@ class Pipeline:
                     _guarded(stage.on_failure, task, exc)
                 raise
         finally:
-            _after(entered, task, failed)
+            if entered:
+                _after(entered, task, failed)
         for stage in self._success:
             _guarded(stage.on_success, task)
         return result
@@ -129,14 +133,23 @@ def _guarded(hook: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None
     except (Retry, Ignore):
         raise
     except Exception as exc:  # the plugin must never be the reason a task fails
-        log_event(logging.ERROR, "supervision-hook-failed", logger, hook=getattr(hook, "__name__", "?"),
-                  error=repr(exc)[:300])
+        _hook_failed(hook, exc)
 
 
 def _deferring(request: object, hook: Callable[P, None], *args: P.args, **kwargs: P.kwargs) -> None:
-    """Run a hook that may put the message back before its body ran; its Retry then marks a deferral."""
+    """Run a hook that may put the message back before its body ran; its Retry then marks a deferral
+    (Ignore passes; anything else is logged and dropped)."""
     try:
-        _guarded(hook, *args, **kwargs)
+        hook(*args, **kwargs)
     except Retry:
         setattr(request, DEFERRED_MARK, True)
         raise
+    except Ignore:
+        raise
+    except Exception as exc:  # the plugin must never be the reason a task fails
+        _hook_failed(hook, exc)
+
+
+def _hook_failed(hook: Callable[..., None], exc: Exception) -> None:
+    log_event(logging.ERROR, "supervision-hook-failed", logger, hook=getattr(hook, "__name__", "?"),
+              error=repr(exc)[:300])

@@ -193,7 +193,8 @@ class HealthSamplerStep(bootsteps.StartStopStep):
 
 class SheddingStep(bootsteps.StartStopStep):
     """Samples the backlog of the supervised queues this worker consumes, once per ``prismatic_shed_interval_s``
-    (and a shedding queue's every 20 ms), and puts the shedding guard in front of the consumer's task requests.
+    (a shedding queue's every 20 ms while messages it could shed arrive), and puts the shedding guard in front of
+    the consumer's task requests.
 
     Broker and store I/O run in the ``prismatic-shedding`` thread, never on the
     worker's event loop. Off when ``prismatic_shed_enabled`` is False or the
@@ -224,10 +225,13 @@ class SheddingStep(bootsteps.StartStopStep):
         queues = [q for q in runtime.supervisor.queues if q in consumed]
         if not queues:
             return
+        guard = shed_guard(runtime)
         self.sampler = Sampler(consumer.app, runtime.store, runtime.keys, queues, runtime.shedding.policies,
                                name=str(consumer.hostname), interval_s=runtime.settings.shed_interval_s,
-                               guard=shed_guard(runtime))
+                               guard=guard)
         self.ticker = Ticker("prismatic-shedding", runtime.settings.shed_interval_s, self.sampler.tick)
+        if guard is not None:
+            guard.wake = self.ticker.wake.set  # a candidate with no fresh read asks for one at once
         self.ticker.start()
 
     def stop(self, consumer: Consumer) -> None:
@@ -235,6 +239,8 @@ class SheddingStep(bootsteps.StartStopStep):
             self.ticker.stop()
             self.ticker = None
         if self.sampler is not None:
+            if self.sampler.guard is not None:
+                self.sampler.guard.wake = None
             self.sampler.close()
             self.sampler = None
 

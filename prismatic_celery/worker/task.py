@@ -13,7 +13,6 @@ import weakref
 from types import TracebackType
 
 from celery import Task
-from celery._state import _task_stack  # type: ignore[attr-defined]  # private, not in the stubs
 from celery.exceptions import Ignore, Retry
 
 from ..log import get_logger, log_event
@@ -127,13 +126,9 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
         return bool(found)
 
     def _traced_run(self, *args: object, **kwargs: object) -> object:
-        """Celery's ``Task.__call__`` without its second copy of the request: the worker's tracer has
-        already pushed this execution's request, so only the task stack is needed."""
-        _task_stack.push(self)
-        try:
-            return self.run(*args, **kwargs)
-        finally:
-            _task_stack.pop()
+        """The body as the worker's tracer runs a plain task's: ``run`` itself. The tracer has already pushed this
+        execution's task and request (Celery's ``Task.__call__`` would push second copies of both)."""
+        return self.run(*args, **kwargs)
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

@@ -68,6 +68,11 @@ class ShedGuard:
                                         max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
         self._unparkable = RateLimitedWarning()
+        self.candidates = 0
+        """Messages seen that a shedding queue could shed (importance below its cut-off): the sampler follows
+        a shedding queue closely only while they arrive."""
+        self.wake: Callable[[], None] | None = None
+        """Asks this process's sampler for a read now (set by the worker's shedding step)."""
 
     @property
     def higher_first(self) -> bool:
@@ -104,9 +109,14 @@ class ShedGuard:
                                    higher_first=self.higher_first)
         if importance is None or importance >= policy.cutoff:
             return True
+        self.candidates += 1
         backlog = self.backlogs.estimate(child.queue)
-        if backlog is None or backlog < policy.resume_below:
-            return True  # below the resume mark now (the sampler's next read stops the state), or no fresh read
+        if backlog is None:  # no fresh read: this one runs, and the sampler reads the queue now
+            if self.wake is not None:
+                self.wake()
+            return True
+        if backlog < policy.resume_below:
+            return True  # below the resume mark now: the sampler's next read stops the state
         # the Context the task would see as ``task.request`` (private: not in the stubs)
         context: Context = getattr(request, "_context")  # noqa: B009
         fields: dict[str, object] = {

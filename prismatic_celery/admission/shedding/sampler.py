@@ -1,5 +1,5 @@
-"""The backlog sampler: once per period (every 20 ms while a queue sheds), never per message, in a
-background thread of each worker.
+"""The backlog sampler: once per period (every 20 ms while a queue sheds and messages it could shed arrive),
+never per message, in a background thread of each worker.
 
 Redis transport: one pipeline of ``LLEN`` over every priority sub-queue of
 every sampled queue (``name`` and ``name\\x06\\x16<step>`` for kombu's priority
@@ -141,15 +141,29 @@ class Sampler:
         self._shedding: set[str] = set()
         self._sampled_at = -float("inf")
         self._published_at = -float("inf")
+        self._active_at = -float("inf")  # when a queue last started shedding or the guard last saw a candidate
+        self._candidates = 0
 
     def tick(self) -> float | None:
         """The sampler thread's call: a full sample once per period, else a read of the shedding queues;
-        the wait before the next call while a queue sheds."""
+        the wait before the next call while a queue sheds and is active.
+
+        Active: it started shedding, or the guard saw a message it could shed, within the last period. A shedding
+        queue whose messages are all above the cut-off (or carry no producer priority) is read once per period
+        only: reading it every 20 ms would cost CPU for nothing. The first candidate after such a quiet spell
+        finds no fresh read, runs, and wakes the sampler (``ShedGuard.wake``), which then follows again."""
         if self.clock() - self._sampled_at >= self.interval_s:
             self.sample()
         else:
             self.follow()
-        return self.follow_s if self._shedding else None
+        return self.follow_s if self._shedding and self._active() else None
+
+    def _active(self) -> bool:
+        seen = self.guard.candidates if self.guard is not None else None
+        if seen is None or seen != self._candidates:
+            self._candidates = seen or 0
+            self._active_at = self.clock()
+        return self.clock() - self._active_at < self.interval_s
 
     def sample(self) -> list[Transition]:
         """Sample every queue once, publish the sample and log the state changes."""
@@ -189,6 +203,8 @@ class Sampler:
             self.guard.published({moved.queue: moved.shedding for moved in transitions})
         for moved in transitions:
             if moved.shedding:
+                if moved.queue not in self._shedding:
+                    self._active_at = self.clock()
                 self._shedding.add(moved.queue)
             else:
                 self._shedding.discard(moved.queue)
