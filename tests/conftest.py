@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -113,15 +114,27 @@ def namespace() -> str:
 _ports_given: set[int] = set()
 
 
+#: Where the test servers' ports come from: below the kernel's ephemeral range (32768 and up here), so no outgoing
+#: connection's local port and no port another process got by binding port 0 (the benchmarks' servers) can take
+#: it, even while a test has stopped its server to restart it on the same port. A cluster's bus ports (port +
+#: 10000) stay below that range too.
+PORT_RANGE = (12000, 22700)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now, never the same twice in this process."""
+    rng = random.Random()
     while True:
+        port = rng.randrange(*PORT_RANGE)
+        if port in _ports_given:
+            continue
         with socket.socket() as sock:
-            sock.bind((REDIS_HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _ports_given:
-            _ports_given.add(port)
-            return port
+            try:
+                sock.bind((REDIS_HOST, port))
+            except OSError:  # in use
+                continue
+        _ports_given.add(port)
+        return port
 
 
 class RedisServer:

@@ -173,6 +173,28 @@ def test_when_the_store_returns_empty_an_opening_still_held_is_written_back(clus
     assert [outcome(p, dependency) for p in (a, b)] == ["ok", "ok"]
 
 
+def test_when_the_store_returns_empty_a_lapsed_opening_goes_back_as_one_trial(cluster: Cluster) -> None:
+    """The store comes back without its data while the first process back holds an opening whose reset timeout
+    has passed: it writes back a 1 ms opening, so the dead dependency gets one trial, not fail_max calls."""
+    a, b = cluster.process(), cluster.process()
+    dependency = Dependency()
+    trip(a, dependency)
+    cluster.clock.advance(1.1)  # b's cached record expires (no pub/sub here)
+    assert b.state("dep") == "open"
+    cluster.store_down()
+    cluster.clock.advance(2)
+    assert outcome(a, dependency) == "refused"  # a is on its own copy now
+    cluster.clock.advance(RESET_S)  # a's opening has lapsed; the store is back, empty
+    cluster.store_back(lost_data=True)
+    calls = dependency.calls
+    assert outcome(a, dependency) == "refused", "the written-back opening (1 ms) holds this call back"
+    record = cluster.process().get("dep").record()
+    assert record.state == "open" and record.reason == "store-outage"
+    cluster.clock.advance(0.01)
+    assert [outcome(p, dependency) for p in (a, b, a, b)] == ["failed", "refused", "refused", "refused"]
+    assert dependency.calls == calls + 1, "one trial, not fail_max calls"
+
+
 def test_when_the_store_returns_its_record_is_taken_back(cluster: Cluster) -> None:
     """A process whose copy holds no opening takes the shared record as it finds it, writing nothing."""
     a, b = cluster.process(), cluster.process()

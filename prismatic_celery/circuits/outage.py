@@ -3,7 +3,9 @@
 It goes on from the last record it knew (its times moved to this host's clock): an open circuit stays
 open until its reset timeout, then this process runs at most one trial per reset timeout; failures count
 from the last known counter. When the store answers again, the shared record is taken back, except that
-an opening this process still holds is written to the store (it never shortens one there).
+an opening this process still holds is written to the store (it never shortens one there), and a store
+that says closed while this process's copy is open or in its trial gets an opening of at least 1 ms: the
+next call anywhere is then one trial.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from ..log import get_logger, log_event
 from ..store import MemoryStore
 from .cache import RecordCache
 from .config import CircuitSpec
-from .record import OPEN, CircuitRecord, Outcome, parse_reply
+from .record import CLOSED, OPEN, CircuitRecord, Outcome, parse_reply
 from .script import SCRIPT
 from .storage import CircuitStorage
 
@@ -116,8 +118,13 @@ class Fallback:
             mine = parse_reply(self.storage.circuit, reply).record
             left_ms = mine.wait_ms() if mine.state == OPEN else 0
             theirs = shared.record.wait_ms() if shared.record.state == OPEN else 0
-            if left_ms > theirs:
-                pushed = self.storage.apply("force", spec, target=OPEN, amount_ms=left_ms, reason="store-outage")
+            # The store says closed while this process's copy is open or trying (a store restarted without its
+            # data, say): an opening of at least 1 ms goes back, so the next call anywhere is one trial, not
+            # fail_max calls to a dependency this process last saw failing.
+            failing = mine.state != CLOSED and shared.record.state == CLOSED
+            if left_ms > theirs or failing:
+                pushed = self.storage.apply("force", spec, target=OPEN, amount_ms=max(left_ms, 1),
+                                            reason="store-outage")
                 if not pushed.shared:  # gone again: stay on this process's copy
                     return
             self.local = None
