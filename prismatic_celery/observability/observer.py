@@ -46,10 +46,6 @@ UNSUPERVISED = "-"
 STATS_TTL_S = 7 * 24 * 3600.0
 
 
-#: ``<queue>:<outcome>`` field names, made once each (a count is on every task's path).
-_FIELDS: dict[tuple[str, str], str] = {}
-
-
 class TaskStats:
     """Per-process outcome counters per (hostname, queue), flushed in the background."""
 
@@ -70,11 +66,8 @@ class TaskStats:
 
     def count(self, hostname: str | None, queue: str, outcome: str, amount: int = 1) -> None:
         """Count ``amount`` outcomes in memory (no I/O); starts this process's flusher if needed."""
-        field = _FIELDS.get((queue, outcome))
-        if field is None:
-            field = _FIELDS[(queue, outcome)] = f"{queue}:{outcome}"
         with self._lock:
-            self._pending[(hostname or "unknown", field)] += amount
+            self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += amount
             if outcome == "succeeded" and amount > 0 and queue != UNSUPERVISED:
                 self.window.success(queue)
             if self._pid < 0:  # the first count of this process (a fork resets it): no getpid per count

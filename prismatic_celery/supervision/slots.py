@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import weakref
 from collections.abc import Callable
 from typing import Protocol
 
@@ -58,16 +57,13 @@ class RunningSlots:
         self.count = count
         self._map = mmap.mmap(-1, count * SLOT_BYTES)  # anonymous and shared: survives fork, one for the pool
         self._index = index
-        self._looked_up = False
+        self._pid = -1
         self._offset: int | None = None
-        _all_slots.add(self)
-
-    def _forked(self) -> None:
-        self._looked_up = False
 
     def _own_offset(self) -> int | None:
-        if not self._looked_up:  # looked up once per process (a fork resets it)
-            self._looked_up = True
+        pid = os.getpid()
+        if pid != self._pid:  # looked up once per process
+            self._pid = pid
             index = self._index()
             self._offset = index * SLOT_BYTES if index is not None and 0 <= index < self.count else None
         return self._offset
@@ -103,17 +99,6 @@ class RunningSlots:
     def ran(self, index: int, task_id: str) -> bool:
         """True when the slot of ``index`` names ``task_id``."""
         return self.running(index) == _encode(task_id).decode("utf-8", "replace")
-
-
-_all_slots: weakref.WeakSet[RunningSlots] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for slots in list(_all_slots):
-        slots._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class PoolJob(Protocol):

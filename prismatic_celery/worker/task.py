@@ -29,7 +29,6 @@ __all__ = ["CONTROL_FLOW", "SupervisedTask", "TaskGuard", "pipeline_for", "set_p
 logger = get_logger("task")
 
 _pipelines: weakref.WeakKeyDictionary[Runtime, Pipeline] = weakref.WeakKeyDictionary()
-_last: tuple[Runtime | None, Pipeline | None] = (None, None)  # the runtime last asked for and its pipeline
 
 
 def task_pipeline(runtime: Runtime, guards: tuple[Stage, ...] = ()) -> Pipeline:
@@ -43,21 +42,14 @@ def task_pipeline(runtime: Runtime, guards: tuple[Stage, ...] = ()) -> Pipeline:
 
 def pipeline_for(runtime: Runtime) -> Pipeline:
     """The pipeline ``runtime``'s tasks run through in this process (built on first use)."""
-    global _last
-    last_runtime, last_pipeline = _last
-    if last_runtime is runtime and last_pipeline is not None:  # one app per worker: asked on every task
-        return last_pipeline
     found = _pipelines.get(runtime)
     if found is None:
         found = _pipelines[runtime] = task_pipeline(runtime)
-    _last = (runtime, found)
     return found
 
 
 def set_pipeline(runtime: Runtime, pipeline: Pipeline | None) -> None:
     """Replace ``runtime``'s pipeline (None: back to the default one)."""
-    global _last
-    _last = (None, None)
     if pipeline is None:
         _pipelines.pop(runtime, None)
     else:
