@@ -146,9 +146,8 @@ def test_a_process_that_knew_nothing_starts_closed(cluster: Cluster) -> None:
     assert [outcome(late, dependency) for _ in range(FAIL_MAX + 2)] == ["failed"] * FAIL_MAX + ["refused"] * 2
 
 
-def test_when_the_store_returns_empty_an_opening_still_held_is_written_back(cluster: Cluster) -> None:
-    """The store comes back without its data: a process still holding an opening writes it back, the
-    others take it, a new process sees it, and a reset made afterwards reaches everyone."""
+def open_then_store_down(cluster: Cluster) -> tuple[Circuits, Circuits, Dependency]:
+    """Two processes that both know the circuit is open; then the store goes down for 2 s."""
     a, b = cluster.process(), cluster.process()
     dependency = Dependency()
     trip(a, dependency)
@@ -156,6 +155,13 @@ def test_when_the_store_returns_empty_an_opening_still_held_is_written_back(clus
     assert b.state("dep") == "open"
     cluster.store_down()
     cluster.clock.advance(2)
+    return a, b, dependency
+
+
+def test_when_the_store_returns_empty_an_opening_still_held_is_written_back(cluster: Cluster) -> None:
+    """The store comes back without its data: a process still holding an opening writes it back, the
+    others take it, a new process sees it, and a reset made afterwards reaches everyone."""
+    a, b, dependency = open_then_store_down(cluster)
     assert outcome(a, dependency) == outcome(b, dependency) == "refused"
     cluster.clock.advance(RESET_S)
     assert outcome(b, dependency) == "failed"  # b's own trial: b's copy is open for another reset timeout
@@ -176,13 +182,7 @@ def test_when_the_store_returns_empty_an_opening_still_held_is_written_back(clus
 def test_when_the_store_returns_empty_a_lapsed_opening_goes_back_as_one_trial(cluster: Cluster) -> None:
     """The store comes back without its data while the first process back holds an opening whose reset timeout
     has passed: it writes back a 1 ms opening, so the dead dependency gets one trial, not fail_max calls."""
-    a, b = cluster.process(), cluster.process()
-    dependency = Dependency()
-    trip(a, dependency)
-    cluster.clock.advance(1.1)  # b's cached record expires (no pub/sub here)
-    assert b.state("dep") == "open"
-    cluster.store_down()
-    cluster.clock.advance(2)
+    a, b, dependency = open_then_store_down(cluster)
     assert outcome(a, dependency) == "refused"  # a is on its own copy now
     cluster.clock.advance(RESET_S)  # a's opening has lapsed; the store is back, empty
     cluster.store_back(lost_data=True)

@@ -52,7 +52,7 @@ from ..store.keys import Keys
 from ..validate import as_seconds
 from .redact import sanitize
 from .script import SCRIPT as LESSON_SCRIPT
-from .script import time_arg
+from .script import load_json, time_arg
 
 __all__ = ["COUNTERS", "SCRIPT", "KnowledgeMetrics", "MetricsRecorder", "knowledge_script"]
 
@@ -72,15 +72,9 @@ _ID_LIMIT = 200
 
 # the Python twin of scripts/knowledge.lua -----------------------------------------------------------
 def _load(store: MemoryStore, key: str) -> tuple[_Record | None, int]:
-    raw = store.raw(key)
-    if raw is None:
-        return None, 0
-    if not isinstance(raw, str):
-        return None, 1
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None, 1
+    record, corrupt = load_json(store, key)
+    if record is None:
+        return None, corrupt
     if not isinstance(record, dict):
         return None, 1
     first = record.get("first_crash")

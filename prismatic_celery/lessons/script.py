@@ -19,7 +19,7 @@ from ..store import MemoryStore, Script, encode_json
 from ..store.base import Scalar
 from .records import MAX_TIME, Lesson, RemediationStats
 
-__all__ = ["SCRIPT", "add_bounded", "lesson_script", "time_arg"]
+__all__ = ["SCRIPT", "add_bounded", "lesson_script", "load_json", "time_arg"]
 
 #: Most (fingerprint, score) pairs one script run proposes for eviction.
 _MAX_VICTIMS = 100
@@ -28,15 +28,28 @@ _MAX_VICTIMS = 100
 Reply = list[str | int | float]
 
 
-def _load(store: MemoryStore, key: str, fp: str) -> tuple[Lesson | None, int]:
+def load_json(store: MemoryStore, key: str) -> tuple[object, int]:
+    """A twin's read of a JSON document: ``(value, 0)``; ``(None, 0)`` when absent; ``(None, 1)`` when corrupt
+    (not text, not JSON, or JSON ``null``: the scripts only ever write objects)."""
     raw = store.raw(key)
     if raw is None:
         return None, 0
     if not isinstance(raw, str):
         return None, 1
     try:
-        lesson = Lesson.from_json(json.loads(raw))
+        value = json.loads(raw)
     except ValueError:  # json.JSONDecodeError is a ValueError
+        return None, 1
+    return (value, 0) if value is not None else (None, 1)
+
+
+def _load(store: MemoryStore, key: str, fp: str) -> tuple[Lesson | None, int]:
+    data, corrupt = load_json(store, key)
+    if data is None:
+        return None, corrupt
+    try:
+        lesson = Lesson.from_json(data)
+    except ValueError:
         return None, 1
     return (lesson, 0) if lesson.fingerprint == fp else (None, 1)
 
