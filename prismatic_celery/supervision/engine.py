@@ -168,7 +168,7 @@ class Engine:
         domain, child = located
         if not can_requeue(task):
             self.emit("crash", domain=domain.name, outcome="not_requeueable",
-                              **self._context(task, exc, child))
+                      **self._context(task, exc, child))
             return
         if child.restart is RestartType.TRANSIENT and isinstance(exc, child.normal_exceptions):
             self.emit("crash", domain=domain.name, outcome="normal_exit", **self._context(task, exc, child))
