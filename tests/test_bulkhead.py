@@ -160,7 +160,7 @@ def test_the_guard_defers_a_task_over_the_cap_with_its_retries_unchanged() -> No
 class Full(Stage):
     """A later stage with no room: every message goes back to its queue before its body runs."""
 
-    def before_run(self, task: Any) -> None:
+    def before_run(self, task: Any, request: Any) -> None:
         requeue(task, countdown_s=1.0, retries=0)
 
 

@@ -100,7 +100,7 @@ def test_an_opted_out_task_and_an_unsupervised_queue_are_still_counted() -> None
 class Full(TaskGuard):
     """A bulkhead with no free slot: every message goes back to its queue before its body runs."""
 
-    def before_run(self, task: Any) -> None:
+    def before_run(self, task: Any, request: Any) -> None:
         requeue(task, countdown_s=1.0, retries=0)
 
 

@@ -18,7 +18,7 @@ class Recording(Stage):
     def __init__(self, name: str, log: list[str], *, defer: bool = False, broken: bool = False) -> None:
         self.name, self.log, self.defer, self.broken = name, log, defer, broken
 
-    def before_run(self, task: Any) -> None:
+    def before_run(self, task: Any, request: Any) -> None:
         self.log.append(f"before {self.name}")
         if self.defer:
             raise Retry()
@@ -32,13 +32,13 @@ class Recording(Stage):
 
         return wrapped
 
-    def on_failure(self, task: Any, exc: Exception) -> None:
+    def on_failure(self, task: Any, request: Any, exc: Exception) -> None:
         self.log.append(f"failure {self.name} {type(exc).__name__}")
 
-    def on_success(self, task: Any) -> None:
+    def on_success(self, task: Any, request: Any) -> None:
         self.log.append(f"success {self.name}")
 
-    def after_run(self, task: Any, failed: bool) -> None:
+    def after_run(self, task: Any, request: Any, failed: bool) -> None:
         self.log.append(f"after {self.name} failed={failed}")
 
 

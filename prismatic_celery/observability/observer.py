@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..store.keys import Keys
     from ..supervision.locate import AnyTask, Locator
 
-__all__ = ["DEFERRED_MARK", "OUTCOMES", "SUCCEEDED_MARK", "Observer", "TaskStats", "connect_signals"]
+__all__ = ["DEFERRED_MARK", "OUTCOMES", "SUCCEEDED_MARK", "UNSUPERVISED", "Observer", "TaskStats", "connect_signals"]
 
 logger = get_logger("observer")
 
@@ -57,19 +57,19 @@ class TaskStats:
 
     def _reset(self) -> None:
         """Fresh state: at start, and in a forked child (the parent's counts are the parent's)."""
-        self._pending: Counter[tuple[str, str]] = Counter()
+        self._pending: Counter[tuple[str, str, str]] = Counter()  # (hostname, queue, outcome)
         self._lock = threading.Lock()
         self._pid = -1
         self._wake = threading.Event()
-        self.window = ExecutionWindow(self.store, self.keys, self.window_s)
+        self.window = ExecutionWindow(self.store, self.keys, self.window_s, lock=self._lock)
         self.counted = False
 
     def count(self, hostname: str | None, queue: str, outcome: str, amount: int = 1) -> None:
         """Count ``amount`` outcomes in memory (no I/O); starts this process's flusher if needed."""
         with self._lock:
-            self._pending[(hostname or "unknown", f"{queue}:{outcome}")] += amount
+            self._pending[(hostname or "unknown", queue, outcome)] += amount
             if outcome == "succeeded" and amount > 0 and queue != UNSUPERVISED:
-                self.window.success(queue)
+                self.window.pending[queue] += amount  # the window shares this lock
             if self._pid < 0:  # the first count of this process (a fork resets it): no getpid per count
                 self._pid = os.getpid()
                 self.counted = True
@@ -84,9 +84,9 @@ class TaskStats:
         with self._lock:
             pending, self._pending = self._pending, Counter()
         by_host: dict[str, dict[str, int]] = {}
-        for (hostname, field), amount in pending.items():
+        for (hostname, queue, outcome), amount in pending.items():
             if amount:
-                by_host.setdefault(hostname, {})[field] = amount
+                by_host.setdefault(hostname, {})[f"{queue}:{outcome}"] = amount
         for hostname, increments in by_host.items():
             self.store.hincr(self.keys.key("stats", hostname), increments, ttl_s=STATS_TTL_S)
 

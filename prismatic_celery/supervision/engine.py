@@ -354,8 +354,10 @@ class Engine:
             log_event(logging.INFO, "recycle-unsupported", logger, domain=domain.name,
                       detail="this pool runs tasks in the worker process; in-process state is not reset")
 
-    def after_success(self, task: AnyTask) -> None:
-        """A supervised task succeeded: if its child caused rest_for_one pauses, end them.
+    def after_success(self, task: AnyTask, request: object = None) -> None:
+        """A supervised task succeeded: if its child caused rest_for_one pauses, end them; if it is the re-run of
+        a crash, record its remediation as one that worked. ``request`` is ``task.request`` (looked up when not
+        given).
 
         Costs nothing unless this process's pause view (refreshed once per
         period) shows a pause caused by this child.
@@ -368,9 +370,11 @@ class Engine:
             if any(cause in p.causes for p in pauses.values()):
                 self.resume_after_success(queue)
                 self.pauses.invalidate()
-        tracking = getattr(task.request, HEADER, None)
+        if request is None:
+            request = task.request
+        tracking = getattr(request, HEADER, None)
         if isinstance(tracking, dict) and self.learning is not None:
-            self.learning.succeeded(tracking, str(task.request.id))  # only tasks that had crashed
+            self.learning.succeeded(tracking, str(getattr(request, "id", "")))  # only tasks that had crashed
 
     def resume_after_success(self, queue: str) -> list[str]:
         """A child succeeded: end the rest_for_one pauses it caused (one ``DEL`` of the records it owns)."""

@@ -16,8 +16,6 @@ AnyTask: TypeAlias = "Task[..., object]"
 #: A supervised delivery's domain and child.
 Located: TypeAlias = tuple[Domain, Child]
 
-_LOCATED = "_prismatic_located"  # cached on the request (a new Context per execution)
-_UNSET = object()
 
 
 class Locator:
@@ -27,43 +25,43 @@ class Locator:
     def __init__(self, supervisor: Supervisor, declared: Callable[[], Mapping[str, object]]) -> None:
         self.supervisor = supervisor
         self._declared = declared
-        self._routing_keys: dict[str, str] | None = None
+        self._table: dict[object, Located] | None = None
 
-    def _queue_for_routing_key(self, routing_key: str) -> str | None:
-        if self._routing_keys is None:
-            table: dict[str, str] = {}
+    def _located_by_name(self) -> dict[object, Located]:
+        """Every supervised queue's name and every routing key a declared supervised queue binds (a queue's name
+        wins) to its domain and child (read once)."""
+        if self._table is None:
             declared: Mapping[str, object]
             try:
                 declared = self._declared()
             except Exception:  # an unusual queue config must not break task execution
                 declared = {}
-            for queue in self.supervisor.queues:
-                declared_queue = declared.get(queue)
-                table[getattr(declared_queue, "routing_key", None) or queue] = queue
-            self._routing_keys = table
-        return self._routing_keys.get(routing_key)
+            by_queue = {q: found for q in self.supervisor.queues if (found := self.supervisor.locate(q)) is not None}
+            table: dict[object, Located] = {
+                getattr(declared.get(q), "routing_key", None) or q: found for q, found in by_queue.items()}
+            table.update(by_queue)  # a queue's own name before any routing key
+            self._table = table
+        return self._table
 
     def locate(self, delivery_info: Mapping[str, object] | None, task_name: str | None) -> Located | None:
         """The domain and child a delivery belongs to (queue, then routing key, then task globs)."""
-        info = delivery_info or {}
-        for candidate in (info.get("queue"), info.get("routing_key")):
-            if isinstance(candidate, str):
-                found = self.supervisor.locate(candidate) or self.supervisor.locate(
-                    self._queue_for_routing_key(candidate)
-                )
-                if found:
-                    return found
+        if delivery_info:
+            table = self._table if self._table is not None else self._located_by_name()
+            queue, routing_key = delivery_info.get("queue"), delivery_info.get("routing_key")
+            try:
+                found = table.get(queue) or table.get(routing_key)
+            except (AttributeError, TypeError):  # not a mapping, or a name that is no string
+                found = None
+            if found is not None:
+                return found
         if task_name:
             return self.supervisor.locate(self.supervisor.route(task_name))
         return None
 
     def locate_task(self, task: AnyTask) -> Located | None:
-        """The domain and child of ``task``'s running request, worked out once per execution."""
-        request = task.request
-        found: object = getattr(request, _LOCATED, _UNSET)
-        if found is _UNSET:
-            delivery = request.delivery_info
-            located = self.locate(delivery if isinstance(delivery, dict) else None, task.name)
-            setattr(request, _LOCATED, located)
-            return located
-        return found if isinstance(found, tuple) else None
+        """The domain and child of ``task``'s running request."""
+        return self.locate(getattr(task.request, "delivery_info", None), task.name)
+
+    def locate_request(self, request: object, task_name: str) -> Located | None:
+        """The domain and child of the execution ``request`` (a task's Context) of ``task_name``."""
+        return self.locate(getattr(request, "delivery_info", None), task_name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,8 @@ __all__ = ["Reconciler", "Snapshot"]
 logger = get_logger("reconcile")
 #: Read again this long after a pause's end, so its record has surely expired in the store.
 EXPIRY_MARGIN_S = 0.05
+#: (pool process, route) pairs remembered before the memo starts again (a bound a steady worker never reaches).
+NOTED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,20 @@ class Reconciler:
         self._seen_recycle: dict[str, int] | None = None
         self.wake = threading.Event()
         self.served_pids: dict[str, set[int]] = {d.name: set() for d in self.domains}
+        self._noted: set[tuple[int, Hashable]] = set()
+
+    def note_served(self, pid: int, route: Hashable, domain: Callable[[], str | None]) -> None:
+        """Pool process ``pid`` accepted a message of ``route`` (its routing key and task): it has served the
+        domain ``domain()`` names, which is worked out once per process and route (main thread)."""
+        key = (pid, route)
+        if key in self._noted:
+            return
+        if len(self._noted) >= NOTED_MAX:  # processes come and go (recycling): forget them now and then
+            self._noted.clear()
+        self._noted.add(key)
+        name = domain()
+        if name is not None:
+            self.served_pids.setdefault(name, set()).add(pid)
 
     # background thread -------------------------------------------------------------------------
     def poll(self) -> Snapshot:

@@ -34,6 +34,14 @@ logger = get_logger("engine")
 SLOT_BYTES = 64  # one length byte, then up to 63 bytes of the message id
 DEFAULT_SLOTS = 256  # pool process indexes 0..255 are tracked (more is untracked, never wrong)
 _WATCHED = "_prismatic_watched"
+_forks = [0]  # forks this process descends from: a slot table finds its process's slot again after one
+
+
+def _forked() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _process_index() -> int | None:
@@ -57,27 +65,26 @@ class RunningSlots:
         self.count = count
         self._map = mmap.mmap(-1, count * SLOT_BYTES)  # anonymous and shared: survives fork, one for the pool
         self._index = index
-        self._pid = -1
+        self._forks = -1
         self._offset: int | None = None
 
     def _own_offset(self) -> int | None:
-        pid = os.getpid()
-        if pid != self._pid:  # looked up once per process
-            self._pid = pid
+        if self._forks != _forks[0]:  # looked up once per process (no getpid system call per task)
+            self._forks = _forks[0]
             index = self._index()
             self._offset = index * SLOT_BYTES if index is not None and 0 <= index < self.count else None
         return self._offset
 
     def enter(self, task_id: str) -> None:
         """This process starts running ``task_id`` (no-op outside a tracked pool process)."""
-        offset = self._own_offset()
+        offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
             data = _encode(task_id)
             self._map[offset:offset + 1 + len(data)] = bytes((len(data),)) + data
 
     def leave(self) -> None:
         """This process runs no message any more."""
-        offset = self._own_offset()
+        offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
             self._map[offset] = 0
 

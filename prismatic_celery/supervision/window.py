@@ -93,28 +93,30 @@ EXECUTIONS = Script.from_file(Path(__file__).parent / "scripts" / "executions.lu
 class ExecutionWindow:
     """One process's successes per child, not yet in the store (thread-safe; no I/O until :meth:`flush`)."""
 
-    def __init__(self, store: Store, keys: Keys, window_s: float) -> None:
+    def __init__(self, store: Store, keys: Keys, window_s: float, *, lock: threading.Lock | None = None) -> None:
         self.store = store
         self.keys = keys
         self.window_s = window_s
-        self._pending: Counter[str] = Counter()
-        self._lock = threading.Lock()
+        self.lock = lock or threading.Lock()
+        """Guards :attr:`pending` (a process's outcome counters share theirs: one lock per count)."""
+        self.pending: Counter[str] = Counter()
+        """Successes per child not yet flushed; changed only under :attr:`lock`."""
         self._foreign = RateLimitedWarning()
 
     def success(self, queue: str) -> None:
         """Count one successful execution of the child ``queue``."""
-        with self._lock:
-            self._pending[queue] += 1
+        with self.lock:
+            self.pending[queue] += 1
 
     def take(self, queue: str) -> int:
         """The successes of ``queue`` not yet flushed, handed to the caller (who adds them to the window)."""
-        with self._lock:
-            return self._pending.pop(queue, 0)
+        with self.lock:
+            return self.pending.pop(queue, 0)
 
     def flush(self) -> None:
         """Add every pending success to its window (one script call; nothing when nothing is pending)."""
-        with self._lock:
-            pending, self._pending = self._pending, Counter()
+        with self.lock:
+            pending, self.pending = self.pending, Counter()
         queues = sorted(q for q, n in pending.items() if n > 0)
         if not queues:
             return

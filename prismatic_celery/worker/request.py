@@ -82,11 +82,18 @@ class SupervisedRequest(Request):
         return context
 
     def _note_pid(self, pid: str | int) -> None:
-        state = worker_state(self.task.app)
+        app = self.app
+        state = worker_state(app) if app is not None else None
         reconciler = state.reconciler if state is not None else None
-        found = self._located() if reconciler is not None and pid else None
-        if reconciler is not None and found is not None:
-            reconciler.served_pids.setdefault(found[1].name, set()).add(int(pid))
+        if reconciler is None or not pid:
+            return
+        delivery = self.delivery_info
+        route = (delivery.get("routing_key") if isinstance(delivery, dict) else None, self.task_name)
+        reconciler.note_served(int(pid), route, self._served_domain)
+
+    def _served_domain(self) -> str | None:
+        found = self._located()
+        return found[1].name if found is not None else None
 
     def _supervise_worker_lost(self, exc_info: ExceptionInfo) -> bool:
         exc = exc_info.exception

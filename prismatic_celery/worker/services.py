@@ -80,14 +80,22 @@ class SupervisionStep(bootsteps.StartStopStep):
             state.reconciler = Reconciler(runtime.store, runtime.keys, runtime.supervisor, state.consumed_queues)
         reconciler = state.reconciler
 
+        # The consumer is the event loop's: a new snapshot is handed to it (the hub's call_soon is thread-safe),
+        # and a timer applies it anyway (kombu before 5.7 wakes no idle loop for it; a worker without a hub).
+        call_soon = getattr(getattr(consumer, "hub", None), "call_soon", None)
+
         def tick() -> float | None:
-            return reconciler.poll().next_change_s()  # a pause that ends by expiry is read again as it ends
+            snapshot = reconciler.poll()
+            if callable(call_soon):
+                call_soon(reconciler.apply, consumer)
+            return snapshot.next_change_s()  # a pause that ends by expiry is read again as it ends
 
         interval_s = runtime.settings.reconcile_interval_s
         self.ticker = Ticker("prismatic-supervision", interval_s, tick, wake=reconciler.wake)
         self.ticker.start()
         timer = getattr(consumer, "timer")  # noqa: B009  (not in the stubs)
-        self.timer_entry = timer.call_repeatedly(min(0.1, interval_s / 2), reconciler.apply, (consumer,), priority=10)
+        every_s = interval_s if callable(call_soon) else min(0.1, interval_s / 2)
+        self.timer_entry = timer.call_repeatedly(every_s, reconciler.apply, (consumer,), priority=10)
         if state.slots is not None:
             state.pool_watched = watch_pool(consumer.pool, state.slots) or state.pool_watched
 

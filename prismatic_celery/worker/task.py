@@ -7,6 +7,7 @@ dictionary lookups: no store round trip, no signal dispatch (its start and succe
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import weakref
@@ -16,7 +17,7 @@ from celery import Task
 from celery.exceptions import Ignore, Retry
 
 from ..log import get_logger, log_event
-from ..observability.observer import DEFERRED_MARK, SUCCEEDED_MARK
+from ..observability.observer import DEFERRED_MARK, SUCCEEDED_MARK, UNSUPERVISED
 from ..runtime import Runtime, get_runtime
 from ..supervision.locate import AnyTask
 from .pipeline import CONTROL_FLOW, Pipeline, Stage, TaskGuard
@@ -29,6 +30,9 @@ __all__ = ["CONTROL_FLOW", "SupervisedTask", "TaskGuard", "pipeline_for", "set_p
 logger = get_logger("task")
 
 _pipelines: weakref.WeakKeyDictionary[Runtime, Pipeline] = weakref.WeakKeyDictionary()
+#: The runtime and pipeline of the last call: a worker process has one runtime, so one identity check finds its
+#: pipeline (the weak dictionary's lookup makes a weak reference per call).
+_last: list[tuple[Runtime, Pipeline]] = []
 
 
 def task_pipeline(runtime: Runtime, guards: tuple[Stage, ...] = ()) -> Pipeline:
@@ -42,26 +46,22 @@ def task_pipeline(runtime: Runtime, guards: tuple[Stage, ...] = ()) -> Pipeline:
 
 def pipeline_for(runtime: Runtime) -> Pipeline:
     """The pipeline ``runtime``'s tasks run through in this process (built on first use)."""
+    if _last and _last[0][0] is runtime:
+        return _last[0][1]
     found = _pipelines.get(runtime)
     if found is None:
         found = _pipelines[runtime] = task_pipeline(runtime)
+    _last[:] = [(runtime, found)]
     return found
 
 
 def set_pipeline(runtime: Runtime, pipeline: Pipeline | None) -> None:
     """Replace ``runtime``'s pipeline (None: back to the default one)."""
+    _last.clear()
     if pipeline is None:
         _pipelines.pop(runtime, None)
     else:
         _pipelines[runtime] = pipeline
-
-
-def _runtime(task: AnyTask) -> Runtime | None:
-    try:
-        return get_runtime(task.app)
-    except Exception as exc:  # bad configuration fails the worker at start, never a task
-        log_event(logging.ERROR, "runtime-unavailable", logger, task=task.name, error=repr(exc)[:300])
-        return None
 
 
 class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stubs' view of subclasses
@@ -72,35 +72,46 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
 
     supervise: bool = True
     Request = "prismatic_celery.worker.request:SupervisedRequest"
+    _plain_call: bool = True
+    """No class between this one and Celery's Task overrides ``__call__`` (set for each subclass)."""
 
     def __call__(self, *args: object, **kwargs: object) -> object:
-        runtime = _runtime(self)
+        try:
+            runtime = get_runtime(self.app)
+        except Exception as exc:  # bad configuration fails the worker at start, never a task
+            log_event(logging.ERROR, "runtime-unavailable", logger, task=self.name, error=repr(exc)[:300])
+            runtime = None
         if runtime is None:
             return super().__call__(*args, **kwargs)
-        request = self.request
-        observer = runtime.observer
-        located = runtime.locator.locate_task(self)
-        queue = located[1].queue if located is not None else None
+        request = self.request  # looked up once: Celery's request stack is a thread-local lookup each time
+        stats = runtime.observer.stats
         counted = not request.called_directly  # a plain function call is no execution of a message
+        queue, hostname = UNSUPERVISED, None
+        slots = None
         if counted:
-            observer.count(request, queue, "started")
-        state = worker_state(self.app) if counted else None
-        slots = state.slots if state is not None else None
-        if slots is not None:
-            slots.enter(str(request.id))  # a prefork pool process: which message it runs, if it dies
+            located = runtime.locator.locate_request(request, self.name)
+            queue = located[1].queue if located is not None else UNSUPERVISED
+            hostname = request.hostname
+            stats.count(hostname, queue, "started")
+            state = worker_state(self.app)
+            slots = state.slots if state is not None else None
+            if slots is not None:
+                slots.enter(str(request.id))  # a prefork pool process: which message it runs, if it dies
         try:
-            if self.supervise:
-                body = self._traced_run if self._plain_call() and not request.called_directly else super().__call__
-                result = pipeline_for(runtime).run(self, lambda: body(*args, **kwargs))
-            else:
+            if not self.supervise:
                 result = super().__call__(*args, **kwargs)
+            else:
+                # A plain task run by the worker's tracer: its task and request are pushed already, the body is
+                # ``run`` itself (Celery's ``Task.__call__`` would push second copies of both).
+                body = self.run if counted and self._plain_call else super().__call__
+                result = pipeline_for(runtime).run(self, functools.partial(body, *args, **kwargs), request)
         except Ignore as diverted:
             # Control flow, never shown: Celery copies every frame of its traceback into the
             # result it sends back to the worker, so it leaves from here, one frame deep.
             raise diverted.with_traceback(None) from None
         except Retry:
             if counted and getattr(request, DEFERRED_MARK, False):
-                observer.count(request, queue, "started", -1)  # put back before it started
+                stats.count(hostname, queue, "started", -1)  # put back before it started
             raise
         except Exception as exc:
             # The task's own failure, re-raised as it is (B904 is about a new exception): its traceback keeps
@@ -111,24 +122,14 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 slots.leave()
         if counted:
             setattr(request, SUCCEEDED_MARK, True)
-            observer.count(request, queue, "succeeded")
+            stats.count(hostname, queue, "succeeded")
         return result
 
-    @classmethod
-    def _plain_call(cls) -> bool:
-        """True when no class between this one and Celery's Task overrides ``__call__``."""
-        found = cls.__dict__.get("_prismatic_plain_call")
-        if found is None:
-            mro = cls.__mro__
-            below = mro[mro.index(SupervisedTask) + 1:]
-            found = next((c for c in below if "__call__" in c.__dict__), Task) is Task
-            setattr(cls, "_prismatic_plain_call", found)
-        return bool(found)
-
-    def _traced_run(self, *args: object, **kwargs: object) -> object:
-        """The body as the worker's tracer runs a plain task's: ``run`` itself. The tracer has already pushed this
-        execution's task and request (Celery's ``Task.__call__`` would push second copies of both)."""
-        return self.run(*args, **kwargs)
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        below = mro[mro.index(SupervisedTask) + 1:]
+        cls._plain_call = next((c for c in below if "__call__" in c.__dict__), Task) is Task
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep

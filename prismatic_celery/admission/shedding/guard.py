@@ -40,6 +40,8 @@ __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
 logger = get_logger("shedding")
 _GUARDED = "_prismatic_shed_guarded"
 STALE_AFTER_S = 0.1
+#: Importances remembered per (task, header, priority) before the memo starts again.
+IMPORTANCES_MAX = 4096
 """A backlog read longer ago decides nothing (while a queue sheds its sampler reads it every 20 ms): without a
 fresher one, nothing is shed."""
 
@@ -68,6 +70,7 @@ class ShedGuard:
                                         max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
         self._unparkable = RateLimitedWarning()
+        self._importances: dict[tuple[str, object, object], int | None] = {}
         self.candidates = 0
         """Messages seen that a shedding queue could shed (importance below its cut-off): the sampler follows
         a shedding queue closely only while they arrive."""
@@ -105,8 +108,7 @@ class ShedGuard:
             return True
         if info.get(REPLAYED_HEADER):
             return True
-        importance = importance_of(task, (info.get(HEADER),), info.get(PRIORITY_HEADER),
-                                   higher_first=self.higher_first)
+        importance = self._importance(task, info.get(HEADER), info.get(PRIORITY_HEADER))
         if importance is None or importance >= policy.cutoff:
             return True
         self.candidates += 1
@@ -132,6 +134,20 @@ class ShedGuard:
         task_ready(request)
         request.acknowledge()
         return False
+
+    def _importance(self, task: AnyTask, header: object, priority: object) -> int | None:
+        """The message's importance, worked out once per task, header and priority (main thread)."""
+        key = (task.name, header, priority)
+        try:
+            return self._importances[key]
+        except KeyError:
+            pass
+        except TypeError:  # a header value that is no scalar
+            return importance_of(task, (header,), priority, higher_first=self.higher_first)
+        if len(self._importances) >= IMPORTANCES_MAX:
+            self._importances.clear()
+        found = self._importances[key] = importance_of(task, (header,), priority, higher_first=self.higher_first)
+        return found
 
     def published(self, shedding: Mapping[str, bool]) -> None:
         """This worker's sampler left the queues of ``shedding`` in that state: read the store again now

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.app.task import Context
+
 from ...admission.bulkhead import BulkheadGuard
 from ...supervision.locate import AnyTask
 from ..pipeline import Stage
@@ -15,8 +17,8 @@ class BulkheadStage(Stage):
     def __init__(self, guard: BulkheadGuard) -> None:
         self.guard = guard
 
-    def before_run(self, task: AnyTask) -> None:
+    def before_run(self, task: AnyTask, request: Context) -> None:
         self.guard.before_run(task)
 
-    def after_run(self, task: AnyTask, failed: bool) -> None:
+    def after_run(self, task: AnyTask, request: Context, failed: bool) -> None:
         self.guard.after_run(task, failed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.app.task import Context
+
 from ...supervision.engine import Engine
 from ...supervision.locate import AnyTask
 from ..pipeline import Stage
@@ -16,8 +18,8 @@ class CrashStage(Stage):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def on_failure(self, task: AnyTask, exc: Exception) -> None:
+    def on_failure(self, task: AnyTask, request: Context, exc: Exception) -> None:
         self.engine.on_crash(task, exc)
 
-    def on_success(self, task: AnyTask) -> None:
-        self.engine.after_success(task)
+    def on_success(self, task: AnyTask, request: Context) -> None:
+        self.engine.after_success(task, request)

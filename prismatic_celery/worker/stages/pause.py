@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.app.task import Context
+
 from ...supervision.engine import Engine
 from ...supervision.locate import AnyTask
 from ..pipeline import Stage
@@ -14,6 +16,8 @@ class PauseStage(Stage):
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.pauses = engine.pauses
 
-    def before_run(self, task: AnyTask) -> None:
-        self.engine.before_run(task)
+    def before_run(self, task: AnyTask, request: Context) -> None:
+        if self.pauses.current():  # this process's view of the pauses (refreshed once per period)
+            self.engine.before_run(task)
