@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from ...store import Store
     from ...store.keys import Keys
-    from ...supervision.locate import AnyTask, Locator
+    from ...supervision.locate import AnyTask, Located, Locator
     from ...supervision.ports import Emit
 
 __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
@@ -40,8 +40,8 @@ __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
 logger = get_logger("shedding")
 _GUARDED = "_prismatic_shed_guarded"
 STALE_AFTER_S = 0.1
-#: Importances remembered per (task, header, priority) before the memo starts again.
-IMPORTANCES_MAX = 4096
+#: Routes remembered (queue, routing key, task, header, priority) before the memo starts again.
+ROUTES_MAX = 4096
 """A backlog read longer ago decides nothing (while a queue sheds its sampler reads it every 20 ms): without a
 fresher one, nothing is shed."""
 
@@ -70,7 +70,7 @@ class ShedGuard:
                                         max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
         self._unparkable = RateLimitedWarning()
-        self._importances: dict[tuple[str, object, object], int | None] = {}
+        self._routes: dict[tuple[object, ...], tuple[Located | None, int | None]] = {}
         self.candidates = 0
         """Messages seen that a shedding queue could shed (importance below its cut-off): the sampler follows
         a shedding queue closely only while they arrive."""
@@ -95,9 +95,8 @@ class ShedGuard:
         states = self.view.current()
         if not states and not self.backlogs.counting:
             return True  # no queue sheds or is near it (a few dictionary checks per message)
-        task = request.task
-        delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
-        located = self.locator.locate(delivery, task.name)
+        header, priority = info.get(HEADER), info.get(PRIORITY_HEADER)
+        located, importance = self._route(request, header, priority)
         if located is None:
             return True
         domain, child = located
@@ -108,9 +107,9 @@ class ShedGuard:
             return True
         if info.get(REPLAYED_HEADER):
             return True
-        importance = self._importance(task, info.get(HEADER), info.get(PRIORITY_HEADER))
         if importance is None or importance >= policy.cutoff:
             return True
+        task = request.task
         self.candidates += 1
         backlog = self.backlogs.estimate(child.queue)
         if backlog is None:  # no fresh read: this one runs, and the sampler reads the queue now
@@ -135,18 +134,24 @@ class ShedGuard:
         request.acknowledge()
         return False
 
-    def _importance(self, task: AnyTask, header: object, priority: object) -> int | None:
-        """The message's importance, worked out once per task, header and priority (main thread)."""
-        key = (task.name, header, priority)
+    def _route(self, request: Request, header: object, priority: object) -> tuple[Located | None, int | None]:
+        """The domain and child of ``request``'s delivery and its importance, worked out once per queue, routing
+        key, task, header and priority (main thread)."""
+        delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
+        key = (delivery.get("queue"), delivery.get("routing_key"), request.task_name, header, priority)
         try:
-            return self._importances[key]
+            return self._routes[key]
         except KeyError:
-            pass
-        except TypeError:  # a header value that is no scalar
-            return importance_of(task, (header,), priority, higher_first=self.higher_first)
-        if len(self._importances) >= IMPORTANCES_MAX:
-            self._importances.clear()
-        found = self._importances[key] = importance_of(task, (header,), priority, higher_first=self.higher_first)
+            memo = True
+        except TypeError:  # a value that is no scalar: worked out for this message alone
+            memo = False
+        task = request.task
+        found = (self.locator.locate(delivery, task.name),
+                 importance_of(task, (header,), priority, higher_first=self.higher_first))
+        if memo:
+            if len(self._routes) >= ROUTES_MAX:
+                self._routes.clear()
+            self._routes[key] = found
         return found
 
     def published(self, shedding: Mapping[str, bool]) -> None:
