@@ -42,6 +42,8 @@ _GUARDED = "_prismatic_shed_guarded"
 STALE_AFTER_S = 0.1
 #: Routes remembered (queue, routing key, task, header, priority) before the memo starts again.
 ROUTES_MAX = 4096
+#: A route's domain and child, importance, and whether it is spared (never shed).
+Route = tuple["Located | None", "int | None", bool]
 """A backlog read longer ago decides nothing (while a queue sheds its sampler reads it every 20 ms): without a
 fresher one, nothing is shed."""
 
@@ -70,7 +72,7 @@ class ShedGuard:
                                         max_age_s=STALE_AFTER_S)
         self._higher_first: bool | None = None
         self._unparkable = RateLimitedWarning()
-        self._routes: dict[tuple[object, ...], tuple[Located | None, int | None]] = {}
+        self._routes: dict[tuple[object, ...], Route] = {}
         self.candidates = 0
         """Messages seen that a shedding queue could shed (importance below its cut-off): the sampler follows
         a shedding queue closely only while they arrive."""
@@ -96,18 +98,16 @@ class ShedGuard:
         if not states and not self.backlogs.counting:
             return True  # no queue sheds or is near it (a few dictionary checks per message)
         header, priority = info.get(HEADER), info.get(PRIORITY_HEADER)
-        located, importance = self._route(request, header, priority)
+        located, importance, spared = self._route(request, header, priority)
         if located is None:
             return True
         domain, child = located
         self.backlogs.received(child.queue)
-        policy = self.policies.get(child.queue)
+        if spared:  # no policy for its queue, or an importance at or above the cut-off: never shed
+            return True
+        policy = self.policies[child.queue]
         state = states.get(child.queue)
-        if policy is None or state is None:
-            return True
-        if info.get(REPLAYED_HEADER):
-            return True
-        if importance is None or importance >= policy.cutoff:
+        if state is None or info.get(REPLAYED_HEADER):
             return True
         task = request.task
         self.candidates += 1
@@ -134,9 +134,10 @@ class ShedGuard:
         request.acknowledge()
         return False
 
-    def _route(self, request: Request, header: object, priority: object) -> tuple[Located | None, int | None]:
-        """The domain and child of ``request``'s delivery and its importance, worked out once per queue, routing
-        key, task, header and priority (main thread)."""
+    def _route(self, request: Request, header: object, priority: object) -> Route:
+        """The domain and child of ``request``'s delivery, its importance and whether it is spared (its queue has
+        no policy, or its importance is at or above the cut-off), worked out once per queue, routing key, task,
+        header and priority (main thread)."""
         delivery = request.delivery_info if isinstance(request.delivery_info, dict) else {}
         key = (delivery.get("queue"), delivery.get("routing_key"), request.task_name, header, priority)
         try:
@@ -146,8 +147,10 @@ class ShedGuard:
         except TypeError:  # a value that is no scalar: worked out for this message alone
             memo = False
         task = request.task
-        found = (self.locator.locate(delivery, task.name),
-                 importance_of(task, (header,), priority, higher_first=self.higher_first))
+        located = self.locator.locate(delivery, task.name)
+        importance = importance_of(task, (header,), priority, higher_first=self.higher_first)
+        policy = self.policies.get(located[1].queue) if located is not None else None
+        found = (located, importance, policy is None or importance is None or importance >= policy.cutoff)
         if memo:
             if len(self._routes) >= ROUTES_MAX:
                 self._routes.clear()
