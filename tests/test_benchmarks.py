@@ -116,7 +116,9 @@ def test_chaos_benchmark_quick_run_settles_everything_with_the_plugin(background
     runs, uncounted = plugin["poison_runs"], plugin["poison_runs_at_kill"]
     assert runs and all(r <= 3 + (k + 1 if k else 0) for r, k in zip(runs, uncounted, strict=True)), proc.stdout
     assert plain["unsettled_at_cap"] >= len(plain["poison_runs"]), "plain Celery never settles a poison message"
-    assert 0 < plugin["dead_dependency_calls"] < plain["dead_dependency_calls"], proc.stdout
+    # The outage happened (plain Celery kept calling the dead dependency) and the plugin called it less: 0 to 2
+    # times in a quick run, 0 when its shared circuit opened on the first failures just before the outage began.
+    assert 0 <= plugin["dead_dependency_calls"] < plain["dead_dependency_calls"], proc.stdout
     for summary in (plain, plugin):
         assert 0 < summary["healthy_p50_s"] <= summary["healthy_p99_s"] and summary["seconds"] > 0
     assert plugin["max_countdown_s"] < 8, "the plugin's countdowns stay below the quick run's visibility timeout"
