@@ -47,9 +47,8 @@ class Locator:
         """The domain and child a delivery belongs to (queue, then routing key, then task globs)."""
         if delivery_info:
             table = self._table if self._table is not None else self._located_by_name()
-            queue, routing_key = delivery_info.get("queue"), delivery_info.get("routing_key")
             try:
-                found = table.get(queue) or table.get(routing_key)
+                found = table.get(delivery_info.get("queue")) or table.get(delivery_info.get("routing_key"))
             except (AttributeError, TypeError):  # not a mapping, or a name that is no string
                 found = None
             if found is not None:

@@ -103,11 +103,6 @@ class ExecutionWindow:
         """Successes per child not yet flushed; changed only under :attr:`lock`."""
         self._foreign = RateLimitedWarning()
 
-    def success(self, queue: str) -> None:
-        """Count one successful execution of the child ``queue``."""
-        with self.lock:
-            self.pending[queue] += 1
-
     def take(self, queue: str) -> int:
         """The successes of ``queue`` not yet flushed, handed to the caller (who adds them to the window)."""
         with self.lock:

@@ -40,12 +40,12 @@ __all__ = ["STALE_AFTER_S", "ShedGuard", "guard_requests"]
 logger = get_logger("shedding")
 _GUARDED = "_prismatic_shed_guarded"
 STALE_AFTER_S = 0.1
+"""A backlog read longer ago decides nothing (while a queue sheds its sampler reads it every 20 ms): without a
+fresher one, nothing is shed."""
 #: Routes remembered (queue, routing key, task, header, priority) before the memo starts again.
 ROUTES_MAX = 4096
 #: A route's domain and child, importance, and whether it is spared (never shed).
 Route = tuple["Located | None", "int | None", bool]
-"""A backlog read longer ago decides nothing (while a queue sheds its sampler reads it every 20 ms): without a
-fresher one, nothing is shed."""
 
 
 class ShedGuard:
