@@ -122,6 +122,31 @@ def test_foreign_data_in_the_window_is_removed_and_reported(store: Store) -> Non
     assert fail(store, "core", "storage", "n:0").failures == 1
 
 
+def test_a_flush_only_adds_and_reports_foreign_data(store: Store) -> None:
+    """A flush into a key of another type, or onto a bucket that is no integer, replaces it and says so."""
+    key = executions_key(KEYS, "storage")
+    store.set_json(key, "a string")
+    assert store.run(EXECUTIONS, [key], [10.0, 5]) == 1
+    assert sum(int(v) for f, v in store.hgetall(key).items() if f.endswith(":ok")) == 5
+    assert store.run(EXECUTIONS, [key], [10.0, 7]) == 0
+    assert sum(int(v) for f, v in store.hgetall(key).items() if f.endswith(":ok")) == 12
+
+
+def test_a_flush_deletes_the_buckets_that_left_the_window() -> None:
+    """With an injected clock: the first add of a second deletes the buckets older than the window, keeps the
+    ones inside it, and the key expires after twice the window without a flush."""
+    now = [1_000.5]
+    store = MemoryStore(clock=lambda: now[0])
+    key = executions_key(KEYS, "storage")
+    store.hset(key, {"985:ok": "4", "985:fail": "2", "992:ok": "3", "999:ok": "1"})
+    flush(store, "storage", 5)
+    assert store.hgetall(key) == {"992:ok": "3", "999:ok": "1", "1000:ok": "5"}
+    flush(store, "storage", 2)
+    assert store.hgetall(key)["1000:ok"] == "7"
+    now[0] += 21.0
+    assert store.hgetall(key) == {}
+
+
 @pytest.mark.parametrize(("successes", "failures", "expected"), [
     (0, 19, False), (0, 20, True), (10, 10, True), (11, 9, False), (980, 20, False), (1, 1, False),
 ])

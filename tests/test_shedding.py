@@ -468,6 +468,26 @@ def test_the_sampler_hands_each_read_and_state_change_to_the_guard_at_once() -> 
     assert _run(work, priority=9, task_id="below") == "ran" and len(recorder.events) == 1
 
 
+def test_a_shedding_queue_that_stays_above_its_resume_mark_is_published_once_per_third_of_its_ttl() -> None:
+    """While the backlog stays above the resume mark no sample can move the state: the sampler publishes only to
+    refresh it (a third of its TTL), not every period; the first sample below the mark publishes at once."""
+    _, runtime, _ = _app()
+    now = _clocked(runtime)
+    broker = FakeBroker(bulk=5000)
+    sampler = _sampler(runtime, broker, now)
+    sampler.sample()
+    assert sampler.published == 1 and sampler._shedding == {"bulk"}
+    assert (sampler.interval_s, sampler.ttl_s) == (1.0, 5.0), "the defaults"
+    for _ in range(12):
+        now[0] += sampler.interval_s
+        sampler.sample()
+    assert sampler.samples == 13 and sampler.published == 7, "every second period (2 s > 5 s / 3)"
+    published = sampler.published
+    broker.backlogs["bulk"] = 700
+    now[0] += sampler.interval_s
+    assert sampler.sample() and sampler.published == published + 1 and not sampler._shedding
+
+
 def test_a_shedding_queue_with_no_candidate_is_read_once_per_period_until_one_arrives() -> None:
     """Reading a shedding queue every 20 ms only helps messages it could shed: after a period with none the
     sampler reads it once per period; the first candidate then finds no fresh read, runs, and wakes the sampler,

@@ -10,7 +10,9 @@ The window is the hash ``prismatic:{<ns>}:executions:<queue>`` with one field pe
 and outcome (``<second>:ok``, ``<second>:fail``, store clock). Failures are added by
 the crash decision itself (``scripts/restart.lua``, one round trip it already makes);
 successes are counted in each process's memory and added once per
-:data:`FLUSH_INTERVAL_S` by a background thread, never per task. A crash also carries
+:data:`FLUSH_INTERVAL_S` by a background thread, never per task: an add that never reads
+the window (``scripts/executions.lua``; a bucket's first add deletes the buckets that
+left the window). A crash also carries
 its own process's unflushed successes, so the window it judges is as fresh as it can be.
 """
 
@@ -27,8 +29,8 @@ from ..store import MemoryStore, Script, Store
 from ..store.base import Scalar
 from ..store.keys import Keys
 
-__all__ = ["EXECUTIONS", "FLUSH_INTERVAL_S", "PRELUDE", "ExecutionWindow", "count_executions", "executions_key",
-           "failed"]
+__all__ = ["EXECUTIONS", "FLUSH_INTERVAL_S", "PRELUDE", "ExecutionWindow", "add_successes", "count_executions",
+           "executions_key", "failed"]
 
 logger = get_logger("window")
 
@@ -82,12 +84,33 @@ def count_executions(store: MemoryStore, key: str, now: float, window_s: float, 
     return ok, fail, foreign
 
 
+def add_successes(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int) -> int:
+    """The Python twin of one key of ``scripts/executions.lua``: add, and keep house on a bucket's first add;
+    1 when the key held something foreign."""
+    foreign = 0
+    raw = store.raw(key)
+    second, span = math.floor(now), max(1, math.ceil(window_s))
+    field = f"{second}:ok"
+    if raw is not None and not isinstance(raw, dict):
+        store.delete(key)
+        foreign = 1
+    elif isinstance(raw, dict) and field in raw and not str(raw[field]).lstrip("-").isdigit():
+        store.hdel(key, field)
+        foreign = 1
+    store.hincr(key, {field: add_ok})
+    if int(store.hgetall(key)[field]) == add_ok:
+        store.hdel(key, *(f"{s}:{what}" for s in range(second - 3 * span + 1, second - span + 1)
+                          for what in ("ok", "fail")))
+        store.expire(key, window_s * 2)
+    return foreign
+
+
 def _flush_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> int:
     now, window_s = store.clock(), float(args[0])
-    return sum(count_executions(store, key, now, window_s, int(args[1 + i]), 0)[2] for i, key in enumerate(keys))
+    return sum(add_successes(store, key, now, window_s, int(args[1 + i])) for i, key in enumerate(keys))
 
 
-EXECUTIONS = Script.from_file(Path(__file__).parent / "scripts" / "executions.lua", _flush_twin, prelude=[PRELUDE])
+EXECUTIONS = Script.from_file(Path(__file__).parent / "scripts" / "executions.lua", _flush_twin)
 
 
 class ExecutionWindow:

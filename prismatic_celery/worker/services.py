@@ -113,8 +113,8 @@ class SupervisionStep(bootsteps.StartStopStep):
 
 
 class RegistrationStep(bootsteps.StartStopStep):
-    """Registers the worker in the store, refreshes the registration every reconcile period (its heartbeat)
-    and withdraws it at shutdown."""
+    """Registers the worker in the store, refreshes the registration every third of its TTL (its heartbeat) and
+    at once when what it serves changed, and withdraws it at shutdown."""
 
     name = "prismatic.registration"
     requires = (SupervisionStep,)
@@ -130,14 +130,18 @@ class RegistrationStep(bootsteps.StartStopStep):
         if runtime is None:
             return
         state = ensure_worker_state(consumer.app)
-        last_index = [-1e9]
+        refreshed_at, written = -1e9, dict[str, object]()
 
         def beat() -> None:
-            now = time.monotonic()
-            index = now - last_index[0] >= index_every_s(runtime.settings)
-            last_index[0] = now if index else last_index[0]
-            register_worker(runtime.store, runtime.keys, runtime.settings, self._registration(consumer, state),
-                            index=index)
+            # A beat writes when what the worker serves changed, else every third of the registration's TTL (with
+            # the index entry): a worker that died drops out within the TTL, a change shows within one interval.
+            nonlocal refreshed_at, written
+            now, registration = time.monotonic(), self._registration(consumer, state)
+            content = {k: v for k, v in registration.items() if k != "heartbeat_at"}
+            refresh = now - refreshed_at >= index_every_s(runtime.settings)
+            if refresh or content != written:
+                register_worker(runtime.store, runtime.keys, runtime.settings, registration, index=refresh)
+                refreshed_at, written = (now if refresh else refreshed_at), content
 
         self.ticker = Ticker("prismatic-registration", runtime.settings.reconcile_interval_s, beat)
         self.ticker.start()

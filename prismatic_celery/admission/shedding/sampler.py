@@ -111,7 +111,8 @@ class Sampler:
     """One worker's sampler: read backlogs, publish them, log the transitions.
 
     Once per ``prismatic_shed_interval_s`` it reads every queue and publishes
-    the sample (the shared state moves, with hysteresis). While one of its
+    the sample when it could move the shared state (with hysteresis), else only
+    often enough to keep that state and the backlog hash fresh. While one of its
     queues sheds, it also reads the shedding queues every ``SHEDDING_PERIOD_S``
     for the guard of its process, and publishes at once when one has fallen
     below its resume mark, so shedding stops for every worker.
@@ -216,12 +217,18 @@ class Sampler:
         return transitions
 
     def _quiet(self, backlogs: Mapping[str, int]) -> bool:
-        """True when publishing can wait: every backlog is below its resume mark, this sampler saw no
-        queue shedding, and the last publish is recent (the backlog hash is refreshed every
-        ``QUIET_PUBLISH_S`` for the dashboards). A quiet worker then costs no store command per period."""
-        if self._shedding or self.clock() - self._published_at >= QUIET_PUBLISH_S:
+        """True when publishing can wait: the sample moves no state and the last publish is recent.
+
+        No state moves when every queue this sampler saw shedding is still at or above its resume mark and every
+        other queue is below it. Recent: within ``QUIET_PUBLISH_S`` while nothing sheds (the backlog hash is
+        refreshed that often for the dashboards), within a third of the state's TTL while a queue sheds (its state
+        outlives two missed refreshes). A quiet worker costs no store command per period, nor does a shedding
+        one between refreshes."""
+        quiet_s = self.ttl_s / 3 if self._shedding else QUIET_PUBLISH_S
+        if self.clock() - self._published_at >= quiet_s:
             return False
-        return all(backlog < self.policies[queue].resume_below for queue, backlog in backlogs.items())
+        return all((backlog >= self.policies[queue].resume_below) == (queue in self._shedding)
+                   for queue, backlog in backlogs.items())
 
     def close(self) -> None:
         """Release the broker connection."""
