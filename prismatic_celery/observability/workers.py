@@ -5,14 +5,16 @@
 | ``prismatic:{<ns>}:worker:<hostname>`` | a worker's registration (JSON: pid, pool, queues, heartbeat) |
 | ``prismatic:{<ns>}:workers`` | sorted set: hostname -> last heartbeat (store clock), old entries dropped |
 
-A worker writes both every ``prismatic_reconcile_interval_s``; both expire after
-:func:`registration_ttl_s` without a heartbeat, so a worker that died (or a short-lived pod name)
-leaves nothing behind. Readers take the index's live hostnames, then their registrations in one MGET.
+A worker's :class:`Heartbeat` writes both every third of :func:`registration_ttl_s`, and the
+registration within one ``prismatic_reconcile_interval_s`` when what the worker serves changed; both
+expire after the TTL without a heartbeat, so a worker that died (or a short-lived pod name) leaves
+nothing behind. Readers take the index's live hostnames, then their registrations in one MGET.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,7 +22,7 @@ if TYPE_CHECKING:
     from ..store.base import Store
     from ..store.keys import Keys
 
-__all__ = ["INDEX_CAP", "index_every_s", "live_registrations", "register_worker", "registration_ttl_s",
+__all__ = ["INDEX_CAP", "Heartbeat", "index_every_s", "live_registrations", "register_worker", "registration_ttl_s",
            "served_queues", "unregister_worker", "worker_key"]
 
 #: Most hostnames the index keeps (the oldest heartbeats go first beyond it).
@@ -54,6 +56,34 @@ def register_worker(store: Store, keys: Keys, settings: Settings, registration: 
 def index_every_s(settings: Settings) -> float:
     """How often a heartbeat refreshes the worker's index entry: a third of the registration's TTL."""
     return registration_ttl_s(settings) / 3
+
+
+class Heartbeat:
+    """When a worker's beat writes its registration: when what it serves changed, else every third of the
+    registration's TTL (with the index entry), and at every beat while the store is or was unreachable since the
+    last write (its server may have restarted empty) until one write reaches it."""
+
+    def __init__(self, store: Store, keys: Keys, settings: Settings, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.keys, self.settings, self.clock = store, keys, settings, clock
+        self._refreshed_at = -float("inf")
+        self._written: dict[str, object] | None = None
+        self._outages = store.failures
+
+    def beat(self, registration: Mapping[str, object]) -> bool:
+        """Write ``registration`` if it is due (True when written)."""
+        now, store = self.clock(), self.store
+        content = {k: v for k, v in registration.items() if k != "heartbeat_at"}
+        refresh = (now - self._refreshed_at >= index_every_s(self.settings) or store.degraded
+                   or store.failures != self._outages)
+        if not refresh and content == self._written:
+            return False
+        register_worker(store, self.keys, self.settings, registration, index=refresh)
+        self._written = content
+        if refresh:
+            self._refreshed_at = now
+        self._outages = -1 if store.degraded else store.failures
+        return True
 
 
 def unregister_worker(store: Store, keys: Keys, hostname: str) -> None:

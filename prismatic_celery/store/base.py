@@ -94,6 +94,9 @@ class Store(ABC):
 
     #: True while the store answers from in-process memory because its server is unreachable.
     degraded: bool = False
+    #: Outages so far (each time the server stopped answering): a change means the server may have lost what was
+    #: written before (a restart without persistence).
+    failures: int = 0
     #: Whether every worker and CLI shares this store (a server), or it lives in this process only.
     shared: bool = True
     #: The store's URL with any password masked (for logs, the CLI and health reports).

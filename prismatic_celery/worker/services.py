@@ -26,7 +26,7 @@ from ..admission.shedding.guard import ShedGuard, guard_requests
 from ..admission.shedding.sampler import Sampler
 from ..log import get_logger, log_event
 from ..observability.sampler import HealthSampler
-from ..observability.workers import index_every_s, register_worker, unregister_worker
+from ..observability.workers import Heartbeat, unregister_worker
 from ..runtime import Runtime, get_runtime
 from ..store import MemoryStore
 from ..supervision.reconcile import Reconciler
@@ -130,18 +130,10 @@ class RegistrationStep(bootsteps.StartStopStep):
         if runtime is None:
             return
         state = ensure_worker_state(consumer.app)
-        refreshed_at, written = -1e9, dict[str, object]()
+        heartbeat = Heartbeat(runtime.store, runtime.keys, runtime.settings)
 
         def beat() -> None:
-            # A beat writes when what the worker serves changed, else every third of the registration's TTL (with
-            # the index entry): a worker that died drops out within the TTL, a change shows within one interval.
-            nonlocal refreshed_at, written
-            now, registration = time.monotonic(), self._registration(consumer, state)
-            content = {k: v for k, v in registration.items() if k != "heartbeat_at"}
-            refresh = now - refreshed_at >= index_every_s(runtime.settings)
-            if refresh or content != written:
-                register_worker(runtime.store, runtime.keys, runtime.settings, registration, index=refresh)
-                refreshed_at, written = (now if refresh else refreshed_at), content
+            heartbeat.beat(self._registration(consumer, state))
 
         self.ticker = Ticker("prismatic-registration", runtime.settings.reconcile_interval_s, beat)
         self.ticker.start()
