@@ -99,3 +99,21 @@ def test_celery_control_flow_passes_untouched(task: Any) -> None:
     with pytest.raises(Ignore):
         Pipeline([Recording("a", log)]).run(task, body)
     assert log == ["before a", "enter a", "after a failed=True"], "control flow is no failure to decide on"
+
+
+def test_a_stage_wraps_only_the_bodies_it_names_and_is_asked_once_per_task(task: Any) -> None:
+    """``wraps(task)`` is asked once per task name; a stage that declines is never asked to wrap, and the body gets
+    its arguments either way."""
+    log: list[str] = []
+    asked: list[str] = []
+
+    class Declines(Recording):
+        def wraps(self, task: Any) -> bool:
+            asked.append(task.name)
+            return False
+
+    pipeline = Pipeline([Recording("a", log), Declines("b", log)])
+    for n in range(3):
+        assert pipeline.run(task, lambda x, y=0: x + y, None, (n,), {"y": 10}) == n + 10
+    assert asked == ["pipe.work"]
+    assert log.count("enter a") == 3 and "enter b" not in log

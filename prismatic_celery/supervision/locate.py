@@ -60,7 +60,3 @@ class Locator:
     def locate_task(self, task: AnyTask) -> Located | None:
         """The domain and child of ``task``'s running request."""
         return self.locate(getattr(task.request, "delivery_info", None), task.name)
-
-    def locate_request(self, request: object, task_name: str) -> Located | None:
-        """The domain and child of the execution ``request`` (a task's Context) of ``task_name``."""
-        return self.locate(getattr(request, "delivery_info", None), task_name)

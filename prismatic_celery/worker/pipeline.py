@@ -5,7 +5,8 @@ In the manner of dramatiq's middleware, each concern is one :class:`Stage` (one 
 
 * ``before_run(task, request)`` runs in stage order before the body; it may put the message back by raising
   Celery's ``Retry`` (a deferral: the request gets ``DEFERRED_MARK``) or ``Ignore``;
-* ``wrap(task, call)`` wraps the body (the first stage's wrapper is the outermost);
+* ``wrap(task, call)`` wraps the body (the first stage's wrapper is the outermost), for the tasks its
+  ``wraps(task)`` names (asked once per task name);
 * ``on_failure(task, request, exc)`` / ``on_success(task, request)`` decide what the body's outcome means (may
   raise ``Retry``);
 * ``after_run(task, request, failed)`` runs in reverse order, once for every stage whose ``before_run`` passed,
@@ -24,6 +25,7 @@ consumer's task requests, installed by ``SheddingStep``): a message it parks nev
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 
@@ -55,6 +57,10 @@ class Stage:
         """The body as this stage runs it (default: as it is)."""
         return call
 
+    def wraps(self, task: AnyTask) -> bool:
+        """Whether :meth:`wrap` changes ``task``'s body (asked once per task name; default: when overridden)."""
+        return _overrides(self, "wrap")
+
     def on_failure(self, task: AnyTask, request: Context, exc: Exception) -> None:
         """The body raised ``exc`` (not control flow); may re-run the message (raise ``Retry``)."""
 
@@ -83,15 +89,18 @@ class Pipeline:
         self._before = [(s, _overrides(s, "after_run")) for s in self.stages
                         if _overrides(s, "before_run") or _overrides(s, "after_run")]
         self._wrap = [s for s in reversed(self.stages) if _overrides(s, "wrap")]
+        #: Per task name, the stages that wrap its body (most tasks: none, and the body is called as it is).
+        self._wraps: dict[str, tuple[Stage, ...]] = {}
         self._failure = [s for s in self.stages if _overrides(s, "on_failure")]
         self._success = [s for s in self.stages if _overrides(s, "on_success")]
 
-    def run(self, task: AnyTask, call: Call, request: Context | None = None) -> object:
-        """Run ``call`` (the body, its arguments bound) through every stage; ``request`` is ``task.request``
-        (looked up here when not given)."""
+    def run(self, task: AnyTask, call: Callable[..., object], request: Context | None = None,
+            args: tuple[object, ...] = (), kwargs: dict[str, object] | None = None) -> object:
+        """Run ``call(*args, **kwargs)`` (the body) through every stage; ``request`` is ``task.request`` (looked up
+        here when not given)."""
         if request is None:
             request = task.request
-        entered: list[Stage] = []
+        entered: list[Stage] | None = None
         failed = True
         try:
             for stage, paired in self._before:
@@ -100,11 +109,17 @@ class Pipeline:
                 except Exception as exc:
                     _raised(stage.before_run, request, exc, deferral=True)  # put back before its body ran
                 if paired:
-                    entered.append(stage)
-            for stage in self._wrap:
-                call = stage.wrap(task, call)
+                    entered = [stage] if entered is None else [*entered, stage]
+            wraps = self._wraps.get(task.name)
+            if wraps is None:
+                wraps = self._wraps[task.name] = tuple(s for s in self._wrap if s.wraps(task))
+            if wraps:
+                call = functools.partial(call, *args, **(kwargs or {}))
+                args, kwargs = (), None
+                for stage in wraps:
+                    call = stage.wrap(task, call)
             try:
-                result = call()
+                result = call(*args, **kwargs) if kwargs else call(*args)
                 failed = False
             except CONTROL_FLOW:
                 raise

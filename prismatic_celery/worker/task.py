@@ -7,7 +7,6 @@ dictionary lookups: no store round trip, no signal dispatch (its start and succe
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import weakref
@@ -76,8 +75,9 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
     """No class between this one and Celery's Task overrides ``__call__`` (set for each subclass)."""
 
     def __call__(self, *args: object, **kwargs: object) -> object:
+        app = self.app
         try:
-            runtime = get_runtime(self.app)
+            runtime = get_runtime(app)
         except Exception as exc:  # bad configuration fails the worker at start, never a task
             log_event(logging.ERROR, "runtime-unavailable", logger, task=self.name, error=repr(exc)[:300])
             runtime = None
@@ -89,11 +89,11 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
         queue, hostname = UNSUPERVISED, None
         slots = None
         if counted:
-            located = runtime.locator.locate_request(request, self.name)
+            located = runtime.locator.locate(getattr(request, "delivery_info", None), self.name)
             queue = located[1].queue if located is not None else UNSUPERVISED
             hostname = request.hostname
             stats.count(hostname, queue, "started")
-            state = worker_state(self.app)
+            state = worker_state(app)
             slots = state.slots if state is not None else None
             if slots is not None:
                 slots.enter(str(request.id))  # a prefork pool process: which message it runs, if it dies
@@ -104,7 +104,8 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 # A plain task run by the worker's tracer: its task and request are pushed already, the body is
                 # ``run`` itself (Celery's ``Task.__call__`` would push second copies of both).
                 body = self.run if counted and self._plain_call else super().__call__
-                result = pipeline_for(runtime).run(self, functools.partial(body, *args, **kwargs), request)
+                pipeline = _last[0][1] if _last and _last[0][0] is runtime else pipeline_for(runtime)
+                result = pipeline.run(self, body, request, args, kwargs)
         except Ignore as diverted:
             # Control flow, never shown: Celery copies every frame of its traceback into the
             # result it sends back to the worker, so it leaves from here, one frame deep.

@@ -18,6 +18,9 @@ class CircuitStage(Stage):
     def __init__(self, circuits: Circuits) -> None:
         self.circuits = circuits
 
+    def wraps(self, task: AnyTask) -> bool:
+        return bool(getattr(task, "circuits", None))
+
     def wrap(self, task: AnyTask, call: Call) -> Call:
         names = getattr(task, "circuits", None)
         if not names:
