@@ -10,8 +10,9 @@ configuration, its queue supervised by a one-child ``one_for_one`` domain). Work
 real ``celery worker`` subprocesses, prefork pool, ``-Q bench``, Celery's default
 loglevel (WARNING) so per-task log lines do not dilute the comparison.
 
-Runs alternate plain, plugin, plain, plugin ... (``--pairs`` pairs after one discarded,
-shorter warm-up pair). Each run:
+Runs alternate plain, plugin, plugin, plain, plain, plugin ... (``--pairs`` pairs after one
+discarded, shorter warm-up pair; each second pair in the reverse order, so a drift of the shared
+machine's speed over the benchmark favours neither variant). Each run:
 
 1. publishes all N ``bench.noop`` tasks to the queue while no worker is running (the
    publisher is never timed, and never competes with the worker for the CPUs);
@@ -338,6 +339,8 @@ def crash_round_trips(store_url: str, port: int, crashes: int) -> dict[str, floa
 
 
 # driver --------------------------------------------------------------------------------------
+#: The order of the runs of even and odd pairs (A B B A: a steady drift of the machine's speed cancels out).
+PAIR_ORDERS = (("plain", "plugin"), ("plugin", "plain"))
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=7, help="measured plain/plugin pairs (default 7)")
@@ -425,14 +428,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(apps, env, redis.Redis.from_url(broker_url), redis.Redis.from_url(marks_url), meter,
                       args.concurrency)
         print(f"prefork -c {args.concurrency}, {args.tasks} no-op tasks per run, {args.pairs} pairs "
-              f"(plain, plugin alternated); broker :{broker_port}, plugin store :{store_port}; "
+              f"(plain, plugin / plugin, plain, alternated); broker :{broker_port}, plugin store :{store_port}; "
               f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
         if args.warmup:
             for variant in ("plain", "plugin"):
                 print(f"warm-up: {bench.run(variant, args.warmup).line()}", flush=True)
         runs: list[Run] = []
-        for _ in range(args.pairs):
-            for variant in ("plain", "plugin"):
+        for pair in range(args.pairs):
+            for variant in PAIR_ORDERS[pair % 2]:
                 runs.append(bench.run(variant, args.tasks))
                 print(runs[-1].line(), flush=True)
         result = summarize(runs, args.pairs, args.tasks)
