@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -9,10 +10,12 @@ from celery import Celery, signals
 from celery.app.trace import build_tracer
 
 from prismatic_celery import install
-from prismatic_celery.observability.observer import STATS_TTL_S
+from prismatic_celery.observability.observer import STATS_TTL_S, TaskStats
 from prismatic_celery.runtime import Runtime, get_runtime
+from prismatic_celery.store.keys import Keys
 from prismatic_celery.store.memory import MemoryStore
 from prismatic_celery.supervision.requeue import requeue
+from prismatic_celery.supervision.window import executions_key
 from prismatic_celery.worker.task import TaskGuard, set_pipeline, task_pipeline
 
 DOMAINS = {"core": {"children": ["storage"]}}
@@ -136,3 +139,56 @@ def test_the_success_path_connects_no_per_task_signal_receiver(signal: Any) -> N
 
     assert ours(signals.task_failure), "failures are counted by a signal receiver (rare path)"
     assert ours(signal) == []
+
+
+def _window_successes(store: MemoryStore, keys: Keys, queue: str) -> int:
+    return sum(int(v) for f, v in store.hgetall(executions_key(keys, queue)).items() if f.endswith(":ok"))
+
+
+def test_counts_of_many_threads_are_each_flushed_once_while_flushes_run() -> None:
+    """4 threads counting while another flushes lose nothing and count nothing twice, in the counters and in the
+    execution window."""
+    store, keys = MemoryStore(), Keys("obsunit")
+    stats = TaskStats(store, keys, window_s=60.0, flush_s=3600.0)
+    done = threading.Event()
+
+    def counting() -> None:
+        for _ in range(20_000):
+            stats.count("w1@test", "storage", "succeeded")
+
+    def flushing() -> None:
+        while not done.is_set():
+            stats.flush()
+            stats.window.flush()
+
+    workers = [threading.Thread(target=counting) for _ in range(4)]
+    flusher = threading.Thread(target=flushing)
+    flusher.start()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    done.set()
+    flusher.join()
+    stats.flush_all()
+    assert store.hgetall(keys.key("stats", "w1@test")) == {"storage:succeeded": "80000"}
+    assert _window_successes(store, keys, "storage") == 80_000
+
+
+def test_a_crash_takes_the_successes_no_flush_has_added_and_a_correction_is_no_success() -> None:
+    """What a crash takes is never flushed again and what was flushed is never taken; a success Celery later
+    failed (-1) corrects the counters, not the window."""
+    store, keys = MemoryStore(), Keys("obsunit2")
+    stats = TaskStats(store, keys, window_s=60.0, flush_s=3600.0)
+    for _ in range(5):
+        stats.count("w1@test", "storage", "succeeded")
+    taken = stats.take_successes("storage")  # the background flush may have added some already
+    stats.window.flush()
+    assert taken + _window_successes(store, keys, "storage") == 5
+    assert stats.take_successes("storage") == 0
+    for _ in range(3):
+        stats.count("w1@test", "storage", "succeeded")
+    stats.count("w1@test", "storage", "succeeded", -1)
+    stats.flush_all()
+    assert taken + _window_successes(store, keys, "storage") == 8
+    assert store.hgetall(keys.key("stats", "w1@test")) == {"storage:succeeded": "7"}
