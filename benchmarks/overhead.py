@@ -341,6 +341,8 @@ def crash_round_trips(store_url: str, port: int, crashes: int) -> dict[str, floa
 # driver --------------------------------------------------------------------------------------
 #: The order of the runs of even and odd pairs (A B B A: a steady drift of the machine's speed cancels out).
 PAIR_ORDERS = (("plain", "plugin"), ("plugin", "plain"))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=7, help="measured plain/plugin pairs (default 7)")

@@ -74,8 +74,8 @@ class Heartbeat:
         """Write ``registration`` if it is due (True when written)."""
         now, store = self.clock(), self.store
         content = {k: v for k, v in registration.items() if k != "heartbeat_at"}
-        refresh = (now - self._refreshed_at >= index_every_s(self.settings) or store.degraded
-                   or store.failures != self._outages)
+        # an outage since the last write changed ``failures``; a write while unreachable left ``_outages`` at -1
+        refresh = now - self._refreshed_at >= index_every_s(self.settings) or store.failures != self._outages
         if not refresh and content == self._written:
             return False
         register_worker(store, self.keys, self.settings, registration, index=refresh)

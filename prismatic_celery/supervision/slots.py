@@ -79,7 +79,7 @@ class RunningSlots:
         """This process starts running ``task_id`` (no-op outside a tracked pool process)."""
         offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
-            data = task_id.encode("utf-8", "replace")[: SLOT_BYTES - 1]  # _encode, inlined: once per task
+            data = _encode(task_id)
             self._map[offset:offset + 1 + len(data)] = bytes((len(data),)) + data
 
     def leave(self) -> None:

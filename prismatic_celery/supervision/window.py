@@ -51,14 +51,19 @@ def failed(successes: int, failures: int, *, min_executions: int, failure_rate: 
     return total >= min_executions and failures >= failure_rate * total
 
 
-def count_executions(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int,
-                     add_fail: int) -> tuple[int, int, int]:
-    """The Python twin of ``executions`` in ``scripts/window.lua``: successes, failures, foreign flag."""
-    foreign = 0
+def _drop_other_type(store: MemoryStore, key: str) -> int:
+    """Delete ``key`` when it holds something other than a hash; 1 when it did."""
     raw = store.raw(key)
     if raw is not None and not isinstance(raw, dict):
         store.delete(key)
-        foreign = 1
+        return 1
+    return 0
+
+
+def count_executions(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int,
+                     add_fail: int) -> tuple[int, int, int]:
+    """The Python twin of ``executions`` in ``scripts/window.lua``: successes, failures, foreign flag."""
+    foreign = _drop_other_type(store, key)
     second = math.floor(now)
     increments = {f"{second}:ok": add_ok, f"{second}:fail": add_fail}
     store.hincr(key, {field: n for field, n in increments.items() if n > 0})
@@ -87,14 +92,11 @@ def count_executions(store: MemoryStore, key: str, now: float, window_s: float, 
 def add_successes(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int) -> int:
     """The Python twin of one key of ``scripts/executions.lua``: add, and keep house on a bucket's first add;
     1 when the key held something foreign."""
-    foreign = 0
-    raw = store.raw(key)
+    foreign = _drop_other_type(store, key)
     second, span = math.floor(now), max(1, math.ceil(window_s))
     field = f"{second}:ok"
-    if raw is not None and not isinstance(raw, dict):
-        store.delete(key)
-        foreign = 1
-    elif isinstance(raw, dict) and field in raw and not str(raw[field]).lstrip("-").isdigit():
+    raw = store.raw(key)
+    if isinstance(raw, dict) and field in raw and not str(raw[field]).lstrip("-").isdigit():
         store.hdel(key, field)
         foreign = 1
     store.hincr(key, {field: add_ok})

@@ -100,7 +100,7 @@ class Pipeline:
         here when not given)."""
         if request is None:
             request = task.request
-        entered: list[Stage] | None = None
+        entered: list[Stage] = []
         failed = True
         try:
             for stage, paired in self._before:
@@ -109,7 +109,7 @@ class Pipeline:
                 except Exception as exc:
                     _raised(stage.before_run, request, exc, deferral=True)  # put back before its body ran
                 if paired:
-                    entered = [stage] if entered is None else [*entered, stage]
+                    entered.append(stage)
             wraps = self._wraps.get(task.name)
             if wraps is None:
                 wraps = self._wraps[task.name] = tuple(s for s in self._wrap if s.wraps(task))

@@ -104,8 +104,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 # A plain task run by the worker's tracer: its task and request are pushed already, the body is
                 # ``run`` itself (Celery's ``Task.__call__`` would push second copies of both).
                 body = self.run if counted and self._plain_call else super().__call__
-                pipeline = _last[0][1] if _last and _last[0][0] is runtime else pipeline_for(runtime)
-                result = pipeline.run(self, body, request, args, kwargs)
+                result = pipeline_for(runtime).run(self, body, request, args, kwargs)
         except Ignore as diverted:
             # Control flow, never shown: Celery copies every frame of its traceback into the
             # result it sends back to the worker, so it leaves from here, one frame deep.
