@@ -51,6 +51,58 @@ def test_a_long_id_is_compared_on_what_fits() -> None:
     assert len(slots.running(0) or "") == SLOT_BYTES - 1
 
 
+def test_each_process_marks_the_domains_it_served_and_its_successor_starts_afresh() -> None:
+    """A pool process marks a domain at its first message of it; the worker reads which pids served each domain.
+    A process forked later into the same slot (a replacement) erases its predecessor's record at its first task."""
+    slots = RunningSlots(4, index=lambda: 2, domains=["core", "osint", "evo"])
+    assert slots.served() == {"core": set(), "osint": set(), "evo": set()}
+
+    def child(domains: list[str | None]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            for domain in domains:
+                slots.enter(f"task-{domain}", domain)
+                slots.leave()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return pid
+
+    first = child(["core", "evo", "core", None, "unknown"])
+    assert slots.served() == {"core": {first}, "osint": set(), "evo": {first}}
+    second = child(["osint"])
+    assert slots.served() == {"core": set(), "osint": {second}, "evo": set()}
+    assert slots.running(2) is None
+
+
+def test_a_process_outside_the_pool_marks_nothing() -> None:
+    slots = RunningSlots(4, index=lambda: None, domains=["core"])
+    slots.enter("task-1", "core")
+    assert slots.served() == {"core": set()}
+
+
+def test_the_reconciler_reads_who_served_its_domains_from_the_slots() -> None:
+    """A prefork worker's reconciler answers from its pool's slots; without them (solo, threads) the tasks run in
+    the worker's own process, which serves every domain it consumes."""
+    from prismatic_celery.store import MemoryStore
+    from prismatic_celery.store.keys import Keys
+    from prismatic_celery.supervision.reconcile import Reconciler
+    from prismatic_celery.supervision.tree import Supervisor
+
+    supervisor = Supervisor.from_config("prismatic_domains", {"core": {"children": ["storage"]},
+                                                              "evo": {"children": ["mendel"]},
+                                                              "osint": {"children": ["sources"]}})
+    reconciler = Reconciler(MemoryStore(), Keys("t"), supervisor, ["storage", "mendel"])
+    assert reconciler.served_pids == {"core": {os.getpid()}, "evo": {os.getpid()}}
+    slots = RunningSlots(4, index=lambda: 1, domains=["core", "evo", "osint"])
+    reconciler.slots = slots
+    pid = os.fork()
+    if pid == 0:
+        slots.enter("task-1", "evo")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert reconciler.served_pids == {"core": set(), "evo": {pid}}
+
+
 # -- the pool side ---------------------------------------------------------------------------
 @dataclass
 class Request:

@@ -123,6 +123,32 @@ def test_a_deferral_counts_as_deferred_not_as_a_start_or_a_retry() -> None:
     assert _counts(runtime) == {"storage:deferred": 2, "storage:started": 1, "storage:retried": 1}
 
 
+def test_an_execution_is_counted_as_it_ends() -> None:
+    """Start and success are counted together when the body returns (one lock per task): a task still running is
+    not counted yet; a body that ends otherwise (its own ``Ignore``, an exception) still counts its start."""
+    from celery.exceptions import Ignore
+
+    app, runtime = _app()
+    seen: list[dict[str, int]] = []
+    task = app.tasks["obs.plain"]
+
+    def body() -> str:
+        seen.append(_counts(runtime))
+        return "ok"
+
+    task.run = body  # type: ignore[method-assign]
+    _trace(app, "obs.plain")
+    assert seen == [{}], "nothing is counted while the body runs"
+    assert _counts(runtime) == {"storage:started": 1, "storage:succeeded": 1}
+
+    def ignored() -> str:
+        raise Ignore()
+
+    task.run = ignored  # type: ignore[method-assign]
+    _trace(app, "obs.plain")
+    assert _counts(runtime) == {"storage:started": 2, "storage:succeeded": 1}
+
+
 def test_a_direct_call_is_not_an_execution_and_is_not_counted() -> None:
     app, runtime = _app()
     assert app.tasks["obs.work"]("ok") == "ok"

@@ -7,11 +7,13 @@ supervised child's successes to its execution window every
 child works, :mod:`prismatic_celery.supervision.window`). A supervised task counts
 its own start and success in ``SupervisedTask.__call__`` (no signal receiver, so
 Celery's tracer skips the ``task_prerun``/``task_success`` dispatch for every
-task); failures, retries, revocations and rejections come from Celery's
-signals. A message put back before its body ran (a paused queue, a full
-bulkhead, an open circuit) counts as ``deferred``: neither a start nor a
-retry. Under prefork those fire in the pool child, and the
-``WorkerLostError``/time-limit failures in the main process; each process
+task), both as its execution ends (a task still running is not counted yet).
+Failures, retries, revocations and rejections come from Celery's signals. A
+message put back before its body ran (a paused queue, a full bulkhead, an open
+circuit) counts as ``deferred``: neither a start nor a retry. Under prefork
+those fire in the pool child, and the ``WorkerLostError``/time-limit failures
+in the main process (an execution that killed its process is a failure
+without a start); each process
 flushes its own counters, so every outcome is counted once whichever pool runs it.
 """
 
@@ -71,9 +73,27 @@ class TaskStats:
             if outcome == "succeeded" and amount > 0 and queue != UNSUPERVISED:
                 self.window.pending[queue] += amount  # the window shares this lock
             if self._pid < 0:  # the first count of this process (a fork resets it): no getpid per count
-                self._pid = os.getpid()
-                self.counted = True
-                threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
+                self._start_flusher()
+
+    def count_run(self, hostname: str | None, queue: str, succeeded: bool) -> None:
+        """One execution whose body ran, counted as it ends: ``started``, and ``succeeded`` when it returned (one
+        lock for both)."""
+        host = hostname or "unknown"
+        with self._lock:
+            pending = self._pending
+            pending[(host, queue, "started")] += 1
+            if succeeded:
+                pending[(host, queue, "succeeded")] += 1
+                if queue != UNSUPERVISED:
+                    self.window.pending[queue] += 1  # the window shares this lock
+            if self._pid < 0:
+                self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        """This process's first count (a fork resets it): its flusher thread starts (no getpid per count)."""
+        self._pid = os.getpid()
+        self.counted = True
+        threading.Thread(target=self._loop, name="prismatic-stats", daemon=True).start()
 
     def take_successes(self, queue: str) -> int:
         """This process's successes of ``queue`` not yet flushed, handed to the caller (a failure's script call)."""

@@ -12,9 +12,10 @@ period.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from ..store import Store
     from ..store.keys import Keys
+    from .slots import RunningSlots
     from .tree import Supervisor
 
 __all__ = ["Reconciler", "Snapshot"]
@@ -34,8 +36,6 @@ __all__ = ["Reconciler", "Snapshot"]
 logger = get_logger("reconcile")
 #: Read again this long after a pause's end, so its record has surely expired in the store.
 EXPIRY_MARGIN_S = 0.05
-#: (pool process, route) pairs remembered before the memo starts again (a bound a steady worker never reaches).
-NOTED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -65,21 +65,19 @@ class Reconciler:
         self._applied: Snapshot | None = None
         self._seen_recycle: dict[str, int] | None = None
         self.wake = threading.Event()
-        self.served_pids: dict[str, set[int]] = {d.name: set() for d in self.domains}
-        self._noted: set[tuple[int, Hashable]] = set()
+        self.slots: RunningSlots | None = None
+        """A prefork pool's running slots, once the worker watches its pool: they say who served which domain."""
 
-    def note_served(self, pid: int, route: Hashable, domain: Callable[[], str | None]) -> None:
-        """Pool process ``pid`` accepted a message of ``route`` (its routing key and task): it has served the
-        domain ``domain()`` names, which is worked out once per process and route (main thread)."""
-        key = (pid, route)
-        if key in self._noted:
-            return
-        if len(self._noted) >= NOTED_MAX:  # processes come and go (recycling): forget them now and then
-            self._noted.clear()
-        self._noted.add(key)
-        name = domain()
-        if name is not None:
-            self.served_pids.setdefault(name, set()).add(pid)
+    @property
+    def served_pids(self) -> dict[str, set[int]]:
+        """The processes that have served each of this worker's domains: the pool processes the slots of a
+        prefork pool name (each marks a domain at its first message of it), else this process (its pool runs
+        the tasks in it)."""
+        if self.slots is not None:
+            found = self.slots.served()
+            return {d.name: found.get(d.name, set()) for d in self.domains}
+        pid = os.getpid()
+        return {d.name: {pid} for d in self.domains}
 
     # background thread -------------------------------------------------------------------------
     def poll(self) -> Snapshot:
@@ -136,7 +134,6 @@ class Reconciler:
                 self._seen_recycle[domain] = generation
                 pids = self.served_pids.get(domain, set())
                 asked = recycle_pool_processes(consumer.pool, pids if self._shared() else None)
-                pids.clear()
                 log_event(logging.INFO, "pool-recycled", logger, domain=domain, generation=generation,
                           pids=",".join(map(str, asked)) or "none")
 

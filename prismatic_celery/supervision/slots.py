@@ -15,6 +15,10 @@ id of the message it starts into its slot and clears it when the task returns.
 :func:`watch_pool` wraps the pool's handling of a job whose process died before
 accepting it: when the dead process's slot names that job, the job did run and
 its death is counted (:meth:`SupervisedRequest.died_unaccepted`).
+
+The same memory says which domains each pool process has served (:meth:`RunningSlots.served`): a process marks a
+domain the first time it runs one of its messages (a set check per task, no message to the worker's main process),
+and a ``one_for_all`` restart recycles exactly those processes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..log import get_logger, log_event
@@ -32,6 +37,7 @@ __all__ = ["SLOT_BYTES", "RunningSlots", "watch_pool"]
 logger = get_logger("engine")
 
 SLOT_BYTES = 64  # one length byte, then up to 63 bytes of the message id
+PID_BYTES = 4  # a served record: the process's pid, then one bit per domain
 DEFAULT_SLOTS = 256  # pool process indexes 0..255 are tracked (more is untracked, never wrong)
 _WATCHED = "_prismatic_watched"
 _forks = [0]  # forks this process descends from: a slot table finds its process's slot again after one
@@ -59,34 +65,86 @@ def _encode(task_id: str) -> bytes:
 
 
 class RunningSlots:
-    """One slot per pool process index: the id of the message that process is running."""
+    """One slot per pool process index: the id of the message that process is running, its pid and the domains it
+    has served (one bit each, in the order of ``domains``)."""
 
-    def __init__(self, count: int = DEFAULT_SLOTS, *, index: Callable[[], int | None] = _process_index) -> None:
+    def __init__(self, count: int = DEFAULT_SLOTS, *, index: Callable[[], int | None] = _process_index,
+                 domains: Sequence[str] = ()) -> None:
         self.count = count
-        self._map = mmap.mmap(-1, count * SLOT_BYTES)  # anonymous and shared: survives fork, one for the pool
+        self.domains = tuple(domains)
+        self._bits = {name: bit for bit, name in enumerate(self.domains)}
+        self._served_bytes = PID_BYTES + (len(self.domains) + 7) // 8
+        # anonymous and shared: survives fork, one for the pool; the running ids first, then what each served
+        self._map = mmap.mmap(-1, count * (SLOT_BYTES + self._served_bytes))
         self._index = index
         self._forks = -1
         self._offset: int | None = None
+        self._served: set[str] = set()
+        """The domains this process has marked (a fork starts afresh)."""
 
     def _own_offset(self) -> int | None:
         if self._forks != _forks[0]:  # looked up once per process (no getpid system call per task)
             self._forks = _forks[0]
             index = self._index()
             self._offset = index * SLOT_BYTES if index is not None and 0 <= index < self.count else None
+            self._served = set()
+            if index is not None and self._offset is not None:  # a new process in this slot: nothing served yet
+                at = self._served_at(index)
+                self._map[at:at + self._served_bytes] = os.getpid().to_bytes(PID_BYTES, "little") + bytes(
+                    self._served_bytes - PID_BYTES)
         return self._offset
 
-    def enter(self, task_id: str) -> None:
-        """This process starts running ``task_id`` (no-op outside a tracked pool process)."""
+    def _served_at(self, index: int) -> int:
+        return self.count * SLOT_BYTES + index * self._served_bytes
+
+    def enter(self, task_id: str, domain: str | None = None) -> None:
+        """This process starts running ``task_id`` of ``domain`` (no-op outside a tracked pool process)."""
         offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
             data = _encode(task_id)
             self._map[offset:offset + 1 + len(data)] = bytes((len(data),)) + data
+            if domain is not None and domain not in self._served:
+                self._serve(offset // SLOT_BYTES, domain)
+
+    def _serve(self, index: int, domain: str) -> None:
+        """Mark ``domain`` served by the process in slot ``index`` (once per process and domain)."""
+        self._served.add(domain)
+        bit = self._bits.get(domain)
+        if bit is not None:
+            at = self._served_at(index) + PID_BYTES + bit // 8
+            self._map[at] |= 1 << (bit % 8)
 
     def leave(self) -> None:
         """This process runs no message any more."""
         offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
             self._map[offset] = 0
+
+    def served(self) -> dict[str, set[int]]:
+        """The pids of the pool processes that have served each domain (a process that died since may be among
+        them: its replacement takes its slot at its first task)."""
+        found: dict[str, set[int]] = {name: set() for name in self.domains}
+        if not self.domains:
+            return found
+        start = self._served_at(0)
+        records = struct.iter_unpack(f"<I{self._served_bytes - PID_BYTES}s", self._map[start:])
+        for pid, bits in records:
+            if pid and any(bits):
+                mask = int.from_bytes(bits, "little")
+                for bit, name in enumerate(self.domains):
+                    if mask >> bit & 1:
+                        found[name].add(pid)
+        return found
+        for index in range(self.count):
+            at = self._served_at(index)
+            record = self._map[at:at + self._served_bytes]
+            pid = int.from_bytes(record[:PID_BYTES], "little")
+            bits = int.from_bytes(record[PID_BYTES:], "little")
+            if pid and bits:
+                for bit, name in enumerate(self.domains):
+                    if bits >> bit & 1:
+                        found[name].add(pid)
+        return found
 
     def running(self, index: int) -> str | None:
         """The message the process with ``index`` was running (None: none, or untracked)."""

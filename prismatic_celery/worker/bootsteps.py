@@ -88,7 +88,8 @@ class DomainStep(bootsteps.Step):
         # per-process shutdown events: recycling a pool process needs them (the attribute is not in the stubs)
         setattr(worker, "pool_restarts", True)
         if state.slots is None:
-            state.slots = RunningSlots()  # before the pool forks: its processes share it
+            # before the pool forks: its processes share it
+            state.slots = RunningSlots(domains=[d.name for d in runtime.supervisor.domain_list])
         super().__init__(worker, **kwargs)
 
 

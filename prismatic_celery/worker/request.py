@@ -1,7 +1,5 @@
 """The supervised Request: supervision that must happen in the worker's main process.
 
-* Which pool process accepted a task (so a ``one_for_all`` restart recycles
-  exactly the processes that served the domain).
 * A pool process that died running a task (``WorkerLostError``: segfault,
   ``os._exit``, OOM kill) is a failed execution like any other (it counts in
   the child's failure rate); its deaths are counted per message id across
@@ -38,7 +36,6 @@ from ..runtime import Runtime, get_runtime
 from ..supervision.engine import Fate
 from ..supervision.lost import worker_lost
 from ..supervision.tree import Child, Domain, RestartType
-from .state import worker_state
 
 __all__ = ["Quarantined", "SupervisedRequest"]
 
@@ -51,13 +48,6 @@ class Quarantined(PrismaticError):
 
 class SupervisedRequest(Request):
     """Celery's Request plus pool-process bookkeeping and crash-loop quarantine."""
-
-    def on_accepted(self, pid: str, time_accepted: float) -> None:
-        super().on_accepted(pid, time_accepted)
-        try:
-            self._note_pid(pid)
-        except Exception as exc:  # bookkeeping only
-            log_event(logging.ERROR, "request-hook-failed", logger, hook="on_accepted", error=repr(exc)[:300])
 
     def on_failure(self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False) -> None:
         try:
@@ -80,20 +70,6 @@ class SupervisedRequest(Request):
         """The task's Context for this request (Celery keeps it private)."""
         context: Context = getattr(self, "_context")  # noqa: B009  (private attribute the stubs do not declare)
         return context
-
-    def _note_pid(self, pid: str | int) -> None:
-        app = self.app
-        state = worker_state(app) if app is not None else None
-        reconciler = state.reconciler if state is not None else None
-        if reconciler is None or not pid:
-            return
-        delivery = self.delivery_info
-        route = (delivery.get("routing_key") if isinstance(delivery, dict) else None, self.task_name)
-        reconciler.note_served(int(pid), route, self._served_domain)
-
-    def _served_domain(self) -> str | None:
-        found = self._located()
-        return found[1].name if found is not None else None
 
     def _supervise_worker_lost(self, exc_info: ExceptionInfo) -> bool:
         exc = exc_info.exception

@@ -98,6 +98,8 @@ class SupervisionStep(bootsteps.StartStopStep):
         self.timer_entry = timer.call_repeatedly(every_s, reconciler.apply, (consumer,), priority=10)
         if state.slots is not None:
             state.pool_watched = watch_pool(consumer.pool, state.slots) or state.pool_watched
+            if state.pool_watched:  # a prefork pool: its processes mark the domains they serve in the slots
+                reconciler.slots = state.slots
 
     def stop(self, consumer: Consumer) -> None:
         if self.ticker is not None:

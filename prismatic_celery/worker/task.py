@@ -84,19 +84,15 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
         if runtime is None:
             return super().__call__(*args, **kwargs)
         request = self.request  # looked up once: Celery's request stack is a thread-local lookup each time
-        stats = runtime.observer.stats
         counted = not request.called_directly  # a plain function call is no execution of a message
-        queue, hostname = UNSUPERVISED, None
-        slots = None
+        queue, slots = UNSUPERVISED, None
         if counted:
             located = runtime.locator.locate(getattr(request, "delivery_info", None), self.name)
             queue = located[1].queue if located is not None else UNSUPERVISED
-            hostname = request.hostname
-            stats.count(hostname, queue, "started")
             state = worker_state(app)
             slots = state.slots if state is not None else None
-            if slots is not None:
-                slots.enter(str(request.id))  # a prefork pool process: which message it runs, if it dies
+            if slots is not None:  # a prefork pool process: which message it runs (if it dies), which domain
+                slots.enter(str(request.id), located[0].name if located is not None else None)
         try:
             if not self.supervise:
                 result = super().__call__(*args, **kwargs)
@@ -105,24 +101,24 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 # ``run`` itself (Celery's ``Task.__call__`` would push second copies of both).
                 body = self.run if counted and self._plain_call else super().__call__
                 result = pipeline_for(runtime).run(self, body, request, args, kwargs)
-        except Ignore as diverted:
-            # Control flow, never shown: Celery copies every frame of its traceback into the
-            # result it sends back to the worker, so it leaves from here, one frame deep.
-            raise diverted.with_traceback(None) from None
-        except Retry:
-            if counted and getattr(request, DEFERRED_MARK, False):
-                stats.count(hostname, queue, "started", -1)  # put back before it started
+        except BaseException as exc:
+            if counted and not getattr(request, DEFERRED_MARK, False):  # put back before it ran: no start
+                runtime.observer.stats.count_run(request.hostname, queue, succeeded=False)
+            if isinstance(exc, Ignore):
+                # Control flow, never shown: Celery copies every frame of its traceback into the
+                # result it sends back to the worker, so it leaves from here, one frame deep.
+                raise exc.with_traceback(None) from None
+            if isinstance(exc, Exception) and not isinstance(exc, Retry):
+                # The task's own failure, re-raised as it is (B904 is about a new exception): its traceback keeps
+                # this one plugin frame, not the wrappers'.
+                raise exc.with_traceback(_task_frames(exc.__traceback__))  # noqa: B904
             raise
-        except Exception as exc:
-            # The task's own failure, re-raised as it is (B904 is about a new exception): its traceback keeps
-            # this one plugin frame, not the wrappers'.
-            raise exc.with_traceback(_task_frames(exc.__traceback__))  # noqa: B904
         finally:
             if slots is not None:
                 slots.leave()
         if counted:
             setattr(request, SUCCEEDED_MARK, True)
-            stats.count(hostname, queue, "succeeded")
+            runtime.observer.stats.count_run(request.hostname, queue, succeeded=True)
         return result
 
     def __init_subclass__(cls, **kwargs: object) -> None:
