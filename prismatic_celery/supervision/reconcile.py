@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from ..store import Store
     from ..store.keys import Keys
+    from .cache import PauseFeed
     from .slots import RunningSlots
     from .tree import Supervisor
 
@@ -65,6 +66,8 @@ class Reconciler:
         self._applied: Snapshot | None = None
         self._seen_recycle: dict[str, int] | None = None
         self.wake = threading.Event()
+        self.feed: PauseFeed | None = None
+        """Where each snapshot's pauses are shared with the worker's pool processes (set by the worker)."""
         self.slots: RunningSlots | None = None
         """A prefork pool's running slots, once the worker watches its pool: they say who served which domain."""
 
@@ -84,12 +87,15 @@ class Reconciler:
         """Read pauses and recycle generations (one round trip) and publish the snapshot."""
         keys = self.keys
         recycle_keys = [keys.key("recycle", d.name) for d in self.domains]
-        wanted = cause_keys(keys, self.supervisor, self.intended)
+        wanted = cause_keys(keys, self.supervisor, self.supervisor.queues)  # every queue's: the feed shares them
+        read_at = time.monotonic()
         raw = self.store.get_many([*recycle_keys, *(key for _, _, key in wanted)])
         recycle = {d.name: v if isinstance(v, int) else 0 for d, v in zip(self.domains, raw, strict=False)}
         pauses = parse_pauses(wanted, raw[len(recycle_keys):])
         snapshot = Snapshot(pauses=pauses, recycle=recycle)
         self.snapshot = snapshot
+        if self.feed is not None and not getattr(self.store, "degraded", False):
+            self.feed.publish(pauses, read_at)  # the pool processes' view (not from a store that is down)
         return snapshot
 
     # event loop -------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from celery.worker import WorkController
 from ..errors import ConfigurationError
 from ..log import get_logger, log_event
 from ..runtime import Runtime, get_runtime
+from ..supervision.cache import PauseFeed
 from ..supervision.slots import RunningSlots
 from .services import (
     HealthSamplerStep,
@@ -90,6 +91,9 @@ class DomainStep(bootsteps.Step):
         if state.slots is None:
             # before the pool forks: its processes share it
             state.slots = RunningSlots(domains=[d.name for d in runtime.supervisor.domain_list])
+        if state.pause_feed is None:  # likewise: every process of the worker takes its pause view from it
+            state.pause_feed = PauseFeed()
+            runtime.engine.pauses.follow(state.pause_feed)
         super().__init__(worker, **kwargs)
 
 

@@ -79,6 +79,7 @@ class SupervisionStep(bootsteps.StartStopStep):
             state.consumed_queues = tuple(consumer.app.amqp.queues.consume_from)
             state.reconciler = Reconciler(runtime.store, runtime.keys, runtime.supervisor, state.consumed_queues)
         reconciler = state.reconciler
+        reconciler.feed = state.pause_feed
 
         # The consumer is the event loop's: a new snapshot is handed to it (the hub's call_soon is thread-safe),
         # and a timer applies it anyway (kombu before 5.7 wakes no idle loop for it; a worker without a hub).

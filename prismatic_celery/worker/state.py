@@ -1,4 +1,5 @@
-"""What only a worker has: its node name, ``--domain`` options, consumed queues, reconciler and running slots.
+"""What only a worker has: its node name, ``--domain`` options, consumed queues, reconciler, running slots and
+pause feed.
 
 Made by the worker's bootsteps (``DomainStep`` before the pool forks, so a prefork pool's processes inherit it)
 and kept on the app, where the task, the request and the control commands (through the consumer they are
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from ..supervision.cache import PauseFeed
 from ..supervision.reconcile import Reconciler
 from ..supervision.slots import RunningSlots
 
@@ -33,6 +35,8 @@ class WorkerState:
     """The main process's, once the consumer started."""
     slots: RunningSlots | None = None
     """A prefork worker's, made before its pool forks."""
+    pause_feed: PauseFeed | None = None
+    """The reconciler's pauses, shared with the pool processes (made before the pool forks)."""
     pool_watched: bool = False
     """Deaths of pool processes before their job was accepted are counted (a prefork pool)."""
 
