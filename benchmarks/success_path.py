@@ -11,7 +11,8 @@ supervised), on the two paths a message takes:
 * ``pool``: the pool process runs the task through Celery's tracer (``build_tracer``, as a prefork pool process
   does); the plugin's part is ``SupervisedTask.__call__`` and everything it calls;
 * ``main``: the worker's main process admits the message (the shedding guard, its queue shedding as in the
-  overhead benchmark's full queue) and reads that a pool process accepted it (``Request.on_accepted``).
+  overhead benchmark's full queue) and reads that a pool process accepted it (``Request.on_accepted``, which the
+  plugin leaves to Celery).
 
 The plugin's store is a private ``redis-server`` (the success path sends it nothing after the warm-up). Output:
 per path and variant the instructions and calls, the plugin's extra, its costliest functions, then one JSON
@@ -38,7 +39,7 @@ from celery.utils.imports import symbol_by_name
 from celery.worker.request import create_request_cls
 from kombu import Message
 
-from benchmarks.apps import NOOP, QUEUE, VARIANTS, make_app
+from benchmarks.apps import DOMAINS, NOOP, QUEUE, VARIANTS, make_app
 from benchmarks.harness import HOST, ROOT, redis_server
 
 WARMUP = 50  # executions before the counted one: first-call costs (a view's first read, a memo) are not per task
@@ -80,7 +81,8 @@ def pool_path(app: Celery) -> Counted:
         from prismatic_celery.supervision.slots import RunningSlots
         from prismatic_celery.worker.state import ensure_worker_state
 
-        ensure_worker_state(app).slots = RunningSlots()  # a prefork worker makes it before its pool forks
+        # a prefork worker makes it before its pool forks; this process writes as the pool's process 0
+        ensure_worker_state(app).slots = RunningSlots(index=lambda: 0, domains=list(DOMAINS))
     trace = build_tracer(NOOP, app.tasks[NOOP], hostname="bench@success", eager=False, propagate=False, app=app)
     for i in range(WARMUP):
         trace(f"w-{i}", (1, 10**9, 0), {}, _request(i))
@@ -129,12 +131,10 @@ def main_path(app: Celery) -> Counted:
 
 
 def _plugin_admission(app: Celery) -> Callable[[object], bool]:
-    """The plugin's shedding guard, its queue shown as shedding; a reconciler noting pool processes."""
+    """The plugin's shedding guard, its queue shown as shedding."""
     from prismatic_celery.admission.shedding.state import ShedState
     from prismatic_celery.runtime import get_runtime
-    from prismatic_celery.supervision.reconcile import Reconciler
     from prismatic_celery.worker.services import shed_guard
-    from prismatic_celery.worker.state import ensure_worker_state
 
     runtime = get_runtime(app)
     assert runtime is not None
@@ -143,7 +143,6 @@ def _plugin_admission(app: Celery) -> Callable[[object], bool]:
     fields = {f.name: None for f in dataclasses.fields(ShedState)}
     guard.view._items = {QUEUE: ShedState(**{**fields, "threshold": 1000})}  # type: ignore[arg-type]
     guard.view._read_at = float("inf")  # the view is never read again: the queue sheds throughout
-    ensure_worker_state(app).reconciler = Reconciler(runtime.store, runtime.keys, runtime.supervisor, (QUEUE,))
     return guard.admit  # type: ignore[return-value]
 
 

@@ -19,8 +19,8 @@ from benchmarks.harness import pythonpath
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The plugin's extra bytecode instructions per task that just works, in a pool process and in the main process.
-POOL_EXTRA_MAX = 630
-MAIN_EXTRA_MAX = 290
+POOL_EXTRA_MAX = 560
+MAIN_EXTRA_MAX = 180
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,7 @@ class TaskStats:
     def _reset(self) -> None:
         """Fresh state: at start, and in a forked child (the parent's counts are the parent's)."""
         self._pending: Counter[tuple[str, str, str]] = Counter()  # (hostname, queue, outcome)
+        self._runs: Counter[tuple[str | None, str, bool]] = Counter()  # (hostname, queue, succeeded): count_run
         self._lock = threading.Lock()
         self._pid = -1
         self._wake = threading.Event()
@@ -77,15 +78,11 @@ class TaskStats:
 
     def count_run(self, hostname: str | None, queue: str, succeeded: bool) -> None:
         """One execution whose body ran, counted as it ends: ``started``, and ``succeeded`` when it returned (one
-        lock for both)."""
-        host = hostname or "unknown"
+        counter for both, split when flushed)."""
         with self._lock:
-            pending = self._pending
-            pending[(host, queue, "started")] += 1
-            if succeeded:
-                pending[(host, queue, "succeeded")] += 1
-                if queue != UNSUPERVISED:
-                    self.window.pending[queue] += 1  # the window shares this lock
+            self._runs[(hostname, queue, succeeded)] += 1
+            if succeeded and queue != UNSUPERVISED:
+                self.window.pending[queue] += 1  # the window shares this lock
             if self._pid < 0:
                 self._start_flusher()
 
@@ -103,6 +100,11 @@ class TaskStats:
         """Write pending counters to ``prismatic:{<ns>}:stats:<hostname>`` (HINCRBY, pipelined)."""
         with self._lock:
             pending, self._pending = self._pending, Counter()
+            runs, self._runs = self._runs, Counter()
+        for (hostname, queue, succeeded), amount in runs.items():
+            pending[(hostname or "unknown", queue, "started")] += amount
+            if succeeded:
+                pending[(hostname or "unknown", queue, "succeeded")] += amount
         by_host: dict[str, dict[str, int]] = {}
         for (hostname, queue, outcome), amount in pending.items():
             if amount:

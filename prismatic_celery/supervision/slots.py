@@ -38,6 +38,7 @@ logger = get_logger("engine")
 
 SLOT_BYTES = 64  # one length byte, then up to 63 bytes of the message id
 PID_BYTES = 4  # a served record: the process's pid, then one bit per domain
+_SLOT = struct.Struct(f"B{SLOT_BYTES - 1}s")
 DEFAULT_SLOTS = 256  # pool process indexes 0..255 are tracked (more is untracked, never wrong)
 _WATCHED = "_prismatic_watched"
 _forks = [0]  # forks this process descends from: a slot table finds its process's slot again after one
@@ -101,8 +102,8 @@ class RunningSlots:
         """This process starts running ``task_id`` of ``domain`` (no-op outside a tracked pool process)."""
         offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
-            data = _encode(task_id)
-            self._map[offset:offset + 1 + len(data)] = bytes((len(data),)) + data
+            data = task_id.encode("utf-8", "replace")
+            _SLOT.pack_into(self._map, offset, min(len(data), SLOT_BYTES - 1), data)  # the id cut to what fits
             if domain is not None and domain not in self._served:
                 self._serve(offset // SLOT_BYTES, domain)
 

@@ -87,7 +87,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
         counted = not request.called_directly  # a plain function call is no execution of a message
         queue, slots = UNSUPERVISED, None
         if counted:
-            located = runtime.locator.locate(getattr(request, "delivery_info", None), self.name)
+            located = runtime.locator.locate(request.delivery_info, self.name)
             queue = located[1].queue if located is not None else UNSUPERVISED
             state = worker_state(app)
             slots = state.slots if state is not None else None
@@ -103,7 +103,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 result = pipeline_for(runtime).run(self, body, request, args, kwargs)
         except BaseException as exc:
             if counted and not getattr(request, DEFERRED_MARK, False):  # put back before it ran: no start
-                runtime.observer.stats.count_run(request.hostname, queue, succeeded=False)
+                runtime.observer.stats.count_run(request.hostname, queue, False)
             if isinstance(exc, Ignore):
                 # Control flow, never shown: Celery copies every frame of its traceback into the
                 # result it sends back to the worker, so it leaves from here, one frame deep.
@@ -118,7 +118,7 @@ class SupervisedTask(Task):  # type: ignore[type-arg]  # generic only in the stu
                 slots.leave()
         if counted:
             setattr(request, SUCCEEDED_MARK, True)
-            runtime.observer.stats.count_run(request.hostname, queue, succeeded=True)
+            runtime.observer.stats.count_run(request.hostname, queue, True)
         return result
 
     def __init_subclass__(cls, **kwargs: object) -> None:
