@@ -102,8 +102,8 @@ class RunningSlots:
         """This process starts running ``task_id`` of ``domain`` (no-op outside a tracked pool process)."""
         offset = self._offset if self._forks == _forks[0] else self._own_offset()
         if offset is not None:
-            data = task_id.encode("utf-8", "replace")
-            _SLOT.pack_into(self._map, offset, min(len(data), SLOT_BYTES - 1), data)  # the id cut to what fits
+            data = _encode(task_id)
+            _SLOT.pack_into(self._map, offset, len(data), data)
             if domain is not None and domain not in self._served:
                 self._serve(offset // SLOT_BYTES, domain)
 
@@ -134,16 +134,6 @@ class RunningSlots:
                 mask = int.from_bytes(bits, "little")
                 for bit, name in enumerate(self.domains):
                     if mask >> bit & 1:
-                        found[name].add(pid)
-        return found
-        for index in range(self.count):
-            at = self._served_at(index)
-            record = self._map[at:at + self._served_bytes]
-            pid = int.from_bytes(record[:PID_BYTES], "little")
-            bits = int.from_bytes(record[PID_BYTES:], "little")
-            if pid and bits:
-                for bit, name in enumerate(self.domains):
-                    if bits >> bit & 1:
                         found[name].add(pid)
         return found
 
