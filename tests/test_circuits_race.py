@@ -24,6 +24,7 @@ from prismatic_celery.circuits import Circuits, CircuitSpec
 from prismatic_celery.observability.events import Dispatcher
 from prismatic_celery.store import RedisStore
 from prismatic_celery.store.keys import Keys
+from prismatic_celery.testing import wait_for
 from tests import circuits_fixtures as fx
 
 redis_namespace = fx.redis_namespace
@@ -63,6 +64,11 @@ class Dependency:
             self.calls += 1
         time.sleep(0.01)
         raise Down("refused")
+
+
+def all_see_open(registries: list[Circuits], name: str) -> bool:
+    """Every process's view of ``name`` is open (its listener delivered the opening, or it read the store)."""
+    return all(registry.state(name) == "open" for registry in registries)
 
 
 @pytest.fixture
@@ -123,7 +129,11 @@ def test_ours_admits_exactly_one_trial_cluster_wide(processes: tuple[list[Circui
         for registry in registries:
             registry.declare(name, spec)
         registries[0].open_for(name, 1)
-        time.sleep(0.002)
+        # Each process learns of the opening from its listener (pub/sub); until then its cached "closed" (read
+        # when declared, fresh for cache_ttl_s) lets calls through: the bounded staleness of circuits/hub.py.
+        # What this test asserts is the trial's admission once every process knows, so it waits for that.
+        wait_for(partial(all_see_open, registries, name), timeout_s=30, interval_s=0.001,
+                 message=f"repetition {rep}: every process sees the opening")
         recorder.events.clear()
         dependency = Dependency()
         release_together([partial(r.get(name).call, dependency) for r in registries])
