@@ -34,6 +34,7 @@ QUICK_RUNS = {
     "benchmarks.overhead": ("test_overhead_benchmark_quick_run_ends_with_its_json_summary", 2),
     "benchmarks.learning": ("test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures", 3),
     "benchmarks.cluster": ("test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node", 2),
+    "benchmarks.worker_calls": ("test_worker_calls_benchmark_quick_run_counts_the_plugins_calls_per_task", 2),
 }
 
 
@@ -148,6 +149,20 @@ def test_overhead_benchmark_quick_run_ends_with_its_json_summary(background: Bac
     assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
     assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
     assert all(" ms/task" in line for line in proc.stdout.splitlines() if line.startswith(("plain  run", "plugin run")))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_worker_calls_benchmark_quick_run_counts_the_plugins_calls_per_task(background: Background) -> None:
+    """`python -m benchmarks.worker_calls --quick` counts every call of real workers' processes: the plugin's pool
+    processes make more calls per task than plain Celery's (its task path: the slot, the pipeline, the counts)."""
+    proc, summary = _quick(background, "benchmarks.worker_calls", 240)
+    assert set(summary) == {"main_plain", "main_plugin", "pool_plain", "pool_plugin", "tasks"}, summary
+    assert summary["tasks"] == 200
+    # a pool process receives, runs and answers each task: hundreds of calls (267 plain on the project's machine)
+    assert 100 < summary["pool_plain"] < summary["pool_plugin"], summary
+    assert summary["main_plain"] > summary["pool_plain"], "the main process consumes, dispatches and settles each"
+    assert proc.stdout.count(" tasks: main ") == 4, proc.stdout
 
 
 LEARNING_KEYS = {"total_lessons", "auto_remediated_pct", "mean_time_to_recovery_s", "escalation_rate",
