@@ -19,7 +19,8 @@ from tests.conftest import _require
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_per_s", "plugin_tasks_per_s",
-        "cpu_ratio", "plain_cpu_s_per_task", "plugin_cpu_s_per_task", "crash_round_trips"}
+        "cpu_ratio", "plain_cpu_s_per_task", "plugin_cpu_s_per_task", "crash_round_trips",
+        "overhead_ratio_interval", "cpu_ratio_interval"}
 
 
 #: The quick runs start in the background with the demo's runs (tests/background.py), in phases, each test
@@ -146,9 +147,28 @@ def test_overhead_benchmark_quick_run_ends_with_its_json_summary(background: Bac
     if summary["pairs"] == 1:
         assert summary["cpu_ratio"] == pytest.approx(
             summary["plugin_cpu_s_per_task"] / summary["plain_cpu_s_per_task"], rel=0.01), summary
+    for name in ("overhead_ratio", "cpu_ratio"):  # rounded to 4 places each: equal at one pair
+        low, high = summary[f"{name}_interval"]
+        assert low <= summary[name] <= high, summary
     assert 1 <= summary["crash_round_trips"] <= 2, "a failure costs the lesson's round trip and one more"
     assert proc.stdout.count("plain  run") == summary["pairs"] and proc.stdout.count("plugin run") == summary["pairs"]
     assert all(" ms/task" in line for line in proc.stdout.splitlines() if line.startswith(("plain  run", "plugin run")))
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([1.0], (1.0, 1.0)),
+    ([3.0, 1.0, 2.0, 5.0, 4.0], (1.0, 5.0)),  # five values cannot give 95 %: the extremes
+    ([6.0, 1.0, 5.0, 2.0, 4.0, 3.0], (1.0, 6.0)),  # six: the extremes cover 96.9 % (the 2nd and 5th: 78 %)
+    ([float(x) for x in range(9, 0, -1)], (2.0, 8.0)),  # nine: the 2nd and the 8th (96.1 %)
+    ([float(x) for x in range(15, 0, -1)], (4.0, 12.0)),  # fifteen pairs: the 4th and the 12th (96.5 %)
+    ([float(x) for x in range(1, 17)], (4.0, 13.0)),  # sixteen: the 4th and the 13th (97.9 %; the 5th: 92.3 %)
+])
+def test_overhead_median_interval_takes_the_order_statistics_that_cover_95_percent(
+        values: list[float], expected: tuple[float, float]) -> None:
+    """The interval the overhead benchmark prints around each median ratio is the binomial one, from any order."""
+    from benchmarks.overhead import median_interval
+
+    assert median_interval(values) == expected
 
 
 @pytest.mark.integration
