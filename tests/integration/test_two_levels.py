@@ -15,6 +15,7 @@ behaviour of the two levels of failure:
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -95,10 +96,16 @@ def test_a_steady_two_percent_error_rate_for_a_minute_pauses_nothing(
         assert client.hgetall(Keys(namespace).key("restart-totals")) == {}
         assert all({"storage", "cache", "telemetry"} <= q for q in consuming(app, workers).values())
         assert not any("queue-paused" in w.log for w in workers)
+        # A slow machine may fall behind 250 messages/s: the backlog then passes the default shedding threshold
+        # (1000) and shedding logs its own WARNINGs, a true overload, not crash handling; only those are set apart.
         logged = [line for w in workers for line in plugin_lines(w.log)]
+        shedding = [line for line in logged if "event=shedding-" in line]
+        assert all(int(re.search(r" backlog=(\d+)", line)[1]) >= int(re.search(r" threshold=(\d+)", line)[1])
+                   for line in shedding if "event=shedding-started" in line), shedding
+        crash_lines = [line for line in logged if line not in shedding]
         crashes = len(range(0, sent, 50))
-        assert len(logged) <= 1.1 * crashes, f"{len(logged)} plugin lines for {crashes} crashes"
-        assert not [line for line in logged if "WARNING/" in line or "CRITICAL/" in line], "re-runs are INFO"
+        assert len(crash_lines) <= 1.1 * crashes, f"{len(crash_lines)} plugin lines for {crashes} crashes"
+        assert not [line for line in crash_lines if "WARNING/" in line or "CRITICAL/" in line], "re-runs are INFO"
 
 
 def test_a_child_whose_every_message_fails_trips_within_five_seconds_and_pauses_its_later_siblings(
