@@ -8,7 +8,7 @@ arrive, then:
 * the worker's memory stays bounded: main process plus pool processes below ``WORKER_RSS_MAX``
   (320 MiB) at every sample, and the last third of the run adds less than ``WORKER_GROWTH_MAX``
   (32 MiB) to the peak of the middle third. The backlog stays in the broker; the worker holds only
-  its prefetch, and a shed message never reaches a pool process (measured: 173-175 MiB, flat);
+  its prefetch, and a shed message never reaches a pool process (measured: 176-178 MiB, flat);
 * the Redis memory the plugin uses (every key of its namespace, ``MEMORY USAGE``) stays below
   ``PLUGIN_REDIS_MAX`` at every sample, because the park list is capped at
   ``prismatic_shed_park_max`` and every other key is bounded by its own setting;
@@ -38,12 +38,12 @@ from tests.faults.conftest import faults_env, worker
 
 pytestmark = pytest.mark.integration
 
-QUEUED, HIGH, PARK_MAX = 100_000, 200, 5_000
+QUEUED, HIGH, PARK_MAX = 100_000, 200, 2_000
 MIB = 1024 * 1024
 WORKER_RSS_MAX = 320 * MIB  # main process + 2 pool processes (measured 173-175 MiB)
 WORKER_GROWTH_MAX = 32 * MIB
 # PARK_MAX parked records (~450 bytes) + the event stream (1000 entries, ~300 bytes) + counters, with room
-PLUGIN_REDIS_MAX = 8 * MIB
+PLUGIN_REDIS_MAX = 4 * MIB
 LOW_PRIORITY, HIGH_PRIORITY = 9, 0  # kombu's Redis transport consumes 0 first: importance 0 and 9
 CONF = {"prismatic_shed_threshold": 1000, "prismatic_shed_interval_s": 0.5, "prismatic_shed_park_max": PARK_MAX}
 
@@ -88,6 +88,7 @@ def _preload(app_publish: redis.Redis, app: Celery, queue: str, count: int) -> N
     assert _backlog(app_publish, queue) == count
 
 
+@pytest.mark.timeout(400)  # about 30 s on the project's machine; a busy one may take several times as long
 def test_a_hundred_thousand_queued_messages_with_shedding_on(redis_server: RedisServer, redis_url: str,
                                                               namespace: str, ledger: redis.Redis) -> None:
     broker = redis_server.url
@@ -123,7 +124,7 @@ def test_a_hundred_thousand_queued_messages_with_shedding_on(redis_server: Redis
             done = all(ledger.get(f"runs:hi{i}") == "1" for i in range(HIGH))
             return done and int(store.hget(totals_name, "monitor:parked") or 0) >= 2 * PARK_MAX
 
-        wait_for(settled, timeout_s=120, interval_s=0.5,
+        wait_for(settled, timeout_s=300, interval_s=0.5,
                  message="every high-importance message done and twice the park list's cap parked")
         code = w.stop(timeout_s=30)
         assert code == 0, w.log[-20000:]
