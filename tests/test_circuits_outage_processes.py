@@ -31,6 +31,8 @@ PROCESSES = 4
 FAIL_MAX, RESET_S = 3, 3.0
 OUTAGE_S = 10.0
 SPEC = {"fail_max": FAIL_MAX, "reset_timeout_s": RESET_S, "call_timeout_s": 2.0}
+#: The store's first opening after the outage: the opening written back, or the reopening of the one trial it let in.
+WRITTEN_BACK = ("store-outage", "trial-failed")
 
 
 @pytest.fixture
@@ -79,13 +81,17 @@ def test_an_open_circuit_survives_a_store_outage_and_is_shared_again_after_it(
         # The dependency is still down, so the circuit stays open (were it up, a trial could close the circuit before
         # every process followed the written-back opening, on a loaded machine). The opening a process still held is
         # written back; then every process follows the store's record (a later trial may have reopened it since).
+        # An opening that lapsed during the outage goes back for 1 ms, so the next call anywhere is a trial: the
+        # store may show the trial's reopening ("trial-failed", only ever from a half-open circuit, so only after
+        # the write-back) before this poll sees the 1 ms record; without the write-back, the empty store's closed
+        # circuit would take fail_max calls and open for the reset timeout with "failures".
         seen: list[tuple[str, str, int]] = []
 
         def opening_written_back() -> Any:
             record = breaker.record()
             if not seen or seen[-1] != (record.state, record.reason, record.seq):
                 seen.append((record.state, record.reason, record.seq))
-            return record.state == "open" and record.reason == "store-outage" and record
+            return record.state == "open" and record.reason in WRITTEN_BACK and record
 
         try:
             written_back = fx.wait_until(opening_written_back, timeout_s=60, message="the opening held written back")
@@ -122,5 +128,6 @@ def test_an_open_circuit_survives_a_store_outage_and_is_shared_again_after_it(
     assert not early, f"{len(early)} calls before the reset timeout: {early}"
     assert all(1 <= n <= bound for n in per_process), (per_process, bound)
     assert sum(per_process) == len(during)
-    assert written_back.reason == "store-outage", written_back
+    assert written_back.reason in WRITTEN_BACK, written_back
+    assert not [r for r in seen if r[1] == "failures"], f"the closed store took fail_max calls: {seen}"
     assert all(c["ok"] > 0 for c in counts), counts
