@@ -111,6 +111,9 @@ def test_a_dead_letter_is_replayed_exactly_once(redis_url: str, namespace: str, 
         assert runtime.dlq.replay(app, "core", failed.id) == failed.id
         assert runtime.dlq.replay(app, "core", failed.id) is None, "a second replay finds nothing"
         wait_for(lambda: client.get("runs:f1") == "1", timeout_s=20, message="replayed run")
+        # The body counts its run before Celery stores its result: until then the backend still holds the first
+        # run's FAILURE under the same id (as plain Celery does for any re-sent message).
+        wait_for(lambda: app.AsyncResult(failed.id).state == "SUCCESS", timeout_s=20, message="the replay's result")
         assert app.AsyncResult(failed.id).get(timeout=10) == "f1"
         assert runtime.dlq.count("core") == 0
         assert client.get("runs:f1") == "1"
