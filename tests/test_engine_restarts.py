@@ -14,7 +14,7 @@ from prismatic_celery.supervision.hotspots import hotspots, is_hotspot
 from prismatic_celery.supervision.pauses import Pause, clear_pauses, read_pauses, rest_cause, set_pause
 from prismatic_celery.supervision.restarts import ChildPolicy, RestartOutcome, failure_call, record_failure
 from prismatic_celery.supervision.tree import Domain, RestartBudget, Supervisor
-from prismatic_celery.supervision.window import EXECUTIONS, executions_key, failed
+from prismatic_celery.supervision.window import EXECUTIONS, ExecutionWindow, executions_key, failed
 
 KEYS = Keys("eng")
 TREE = Supervisor(
@@ -145,6 +145,48 @@ def test_a_flush_deletes_the_buckets_that_left_the_window() -> None:
     assert store.hgetall(key)["1000:ok"] == "7"
     now[0] += 21.0
     assert store.hgetall(key) == {}
+
+
+def test_a_flush_without_housekeeping_only_adds(store: Store) -> None:
+    """A key whose flag is '0' gets its HINCRBY and nothing else (the buckets that left the window stay); the
+    other key of the same call keeps house."""
+    quiet, kept = executions_key(KEYS, "storage"), executions_key(KEYS, "cache")
+    stale = {f"{int(store.time()) - 15}:ok": "4", f"{int(store.time()) - 15}:fail": "2"}  # left the 10 s window
+    for key in (quiet, kept):
+        store.hset(key, stale)
+    store.run(EXECUTIONS, [quiet, kept], [10.0, 3, 5, 0, 1])
+    assert {f: v for f, v in store.hgetall(quiet).items() if f in stale} == stale
+    assert sum(int(v) for f, v in store.hgetall(quiet).items() if f not in stale) == 3
+    assert store.hgetall(kept).keys().isdisjoint(stale)
+    assert sum(int(v) for v in store.hgetall(kept).values()) == 5
+
+
+def test_a_process_keeps_house_at_its_first_flush_then_every_half_window_and_after_an_outage() -> None:
+    """ExecutionWindow asks for housekeeping per child: at its first flush of it, then not before half the window
+    (the store's bucket of a second that left the window stays until then), and at once after an outage."""
+    now = [1_000.5]
+    store = MemoryStore(clock=lambda: now[0])
+    window = ExecutionWindow(store, KEYS, 10.0, clock=lambda: now[0])
+    key = executions_key(KEYS, "storage")
+
+    def flush(stale_second: int) -> bool:
+        """Flush one success over a stale bucket; True when the flush deleted it (kept house)."""
+        store.hset(key, {f"{stale_second}:ok": "1"})
+        window.pending["storage"] += 1
+        window.flush()
+        return f"{stale_second}:ok" not in store.hgetall(key)
+
+    assert flush(980)
+    now[0] += 1.0
+    assert not flush(981), "within half the window: only the add"
+    now[0] += 4.0
+    assert flush(982), "half the window after the last housekeeping"
+    now[0] += 1.0
+    store.failures += 1
+    assert flush(983), "the store had an outage since: the key may have come back without expiry"
+    now[0] += 1.0
+    assert not flush(984)
+    assert sum(int(v) for f, v in store.hgetall(key).items() if f.endswith(":ok") and int(f[:-3]) > 990) == 5
 
 
 @pytest.mark.parametrize(("successes", "failures", "expected"), [

@@ -11,8 +11,11 @@ and outcome (``<second>:ok``, ``<second>:fail``, store clock). Failures are adde
 the crash decision itself (``scripts/restart.lua``, one round trip it already makes);
 successes are counted in each process's memory and added once per
 :data:`FLUSH_INTERVAL_S` by a background thread, never per task: an add that never reads
-the window (``scripts/executions.lua``; a bucket's first add deletes the buckets that
-left the window). A crash also carries
+the window (``scripts/executions.lua``, one HINCRBY per child). At its first flush, after an
+outage of the store, and then at most every half window, a process's flush of a child also keeps house:
+it deletes the buckets that left the window and refreshes the key's expiry (twice the
+window), so the key outlives every flusher by a window and a busy process sends three commands a
+second, not five. A crash also carries
 its own process's unflushed successes, so the window it judges is as fresh as it can be.
 """
 
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..log import RateLimitedWarning, get_logger
@@ -89,8 +93,9 @@ def count_executions(store: MemoryStore, key: str, now: float, window_s: float, 
     return ok, fail, foreign
 
 
-def add_successes(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int) -> int:
-    """The Python twin of one key of ``scripts/executions.lua``: add, and keep house on a bucket's first add;
+def add_successes(store: MemoryStore, key: str, now: float, window_s: float, add_ok: int, *,
+                  housekeep: bool = True) -> int:
+    """The Python twin of one key of ``scripts/executions.lua``: add, and keep house when asked;
     1 when the key held something foreign."""
     foreign = _drop_other_type(store, key)
     second, span = math.floor(now), max(1, math.ceil(window_s))
@@ -100,7 +105,7 @@ def add_successes(store: MemoryStore, key: str, now: float, window_s: float, add
         store.hdel(key, field)
         foreign = 1
     store.hincr(key, {field: add_ok})
-    if int(store.hgetall(key)[field]) == add_ok:
+    if housekeep:
         store.hdel(key, *(f"{s}:{what}" for s in range(second - 3 * span + 1, second - span + 1)
                           for what in ("ok", "fail")))
         store.expire(key, window_s * 2)
@@ -108,8 +113,9 @@ def add_successes(store: MemoryStore, key: str, now: float, window_s: float, add
 
 
 def _flush_twin(store: MemoryStore, keys: Sequence[str], args: Sequence[Scalar]) -> int:
-    now, window_s = store.clock(), float(args[0])
-    return sum(add_successes(store, key, now, window_s, int(args[1 + i])) for i, key in enumerate(keys))
+    now, window_s, flags = store.clock(), float(args[0]), args[1 + len(keys):]
+    return sum(add_successes(store, key, now, window_s, int(args[1 + i]),
+                             housekeep=i >= len(flags) or str(flags[i]) != "0") for i, key in enumerate(keys))
 
 
 EXECUTIONS = Script.from_file(Path(__file__).parent / "scripts" / "executions.lua", _flush_twin)
@@ -118,10 +124,15 @@ EXECUTIONS = Script.from_file(Path(__file__).parent / "scripts" / "executions.lu
 class ExecutionWindow:
     """One process's successes per child, not yet in the store (thread-safe; no I/O until :meth:`flush`)."""
 
-    def __init__(self, store: Store, keys: Keys, window_s: float, *, lock: threading.Lock | None = None) -> None:
+    def __init__(self, store: Store, keys: Keys, window_s: float, *, lock: threading.Lock | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.keys = keys
         self.window_s = window_s
+        self.clock = clock
+        self._housekept_at: dict[str, float] = {}
+        """When this process last kept house in each child's window (its clock)."""
+        self._outages = store.failures
         self.lock = lock or threading.Lock()
         """Guards :attr:`pending` (a process's outcome counters share theirs: one lock per count)."""
         self.pending: Counter[str] = Counter()
@@ -140,8 +151,15 @@ class ExecutionWindow:
         queues = sorted(q for q, n in pending.items() if n > 0)
         if not queues:
             return
-        foreign = self.store.run(EXECUTIONS, [executions_key(self.keys, q) for q in queues],
-                                 [self.window_s, *(pending[q] for q in queues)])
+        store, now = self.store, self.clock()
+        # an outage since the last flush changed ``failures``: the server may be back empty, its keys without expiry
+        outage = store.failures != self._outages
+        due = [outage or now - self._housekept_at.get(q, -math.inf) >= self.window_s / 2 for q in queues]
+        foreign = store.run(EXECUTIONS, [executions_key(self.keys, q) for q in queues],
+                            [self.window_s, *(pending[q] for q in queues), *(int(d) for d in due)])
+        self._outages = -1 if store.degraded else store.failures
+        if not store.degraded:
+            self._housekept_at.update((q, now) for q, d in zip(queues, due, strict=True) if d)
         if isinstance(foreign, int) and foreign:
             self._foreign.warn("store-corrupt-value", key=self.keys.key("executions", "*"),
                                detail="foreign data in an execution window was removed")

@@ -1,13 +1,14 @@
 -- Flush one process's successes into the execution windows of the children that ran them.
 -- KEYS[i]  prismatic:{<ns>}:executions:<queue>   ARGV[1] window_s   ARGV[1 + i] successes for KEYS[i]
+-- ARGV[1 + #KEYS + i] '0' when KEYS[i] needs no housekeeping (absent: it does).
 -- Returns how many keys held something foreign (replaced or removed).
 --
 -- A flush only adds: it never reads the window (the crash decision does, with the full prune of window.lua).
--- The first add to a second's bucket (HINCRBY answers the amount it added) is the second's housekeeping:
--- it deletes the buckets of the 2 * window seconds before the window and refreshes the key's expiry
--- (2 * window). Every other add of that second is one HINCRBY. A bucket older than the window is thus
--- deleted by the next second's first add, by the crash decision, or with the key when nothing touched it
--- for 2 * window. The Python twin is prismatic_celery.supervision.window.add_successes: keep both in step.
+-- Without housekeeping it is one HINCRBY per key. With it (each process asks for it at its first flush of a key,
+-- after an outage, then at most every half window: see window.py) it also deletes the buckets of the 2 * window seconds before
+-- the window and refreshes the key's expiry (2 * window): a bucket older than the window is thus deleted by a
+-- later housekeeping flush, by the crash decision, or with the key when nothing kept it for 2 * window.
+-- The Python twin is prismatic_celery.supervision.window.add_successes: keep both in step.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local window_s = tonumber(ARGV[1])
@@ -25,7 +26,7 @@ for i = 1, #KEYS do
     total = redis.call('HINCRBY', key, field, n)
     foreign = foreign + 1
   end
-  if total == n then
+  if ARGV[1 + #KEYS + i] ~= '0' then
     local stale = {}
     for s = second - 3 * span + 1, second - span do
       table.insert(stale, string.format('%d:ok', s))
