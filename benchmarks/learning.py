@@ -191,6 +191,20 @@ def attempts_by_pattern(marks: redis.Redis, ids: Sequence[str]) -> dict[str, flo
     return {kind: sum(values) / len(values) for kind, values in sorted(crashes.items())}
 
 
+def print_unexpected_dead_letters(runtime: Any, workers: Sequence[WorkerProcess]) -> None:
+    """Every dead letter but the bug's (a remediation that failed for good) with its crashes from the worker logs:
+    which pool process ran each attempt and what it got, the evidence to read when the false-positive rate moves."""
+    for entry in runtime.dlq.list("work", limit=100_000):
+        task_id = str(entry["id"])
+        if task_id.endswith("-bug"):
+            continue
+        print(f"dead letter {task_id}: {entry.get('reason', '')}", flush=True)
+        for worker in workers:
+            for line in worker.log.splitlines():
+                if f"task_id={task_id} " in line and "event=" in line:
+                    print(f"  {line}", flush=True)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.learning", description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=7, help="seed of the fault order")
@@ -229,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes = ", ".join(f"{label} {stats.succeeded}/{stats.observations}"
                                  for label, stats in sorted(lesson.remediations.items()))
             print(f"lesson {lesson.exc_type} ({lesson.failure_class}, {lesson.count} crashes): {outcomes or '-'}")
+        print_unexpected_dead_letters(runtime, workers)
         report = summary(rounds, after.total_lessons, after.crashes, after.escalations)
         report["seed"] = args.seed
         report["overall"] = {k: after.to_json()[k] for k in (
