@@ -151,7 +151,8 @@ def test_a_flush_without_housekeeping_only_adds(store: Store) -> None:
     """A key whose flag is '0' gets its HINCRBY and nothing else (the buckets that left the window stay); the
     other key of the same call keeps house."""
     quiet, kept = executions_key(KEYS, "storage"), executions_key(KEYS, "cache")
-    stale = {f"{int(store.time()) - 15}:ok": "4", f"{int(store.time()) - 15}:fail": "2"}  # left the 10 s window
+    second = int(store.time()) - 15  # left the 10 s window
+    stale = {f"{second}:ok": "4", f"{second}:fail": "2"}
     for key in (quiet, kept):
         store.hset(key, stale)
     store.run(EXECUTIONS, [quiet, kept], [10.0, 3, 5, 0, 1])

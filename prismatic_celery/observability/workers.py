@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..store.base import OutageWatch
+
 if TYPE_CHECKING:
     from ..config import Settings
     from ..store.base import Store
@@ -68,21 +70,20 @@ class Heartbeat:
         self.store, self.keys, self.settings, self.clock = store, keys, settings, clock
         self._refreshed_at = -float("inf")
         self._written: dict[str, object] | None = None
-        self._outages = store.failures
+        self._outages = OutageWatch(store)
 
     def beat(self, registration: Mapping[str, object]) -> bool:
         """Write ``registration`` if it is due (True when written)."""
         now, store = self.clock(), self.store
         content = {k: v for k, v in registration.items() if k != "heartbeat_at"}
-        # an outage since the last write changed ``failures``; a write while unreachable left ``_outages`` at -1
-        refresh = now - self._refreshed_at >= index_every_s(self.settings) or store.failures != self._outages
+        refresh = now - self._refreshed_at >= index_every_s(self.settings) or self._outages.since()
         if not refresh and content == self._written:
             return False
         register_worker(store, self.keys, self.settings, registration, index=refresh)
         self._written = content
         if refresh:
             self._refreshed_at = now
-        self._outages = -1 if store.degraded else store.failures
+        self._outages.wrote()
         return True
 
 

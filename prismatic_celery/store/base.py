@@ -19,7 +19,8 @@ from typing import Any
 
 from ..log import get_logger, log_event
 
-__all__ = ["Script", "ScriptCall", "Store", "StreamEntry", "Twin", "decode_json", "encode_json", "safe_url"]
+__all__ = ["OutageWatch", "Script", "ScriptCall", "Store", "StreamEntry", "Twin", "decode_json", "encode_json",
+           "safe_url"]
 
 _USERINFO = re.compile(r"://([^@/;]*)@")
 
@@ -209,3 +210,21 @@ class Store(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections."""
+
+
+class OutageWatch:
+    """Whether ``store`` had an outage since the last write this watch saw reach it: a server back from an outage
+    may have restarted empty, without what was written before (registrations, keys' expiries)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._seen = store.failures
+
+    def since(self) -> bool:
+        """An outage happened, or the last write did not reach the server."""
+        return self.store.failures != self._seen
+
+    def wrote(self) -> None:
+        """A write was just made: it reached the server unless the store is degraded (then :meth:`since` stays
+        True until one does)."""
+        self._seen = -1 if self.store.degraded else self.store.failures

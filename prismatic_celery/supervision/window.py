@@ -14,8 +14,8 @@ successes are counted in each process's memory and added once per
 the window (``scripts/executions.lua``, one HINCRBY per child). At its first flush, after an
 outage of the store, and then at most every half window, a process's flush of a child also keeps house:
 it deletes the buckets that left the window and refreshes the key's expiry (twice the
-window), so the key outlives every flusher by a window and a busy process sends three commands a
-second, not five. A crash also carries
+window), so the key outlives its last flush by at least 1.5 windows and a busy process sends three
+commands a second per child, not five. A crash also carries
 its own process's unflushed successes, so the window it judges is as fresh as it can be.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..log import RateLimitedWarning, get_logger
 from ..store import MemoryStore, Script, Store
-from ..store.base import Scalar
+from ..store.base import OutageWatch, Scalar
 from ..store.keys import Keys
 
 __all__ = ["EXECUTIONS", "FLUSH_INTERVAL_S", "PRELUDE", "ExecutionWindow", "add_successes", "count_executions",
@@ -132,7 +132,7 @@ class ExecutionWindow:
         self.clock = clock
         self._housekept_at: dict[str, float] = {}
         """When this process last kept house in each child's window (its clock)."""
-        self._outages = store.failures
+        self._outages = OutageWatch(store)
         self.lock = lock or threading.Lock()
         """Guards :attr:`pending` (a process's outcome counters share theirs: one lock per count)."""
         self.pending: Counter[str] = Counter()
@@ -152,12 +152,11 @@ class ExecutionWindow:
         if not queues:
             return
         store, now = self.store, self.clock()
-        # an outage since the last flush changed ``failures``: the server may be back empty, its keys without expiry
-        outage = store.failures != self._outages
+        outage = self._outages.since()  # the server may be back empty: a key it gets now has no expiry
         due = [outage or now - self._housekept_at.get(q, -math.inf) >= self.window_s / 2 for q in queues]
         foreign = store.run(EXECUTIONS, [executions_key(self.keys, q) for q in queues],
                             [self.window_s, *(pending[q] for q in queues), *(int(d) for d in due)])
-        self._outages = -1 if store.degraded else store.failures
+        self._outages.wrote()
         if not store.degraded:
             self._housekept_at.update((q, now) for q, d in zip(queues, due, strict=True) if d)
         if isinstance(foreign, int) and foreign:

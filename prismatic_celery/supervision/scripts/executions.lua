@@ -4,10 +4,11 @@
 -- Returns how many keys held something foreign (replaced or removed).
 --
 -- A flush only adds: it never reads the window (the crash decision does, with the full prune of window.lua).
--- Without housekeeping it is one HINCRBY per key. With it (each process asks for it at its first flush of a key,
--- after an outage, then at most every half window: see window.py) it also deletes the buckets of the 2 * window seconds before
--- the window and refreshes the key's expiry (2 * window): a bucket older than the window is thus deleted by a
--- later housekeeping flush, by the crash decision, or with the key when nothing kept it for 2 * window.
+-- Without housekeeping it is one HINCRBY per key. With it (each process asks for it at its first flush of a
+-- key, after an outage, then at most every half window: see window.py) it also deletes the buckets of the
+-- 2 * window seconds before the window and refreshes the key's expiry (2 * window): a bucket older than the
+-- window is thus deleted by a later housekeeping flush, by the crash decision, or with the key when nothing
+-- kept house in it for 2 * window.
 -- The Python twin is prismatic_celery.supervision.window.add_successes: keep both in step.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
