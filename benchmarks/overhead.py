@@ -10,9 +10,12 @@ configuration, its queue supervised by a one-child ``one_for_one`` domain). Work
 real ``celery worker`` subprocesses, prefork pool, ``-Q bench``, Celery's default
 loglevel (WARNING) so per-task log lines do not dilute the comparison.
 
-Runs alternate plain, plugin, plugin, plain, plain, plugin ... (``--pairs`` pairs after one
-discarded, shorter warm-up pair; each second pair in the reverse order, so a drift of the shared
-machine's speed over the benchmark favours neither variant). Each run:
+Runs come in pairs, one of each variant (``--pairs`` pairs after one discarded, shorter warm-up
+pair): half the pairs run plain first, half plugin first, so a steady drift of the shared machine's
+speed over the benchmark favours neither variant, and the two orders are shuffled (``--seed``), so a
+slow spell of the host that recurs every few runs cannot fall on one variant's runs each time (a
+strict A B B A alternation once put four of a 25-pair run's five slowest runs in the plugin's place,
+three of them four runs apart). Each run:
 
 1. publishes all N ``bench.noop`` tasks to the queue while no worker is running (the
    publisher is never timed, and never competes with the worker for the CPUs);
@@ -75,6 +78,7 @@ import json
 import logging
 import math
 import os
+import random
 import resource
 import signal
 import statistics
@@ -345,8 +349,16 @@ def crash_round_trips(store_url: str, port: int, crashes: int) -> dict[str, floa
 
 
 # driver --------------------------------------------------------------------------------------
-#: The order of the runs of even and odd pairs (A B B A: a steady drift of the machine's speed cancels out).
+#: The two orders of a pair's runs.
 PAIR_ORDERS = (("plain", "plugin"), ("plugin", "plain"))
+
+
+def pair_orders(pairs: int, seed: int) -> list[tuple[str, str]]:
+    """Each pair's order: as many plain-first as plugin-first pairs (one more plain-first for an odd count), shuffled
+    by ``seed``."""
+    orders = [PAIR_ORDERS[i % 2] for i in range(pairs)]
+    random.Random(seed).shuffle(orders)
+    return orders
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -358,6 +370,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="tasks per run of the discarded warm-up pair "
                         "(default min(tasks, 500); 0: none)")
     parser.add_argument("--crashes", type=int, default=200, help="failed executions counted per kind (200)")
+    parser.add_argument("--seed", type=int, default=1, help="shuffles the pairs' orders (default 1)")
     parser.add_argument("--quick", action="store_true",
                         help="short run for the tests: 1 pair of 400 tasks, no warm-up, 20 crashes per kind")
     args = parser.parse_args(argv)
@@ -462,14 +475,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(apps, env, redis.Redis.from_url(broker_url), redis.Redis.from_url(marks_url), meter,
                       args.concurrency)
         print(f"prefork -c {args.concurrency}, {args.tasks} no-op tasks per run, {args.pairs} pairs "
-              f"(plain, plugin / plugin, plain, alternated); broker :{broker_port}, plugin store :{store_port}; "
+              f"(half plain first, half plugin first, shuffled with seed {args.seed}); broker :{broker_port}, "
+              f"plugin store :{store_port}; "
               f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
         if args.warmup:
             for variant in ("plain", "plugin"):
                 print(f"warm-up: {bench.run(variant, args.warmup).line()}", flush=True)
         runs: list[Run] = []
-        for pair in range(args.pairs):
-            for variant in PAIR_ORDERS[pair % 2]:
+        for order in pair_orders(args.pairs, args.seed):
+            for variant in order:
                 runs.append(bench.run(variant, args.tasks))
                 print(runs[-1].line(), flush=True)
         result = summarize(runs, args.pairs, args.tasks)

@@ -171,6 +171,21 @@ def test_overhead_median_interval_takes_the_order_statistics_that_cover_95_perce
     assert median_interval(values) == expected
 
 
+@pytest.mark.parametrize("pairs", [1, 2, 7, 25])
+def test_overhead_pair_orders_are_balanced_shuffled_and_reproducible(pairs: int) -> None:
+    """Half the pairs run plain first (one more for an odd count), the orders are shuffled by the seed, and the
+    same seed gives the same orders."""
+    from benchmarks.overhead import PAIR_ORDERS, pair_orders
+
+    orders = pair_orders(pairs, seed=1)
+    assert len(orders) == pairs and set(orders) <= set(PAIR_ORDERS)
+    assert orders.count(("plain", "plugin")) == (pairs + 1) // 2
+    assert orders == pair_orders(pairs, seed=1)
+    if pairs == 25:
+        shuffled = {tuple(pair_orders(pairs, seed)) for seed in range(5)}
+        assert len(shuffled) > 1 and tuple(PAIR_ORDERS[i % 2] for i in range(pairs)) not in shuffled
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(300)
 def test_worker_calls_benchmark_quick_run_counts_the_plugins_calls_per_task(background: Background) -> None:
