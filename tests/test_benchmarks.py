@@ -26,9 +26,9 @@ KEYS = {"overhead_ratio", "redis_cmds_per_task", "pairs", "tasks", "plain_tasks_
 #: The quick runs start in the background with the demo's runs (tests/background.py), in phases, each test
 #: waiting for its own run: the suite waits for the longest run of each phase, not for every run in turn. Each
 #: starts its own Redis servers and workers on free ports. The chaos run goes alone first (its SIGKILL and
-#: pool-process deaths must not shift with a busy CPU); then outage, overhead and the demos together (overhead
-#: keeps the CPU busy, but asserts no speed); then learning alone (its rounds need the CPU to meet each fault
-#: pattern in time).
+#: pool-process deaths must not shift with a busy CPU); then outage, overhead, side by side, cluster, worker calls
+#: and the demos together (overhead and side by side keep the CPU busy, but assert no speed); then learning alone
+#: (its rounds need the CPU to meet each fault pattern in time).
 QUICK_RUNS = {
     "benchmarks.chaos": ("test_chaos_benchmark_quick_run_settles_everything_with_the_plugin", 1),
     "benchmarks.outage": ("test_outage_benchmark_quick_run_loses_nothing_and_runs_nothing_twice_with_the_plugin", 2),
@@ -36,6 +36,7 @@ QUICK_RUNS = {
     "benchmarks.learning": ("test_learning_benchmark_quick_run_prints_each_round_and_the_seeds_five_figures", 3),
     "benchmarks.cluster": ("test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node", 2),
     "benchmarks.worker_calls": ("test_worker_calls_benchmark_quick_run_counts_the_plugins_calls_per_task", 2),
+    "benchmarks.side_by_side": ("test_side_by_side_benchmark_quick_run_reads_both_workers_cpu_over_one_interval", 2),
 }
 
 
@@ -242,3 +243,19 @@ def test_cluster_benchmark_quick_run_keeps_a_namespace_on_one_node(background: B
     assert summary["other_nodes_calls"] == 0, proc.stdout
     assert 2 <= summary["scripts_per_decision"] <= 6, "the lesson, the restart decision and its companions"
     assert "degraded" not in proc.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_side_by_side_benchmark_quick_run_reads_both_workers_cpu_over_one_interval(background: Background) -> None:
+    """`python -m benchmarks.side_by_side --quick`: both workers ran at once and each took messages in the
+    measured interval; the ratio is the per-task figures' (speed is measured, not asserted)."""
+    proc, summary = _quick(background, "benchmarks.side_by_side", 240)
+    assert set(summary) == {"cpu_ratio", "cpu_ratio_interval", "rounds", "tasks", "plain_cpu_s_per_task",
+                            "plugin_cpu_s_per_task"}, summary
+    assert (summary["rounds"], summary["tasks"]) == (1, 2000)
+    assert summary["plain_cpu_s_per_task"] > 0 and summary["plugin_cpu_s_per_task"] > 0, proc.stdout
+    assert summary["cpu_ratio"] == pytest.approx(
+        summary["plugin_cpu_s_per_task"] / summary["plain_cpu_s_per_task"], rel=0.01)
+    assert summary["cpu_ratio_interval"] == [summary["cpu_ratio"]] * 2, "one round: the interval is its ratio"
+    assert proc.stdout.count("round  1: plain ") == 1, proc.stdout
