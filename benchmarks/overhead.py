@@ -160,10 +160,11 @@ def become_subreaper() -> None:
         raise SystemExit(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
 
 
-def children() -> set[int]:
-    """Pids of this process's children, living or not yet reaped (every thread's, from /proc)."""
+def children(pid: int | str = "self") -> set[int]:
+    """Pids of the children of process ``pid`` (default: this one), living or not yet reaped (every thread's, from
+    /proc)."""
     found: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             found.update(int(pid) for pid in (task / "children").read_text().split())
         except OSError:  # the thread ended meanwhile

@@ -43,7 +43,7 @@ from celery import Celery
 
 from benchmarks.apps import NOOP, QUEUE, VARIANTS, make_app
 from benchmarks.harness import HOST, ROOT, pythonpath, redis_server
-from benchmarks.overhead import compile_sources, median_interval
+from benchmarks.overhead import children, compile_sources, median_interval
 from prismatic_celery.testing import WorkerProcess, wait_for
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -57,12 +57,11 @@ def tree_cpu_s(pid: int) -> float:
 
     own = fields(f"/proc/{pid}/stat")
     ticks = sum(int(own[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text(encoding="ascii").split():
-            try:
-                ticks += sum(int(v) for v in fields(f"/proc/{child}/stat")[11:13])
-            except OSError:  # it ended meanwhile: it is in cutime at the next read
-                continue
+    for child in children(pid):
+        try:
+            ticks += sum(int(v) for v in fields(f"/proc/{child}/stat")[11:13])
+        except OSError:  # it ended meanwhile: it is in cutime at the next read
+            continue
     return ticks * TICK_S
 
 
@@ -77,7 +76,7 @@ class Side:
     worker: WorkerProcess | None = None
 
     def fill(self, n: int) -> None:
-        self.broker.delete(QUEUE)
+        self.broker.delete(QUEUE)  # what the last round left (our own broker)
         task = self.app.tasks[NOOP]
         with self.app.producer_or_acquire() as producer:
             for i in range(n):
@@ -114,7 +113,6 @@ def one_round(sides: Sequence[Side], n: int, index: int) -> tuple[float, float]:
         if left0 - left1 <= 0:
             raise SystemExit(f"round {index}: the {side.variant} worker took no message in the interval")
         per_task.append((cpu1 - cpu0) / (left0 - left1))
-        side.broker.delete(QUEUE)  # what is left of the round (our own broker)
     return per_task[0], per_task[1]
 
 
