@@ -18,11 +18,13 @@ their queue, reads over the same interval, until either queue is down to a tenth
 
 CPU per task is the worker's CPU seconds over the messages it took; the round's ratio is plugin over plain. The
 two workers compete for the machine's cores, each as much as the other; the interval leaves out start-up,
-shutdown and idle time (:mod:`benchmarks.overhead` counts those). Output: one line per round, the median ratio
-with its 95 % interval (:func:`benchmarks.overhead.median_interval`), then one JSON line::
+shutdown and idle time (:mod:`benchmarks.overhead` counts those). The worker's main process (the consumer, the
+pool's dispatcher, the plugin's admission and background threads) and its pool processes (the tasks) are also
+compared apart. Output: one line per round, the median ratio with its 95 % interval
+(:func:`benchmarks.overhead.median_interval`) and the median ratio of each part, then one JSON line::
 
-    {"cpu_ratio": median, "cpu_ratio_interval": [low, high], "rounds": n, "tasks": n,
-     "plain_cpu_s_per_task": median, "plugin_cpu_s_per_task": median}
+    {"cpu_ratio": median, "cpu_ratio_interval": [low, high], "main_cpu_ratio": median, "pool_cpu_ratio": median,
+     "rounds": n, "tasks": n, "plain_cpu_s_per_task": median, "plugin_cpu_s_per_task": median}
 """
 
 from __future__ import annotations
@@ -49,20 +51,22 @@ from prismatic_celery.testing import WorkerProcess, wait_for
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``, its reaped children and its living children (every thread)."""
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of process ``pid`` (every thread), and of its pool: its living children and the
+    reaped ones (its ``cutime``/``cstime``)."""
 
     def fields(stat: str) -> list[str]:
         return Path(stat).read_text(encoding="ascii").rsplit(")", 1)[1].split()
 
     own = fields(f"/proc/{pid}/stat")
-    ticks = sum(int(own[i]) for i in (11, 12, 13, 14))  # utime, stime, cutime, cstime
+    main = sum(int(own[i]) for i in (11, 12))  # utime, stime
+    pool = sum(int(own[i]) for i in (13, 14))  # cutime, cstime
     for child in children(pid):
         try:
-            ticks += sum(int(v) for v in fields(f"/proc/{child}/stat")[11:13])
+            pool += sum(int(v) for v in fields(f"/proc/{child}/stat")[11:13])
         except OSError:  # it ended meanwhile: it is in cutime at the next read
             continue
-    return ticks * TICK_S
+    return main * TICK_S, pool * TICK_S
 
 
 @dataclass
@@ -85,15 +89,16 @@ class Side:
     def left(self) -> int:
         return int(self.broker.llen(QUEUE))
 
-    def cpu_s(self) -> float:
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU seconds of the worker's main process and of its pool processes."""
         assert self.worker is not None and self.worker.proc is not None
         if self.worker.proc.poll() is not None:
             raise SystemExit(f"worker {self.worker.hostname} exited:\n{self.worker.log}")
         return tree_cpu_s(self.worker.proc.pid)
 
 
-def one_round(sides: Sequence[Side], n: int, index: int) -> tuple[float, float]:
-    """CPU seconds per task of each side over the same interval."""
+def one_round(sides: Sequence[Side], n: int, index: int) -> list[tuple[float, float]]:
+    """CPU seconds per task of each side's main process and pool processes, over the same interval."""
     for side in sides:
         side.fill(n)
     with ExitStack() as stack:
@@ -109,11 +114,11 @@ def one_round(sides: Sequence[Side], n: int, index: int) -> tuple[float, float]:
                  message="one queue down to a tenth")
         after = [(s.cpu_s(), s.left()) for s in sides]
     per_task = []
-    for side, (cpu0, left0), (cpu1, left1) in zip(sides, before, after, strict=True):
+    for side, ((main0, pool0), left0), ((main1, pool1), left1) in zip(sides, before, after, strict=True):
         if left0 - left1 <= 0:
             raise SystemExit(f"round {index}: the {side.variant} worker took no message in the interval")
-        per_task.append((cpu1 - cpu0) / (left0 - left1))
-    return per_task[0], per_task[1]
+        per_task.append(((main1 - main0) / (left0 - left1), (pool1 - pool0) / (left0 - left1)))
+    return per_task
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -132,8 +137,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     compile_sources()
-    plain_s: list[float] = []
-    plugin_s: list[float] = []
+    rounds: list[list[tuple[float, float]]] = []  # per round, per variant: (main, pool) CPU seconds per task
     with ExitStack() as stack:
         store_url = f"redis://{HOST}:{stack.enter_context(redis_server('store'))}/0"
         sides = []
@@ -147,16 +151,23 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.rounds} rounds; python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
         for index in range(args.rounds):
             began = time.monotonic()
-            plain, plugin = one_round(sides, args.tasks, index)
-            plain_s.append(plain)
-            plugin_s.append(plugin)
+            (plain_main, plain_pool), (plugin_main, plugin_pool) = one_round(sides, args.tasks, index)
+            rounds.append([(plain_main, plain_pool), (plugin_main, plugin_pool)])
+            plain, plugin = plain_main + plain_pool, plugin_main + plugin_pool
             print(f"round {index + 1:>2}: plain {plain * 1000:.4f} ms/task, plugin {plugin * 1000:.4f} ms/task, "
-                  f"ratio {plugin / plain:.3f} ({time.monotonic() - began:.0f} s)", flush=True)
+                  f"ratio {plugin / plain:.3f} (main process {plugin_main / plain_main:.3f}, pool processes "
+                  f"{plugin_pool / plain_pool:.3f}; {time.monotonic() - began:.0f} s)", flush=True)
+    plain_s = [sum(r[0]) for r in rounds]
+    plugin_s = [sum(r[1]) for r in rounds]
     ratios = [b / a for a, b in zip(plain_s, plugin_s, strict=True)]
     low, high = median_interval(ratios)
     median = statistics.median(ratios)
-    print(f"CPU per task plugin/plain, median {median:.3f} (95 % interval of the median: {low:.3f} to {high:.3f})")
+    main_ratio = statistics.median(r[1][0] / r[0][0] for r in rounds)
+    pool_ratio = statistics.median(r[1][1] / r[0][1] for r in rounds)
+    print(f"CPU per task plugin/plain, median {median:.3f} (95 % interval of the median: {low:.3f} to {high:.3f}); "
+          f"main process {main_ratio:.3f}, pool processes {pool_ratio:.3f}")
     print(json.dumps({"cpu_ratio": round(median, 4), "cpu_ratio_interval": [round(low, 4), round(high, 4)],
+                      "main_cpu_ratio": round(main_ratio, 4), "pool_cpu_ratio": round(pool_ratio, 4),
                       "rounds": args.rounds, "tasks": args.tasks,
                       "plain_cpu_s_per_task": round(statistics.median(plain_s), 8),
                       "plugin_cpu_s_per_task": round(statistics.median(plugin_s), 8)}), flush=True)

@@ -251,11 +251,13 @@ def test_side_by_side_benchmark_quick_run_reads_both_workers_cpu_over_one_interv
     """`python -m benchmarks.side_by_side --quick`: both workers ran at once and each took messages in the
     measured interval; the ratio is the per-task figures' (speed is measured, not asserted)."""
     proc, summary = _quick(background, "benchmarks.side_by_side", 240)
-    assert set(summary) == {"cpu_ratio", "cpu_ratio_interval", "rounds", "tasks", "plain_cpu_s_per_task",
-                            "plugin_cpu_s_per_task"}, summary
+    assert set(summary) == {"cpu_ratio", "cpu_ratio_interval", "main_cpu_ratio", "pool_cpu_ratio", "rounds", "tasks",
+                            "plain_cpu_s_per_task", "plugin_cpu_s_per_task"}, summary
+    assert summary["main_cpu_ratio"] > 0 and summary["pool_cpu_ratio"] > 0, proc.stdout
     assert (summary["rounds"], summary["tasks"]) == (1, 2000)
     assert summary["plain_cpu_s_per_task"] > 0 and summary["plugin_cpu_s_per_task"] > 0, proc.stdout
     assert summary["cpu_ratio"] == pytest.approx(
         summary["plugin_cpu_s_per_task"] / summary["plain_cpu_s_per_task"], rel=0.01)
     assert summary["cpu_ratio_interval"] == [summary["cpu_ratio"]] * 2, "one round: the interval is its ratio"
     assert proc.stdout.count("round  1: plain ") == 1, proc.stdout
+    assert "main process " in proc.stdout and "pool processes " in proc.stdout, proc.stdout
