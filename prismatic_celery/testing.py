@@ -50,7 +50,7 @@ class WorkerProcess:
     """A real ``celery -A <app> worker`` subprocess.
 
     ``pool`` is ``prefork``, ``solo`` or ``threads``. The worker's output goes
-    to a temporary log file, readable as :attr:`log` (also after it exits).
+    to a temporary log file, readable as :attr:`log` (also after it exits), removed with the object.
     """
 
     def __init__(
@@ -146,6 +146,9 @@ class WorkerProcess:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: nothing left to report to
             self.kill()
+        with contextlib.suppress(Exception):  # the log goes with the only object that can read it
+            self._log.close()
+            os.unlink(self._log.name)
 
     def pool_pids(self) -> list[int]:
         """Pids of the worker's pool children (prefork), read from /proc."""
