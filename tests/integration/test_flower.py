@@ -105,6 +105,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)  # read only while it runs
 
 
 @dataclass
