@@ -166,7 +166,7 @@ def children(pid: int | str = "self") -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            found.update(int(pid) for pid in (task / "children").read_text().split())
+            found.update(int(child) for child in (task / "children").read_text().split())
         except OSError:  # the thread ended meanwhile
             continue
     return found

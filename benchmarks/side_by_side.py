@@ -151,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.rounds} rounds; python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
         for index in range(args.rounds):
             began = time.monotonic()
-            (plain_main, plain_pool), (plugin_main, plugin_pool) = one_round(sides, args.tasks, index)
-            rounds.append([(plain_main, plain_pool), (plugin_main, plugin_pool)])
+            rounds.append(one_round(sides, args.tasks, index))
+            (plain_main, plain_pool), (plugin_main, plugin_pool) = rounds[-1]
             plain, plugin = plain_main + plain_pool, plugin_main + plugin_pool
             print(f"round {index + 1:>2}: plain {plain * 1000:.4f} ms/task, plugin {plugin * 1000:.4f} ms/task, "
                   f"ratio {plugin / plain:.3f} (main process {plugin_main / plain_main:.3f}, pool processes "
